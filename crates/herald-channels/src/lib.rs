@@ -1,0 +1,90 @@
+//! Channel providers: what places calls and sends messages.
+//!
+//! A [`Provider`] hides one channel technology (the simulator now; SIP,
+//! SMPP and cloud APIs later) behind the few operations a session needs. The
+//! session driver in `herald-server` calls it and records what it reports.
+
+mod simulator;
+
+pub use simulator::Simulator;
+
+use async_trait::async_trait;
+use herald_core::session::MessageStatus;
+use herald_core::Channel;
+use tokio::sync::mpsc;
+
+/// How a call attempt ended before any conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    Busy,
+    Rejected,
+    Timeout,
+    Failed,
+    Cancelled,
+}
+
+impl CallFailure {
+    /// The status word callbacks and outcomes use (CONTRACT §5.1).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallFailure::Busy => "busy",
+            CallFailure::Rejected => "rejected",
+            CallFailure::Timeout => "timeout",
+            CallFailure::Failed => "failed",
+            CallFailure::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAnswer {
+    Person,
+    Machine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    Answered(CallAnswer),
+    NotAnswered(CallFailure),
+}
+
+/// One outbound call.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub to: String,
+    pub from: String,
+    /// Digits the simulator keys its outcome on (CONTRACT §8.1).
+    pub last_two_digits: Option<u8>,
+}
+
+/// What an outbound message carries.
+#[derive(Debug, Clone)]
+pub enum MessageContent {
+    Text(String),
+    /// A WhatsApp template message: the trigger's template and components.
+    Template(serde_json::Value),
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub channel: Channel,
+    pub to: String,
+    pub from: String,
+    pub content: MessageContent,
+    pub last_two_digits: Option<u8>,
+}
+
+/// The statuses of one sent message, in the order they happen. The channel
+/// closes when no more will come.
+pub type StatusStream = mpsc::Receiver<MessageStatus>;
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Dials and waits until the call is answered or fails.
+    async fn call(&self, call: &CallRequest) -> CallResult;
+    /// Says `text` on an answered call and returns when it has been said.
+    async fn say(&self, call: &CallRequest, text: &str);
+    async fn hang_up(&self, call: &CallRequest);
+    /// Sends a message and returns its statuses as they happen.
+    async fn send(&self, message: &OutboundMessage) -> StatusStream;
+}

@@ -1,0 +1,21 @@
+//! herald's domain: the types every other crate speaks in.
+//!
+//! Nothing here does I/O or awaits. Values that come from outside (a
+//! destination, an agent id, a session parameter) are parsed into types whose
+//! constructors are the only way in, so code further along never re-checks a
+//! string.
+
+pub mod agent;
+pub mod destination;
+pub mod flow;
+pub mod ids;
+pub mod keys;
+pub mod net;
+pub mod session;
+pub mod time;
+pub mod webhook;
+pub mod whatsapp;
+
+pub use agent::{Channel, Region};
+pub use destination::{BadDestination, Destination, PhoneNumber, SipUri};
+pub use ids::{AccountId, AgentId, ConversationUuid, SessionId};

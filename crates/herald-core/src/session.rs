@@ -1,0 +1,281 @@
+//! Sessions: their parameters, states and outcomes (CONTRACT §2.1, §5, §7).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A session's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Queued,
+    Active,
+    Ended,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Queued => "queued",
+            SessionStatus::Active => "active",
+            SessionStatus::Ended => "ended",
+        }
+    }
+}
+
+impl FromStr for SessionStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "queued" => Ok(SessionStatus::Queued),
+            "active" => Ok(SessionStatus::Active),
+            "ended" => Ok(SessionStatus::Ended),
+            _ => Err(()),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Completed,
+    Busy,
+    Rejected,
+    Timeout,
+    Failed,
+    Cancelled,
+    Machine,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Completed,
+        Outcome::Busy,
+        Outcome::Rejected,
+        Outcome::Timeout,
+        Outcome::Failed,
+        Outcome::Cancelled,
+        Outcome::Machine,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Busy => "busy",
+            Outcome::Rejected => "rejected",
+            Outcome::Timeout => "timeout",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Machine => "machine",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s).ok_or(())
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of one outbound message, as messaging callbacks report it
+/// (CONTRACT §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Sent,
+    Delivered,
+    Read,
+    Rejected,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Rejected => "rejected",
+            MessageStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Session parameters seeded by the trigger (`session_parameters`).
+///
+/// Names are 1 to 64 ASCII letters, digits or underscores; values are text.
+/// The same name twice keeps the last value, in the position of its first
+/// appearance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionParameters(Vec<SessionParameter>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionParameter {
+    pub name: String,
+    pub value: String,
+}
+
+/// Limits on what a trigger may seed (CONTRACT §2.1).
+pub const MAX_PARAMETERS: usize = 100;
+pub const MAX_PARAMETER_BYTES: usize = 4096;
+pub const MAX_PARAMETER_NAME: usize = 64;
+
+impl SessionParameters {
+    pub fn is_valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_PARAMETER_NAME
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+
+    /// Parses the request's `session_parameters` value. The error is the
+    /// message the API answers with, naming the field at fault.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| "session_parameters must be an array".to_owned())?;
+        if items.len() > MAX_PARAMETERS {
+            return Err(format!(
+                "session_parameters must have at most {MAX_PARAMETERS} entries"
+            ));
+        }
+        let mut params = SessionParameters::default();
+        for (i, item) in items.iter().enumerate() {
+            let obj = item
+                .as_object()
+                .ok_or_else(|| format!("session_parameters[{i}] must be an object"))?;
+            let name = match obj.get("name") {
+                Some(serde_json::Value::String(s)) if Self::is_valid_name(s) => s.clone(),
+                Some(serde_json::Value::String(_)) => return Err(format!(
+                    "session_parameters[{i}].name must be 1 to 64 letters, digits or underscores"
+                )),
+                None | Some(serde_json::Value::Null) => {
+                    return Err(format!("session_parameters[{i}].name is required"))
+                }
+                Some(_) => return Err(format!("session_parameters[{i}].name must be a string")),
+            };
+            let value = match obj.get("value") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                // Numbers and booleans are kept as the text the client wrote.
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                Some(serde_json::Value::Bool(b)) => b.to_string(),
+                None | Some(serde_json::Value::Null) => {
+                    return Err(format!("session_parameters[{i}].value is required"))
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "session_parameters[{i}].value must be a string, number or boolean"
+                    ))
+                }
+            };
+            if value.len() > MAX_PARAMETER_BYTES {
+                return Err(format!(
+                    "session_parameters[{i}].value must be at most 4096 bytes"
+                ));
+            }
+            params.set(name, value);
+        }
+        Ok(params)
+    }
+
+    pub fn set(&mut self, name: String, value: String) {
+        match self.0.iter_mut().find(|p| p.name == name) {
+            Some(p) => p.value = value,
+            None => self.0.push(SessionParameter { name, value }),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SessionParameter> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parameters_keep_text_and_last_value_wins() {
+        let p = SessionParameters::from_json(&json!([
+            {"name": "CALLER_NAME", "value": "Diane Miller"},
+            {"name": "PROPERTY_VALUE", "value": 500},
+            {"name": "VIP", "value": true},
+            {"name": "CALLER_NAME", "value": "Diane"},
+        ]))
+        .unwrap();
+        let all: Vec<_> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("CALLER_NAME", "Diane"),
+                ("PROPERTY_VALUE", "500"),
+                ("VIP", "true")
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_parameters_name_the_field() {
+        let cases = [
+            (json!({}), "session_parameters must be an array"),
+            (json!([1]), "session_parameters[0] must be an object"),
+            (
+                json!([{"value": "x"}]),
+                "session_parameters[0].name is required",
+            ),
+            (
+                json!([{"name": 3, "value": "x"}]),
+                "session_parameters[0].name must be a string",
+            ),
+            (
+                json!([{"name": "A", "value": "x"}, {"name": "bad name", "value": "x"}]),
+                "session_parameters[1].name must be 1 to 64 letters, digits or underscores",
+            ),
+            (
+                json!([{"name": "A"}]),
+                "session_parameters[0].value is required",
+            ),
+            (
+                json!([{"name": "A", "value": [1]}]),
+                "session_parameters[0].value must be a string, number or boolean",
+            ),
+            (
+                json!([{"name": "A", "value": "x".repeat(4097)}]),
+                "session_parameters[0].value must be at most 4096 bytes",
+            ),
+        ];
+        for (input, message) in cases {
+            assert_eq!(
+                SessionParameters::from_json(&input),
+                Err(message.to_owned())
+            );
+        }
+        let too_many: Vec<_> = (0..101)
+            .map(|i| json!({"name": format!("P{i}"), "value": "x"}))
+            .collect();
+        assert!(SessionParameters::from_json(&json!(too_many)).is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! The callback sender: delivers the outbox to `status_url`s (CONTRACT §5).
+//!
+//! Callbacks are claimed from the store with a lease, at most one per
+//! session at a time (the oldest pending), so a session's statuses arrive in
+//! the order they happened even across retries. Each attempt is signed anew
+//! (the timestamp is the attempt's) with the `webhook-id` fixed when the
+//! callback was written. Failures are retried on the configured schedule with
+//! ±20% jitter; an exhausted or refused callback is recorded in the session's
+//! events.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_core::net::is_internal;
+use herald_store::{DueCallback, Settlement};
+use rand::Rng;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::sync::Semaphore;
+
+use crate::{AppState, Shutdown};
+
+/// Callbacks in flight at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// A leased callback not settled in this time is taken again.
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+
+/// Why a callback is not sent at all.
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0} is an internal address")]
+pub struct InternalAddress(IpAddr);
+
+/// Resolves names like the system does, then refuses internal addresses, so
+/// that a public name pointing at loopback or a private network is refused
+/// just like the literal address would be.
+struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
+                return Err(Box::new(InternalAddress(bad.ip())) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+pub fn http_client(allow_private: bool, timeout: Duration) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        // A redirect is not a delivery: following one would also let a
+        // public URL bounce the callback to an internal address.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(64);
+    if !allow_private {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    builder
+        .build()
+        .expect("the HTTP client's settings are valid")
+}
+
+pub async fn run(app: AppState, mut shutdown: Shutdown) {
+    let client = http_client(
+        app.config.allow_private_callbacks,
+        app.config.callback_timeout,
+    );
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let lease = app.config.callback_timeout + LEASE_MARGIN;
+    loop {
+        let free = in_flight.available_permits();
+        let due = if free == 0 {
+            Vec::new()
+        } else {
+            app.store
+                .claim_callbacks(Utc::now(), lease, free)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %format!("{e:#}"), "could not claim callbacks");
+                    Vec::new()
+                })
+        };
+        let idle = due.len() < free;
+        for callback in due {
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let (app, client) = (app.clone(), client.clone());
+            tokio::spawn(async move {
+                let settlement = attempt(&app, &client, &callback).await;
+                if let Err(e) = app.store.settle_callbacks(vec![settlement]).await {
+                    // The lease runs out and the callback is tried again.
+                    tracing::error!(error = %format!("{e:#}"), "could not record a callback attempt");
+                }
+                drop(permit);
+                // The session's next callback may now be due.
+                app.callback_wakeup.notify_one();
+            });
+        }
+        if !idle {
+            if shutdown.is_set() {
+                break;
+            }
+            continue;
+        }
+        let wait = match app.store.next_callback_due().await {
+            Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            _ => Duration::from_secs(1),
+        }
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::select! {
+            _ = app.callback_wakeup.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        in_flight.acquire_many(MAX_IN_FLIGHT as u32),
+    )
+    .await;
+}
+
+/// One delivery attempt, and what to record of it.
+async fn attempt(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Settlement {
+    let attempts = cb.attempts + 1;
+    let result = send(app, client, cb).await;
+    let now = Utc::now();
+    match result {
+        Ok(()) => {
+            app.metrics.callback("delivered");
+            Settlement::Delivered {
+                id: cb.id,
+                at: now,
+                attempts,
+            }
+        }
+        Err(Failure::Refused(reason)) => {
+            app.metrics.callback("refused");
+            tracing::warn!(session_id = %cb.session_id, url = %cb.url, "{reason}");
+            Settlement::Failed {
+                id: cb.id,
+                session_id: cb.session_id,
+                webhook_id: cb.webhook_id.clone(),
+                attempts,
+                error: reason,
+                at: now,
+            }
+        }
+        Err(Failure::Retryable(error)) => {
+            let schedule = &app.config.callback_retry_schedule;
+            match schedule.get(cb.attempts as usize) {
+                Some(delay) => {
+                    app.metrics.callback("retry");
+                    Settlement::Retry {
+                        id: cb.id,
+                        attempts,
+                        next_at: now
+                            + chrono::Duration::from_std(jitter(*delay)).unwrap_or_default(),
+                        error,
+                    }
+                }
+                None => {
+                    app.metrics.callback("failed");
+                    Settlement::Failed {
+                        id: cb.id,
+                        session_id: cb.session_id,
+                        webhook_id: cb.webhook_id.clone(),
+                        attempts,
+                        error: format!("gave up after {attempts} attempts: {error}"),
+                        at: now,
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    /// Never to be sent (an internal address).
+    Refused(String),
+    Retryable(String),
+}
+
+async fn send(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Result<(), Failure> {
+    let url =
+        reqwest::Url::parse(&cb.url).map_err(|e| Failure::Refused(format!("invalid URL: {e}")))?;
+    if !app.config.allow_private_callbacks {
+        // Literal addresses never reach the resolver.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| is_internal(*ip)) {
+            return Err(Failure::Refused(InternalAddress(ip).to_string()));
+        }
+    }
+    let account = app.directory.account(cb.account_id);
+    let timestamp = Utc::now().timestamp();
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &cb.webhook_id)
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(key) = account.and_then(|a| a.signing_key) {
+        request = request.header(
+            "webhook-signature",
+            key.sign(&cb.webhook_id, timestamp, cb.body.as_bytes()),
+        );
+    }
+    match request.body(cb.body.clone()).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(Failure::Retryable(format!(
+            "the receiver answered {}",
+            response.status()
+        ))),
+        Err(e) => {
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(err) = source {
+                if let Some(internal) = err.downcast_ref::<InternalAddress>() {
+                    return Err(Failure::Refused(internal.to_string()));
+                }
+                source = err.source();
+            }
+            Err(Failure::Retryable(describe(&e)))
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the receiver did not answer in time".into()
+    } else if e.is_connect() {
+        "could not connect to the receiver".into()
+    } else {
+        format!("request failed: {e}")
+    }
+}
+
+/// ±20%, so that many callbacks failing together do not retry together.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(100));
+            assert!(d >= Duration::from_secs(80) && d <= Duration::from_secs(120));
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! In-memory copies of what every trigger looks up: keys, accounts, agents
+//! and rates.
+//!
+//! A trigger must not wait on the database to learn who is calling and which
+//! agent version to run, so these live in memory as immutable snapshots
+//! swapped whole. A refresher polls the store's revision counters and
+//! reloads a snapshot when its counter moves, so a change made by another
+//! process (`herald keys revoke`, `herald limits set`, another instance) is
+//! seen within one poll; changes made through this server's own API reload
+//! at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use herald_core::keys::{hash_key, hashes_equal, KeyHash};
+use herald_core::webhook::SigningKey;
+use herald_core::{AccountId, AgentId, Channel};
+use herald_store::{AgentIndexRow, Revisions, Store};
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub webhook_secret: String,
+    pub signing_key: Option<SigningKey>,
+}
+
+#[derive(Default)]
+struct Keys {
+    /// Keyed by the first half of the hash; the whole hash is then compared
+    /// in constant time, so the lookup's timing reveals nothing useful.
+    by_prefix: HashMap<[u8; 16], Vec<(KeyHash, AccountId)>>,
+}
+
+#[derive(Default)]
+struct Agents {
+    by_id: HashMap<AgentId, AgentIndexRow>,
+    /// Published numbers, per account: the legacy `from` lookup.
+    by_number: HashMap<(AccountId, String), Vec<AgentId>>,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    keys: RwLock<Arc<Keys>>,
+    accounts: RwLock<Arc<HashMap<AccountId, Account>>>,
+    agents: RwLock<Arc<Agents>>,
+    rates: RwLock<Arc<HashMap<AgentId, u32>>>,
+    seen: RwLock<Revisions>,
+}
+
+fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn swap<T>(lock: &RwLock<Arc<T>>, value: T) {
+    *lock.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+}
+
+fn prefix(hash: &KeyHash) -> [u8; 16] {
+    hash[..16].try_into().expect("a key hash has 32 bytes")
+}
+
+impl Directory {
+    pub async fn load(store: &dyn Store) -> anyhow::Result<Self> {
+        let dir = Directory::default();
+        let revisions = store.revisions().await?;
+        dir.reload_keys(store).await?;
+        dir.reload_agents(store).await?;
+        dir.reload_rates(store).await?;
+        *dir.seen.write().unwrap_or_else(|e| e.into_inner()) = revisions;
+        Ok(dir)
+    }
+
+    /// Reloads whatever changed since the last look.
+    pub async fn refresh(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let now = store.revisions().await?;
+        let seen = *self.seen.read().unwrap_or_else(|e| e.into_inner());
+        if now == seen {
+            return Ok(());
+        }
+        if now.keys != seen.keys {
+            self.reload_keys(store).await?;
+        }
+        if now.agents != seen.agents {
+            self.reload_agents(store).await?;
+        }
+        if now.limits != seen.limits {
+            self.reload_rates(store).await?;
+        }
+        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(())
+    }
+
+    pub async fn reload_keys(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let mut keys = Keys::default();
+        for row in store.keys().await?.into_iter().filter(|k| !k.revoked) {
+            keys.by_prefix
+                .entry(prefix(&row.hash))
+                .or_default()
+                .push((row.hash, row.account_id));
+        }
+        let accounts = store
+            .accounts()
+            .await?
+            .into_iter()
+            .map(|a| {
+                let signing_key = SigningKey::from_secret(&a.webhook_secret).ok();
+                let account = Account {
+                    id: a.id,
+                    name: a.name,
+                    webhook_secret: a.webhook_secret,
+                    signing_key,
+                };
+                (a.id, account)
+            })
+            .collect();
+        swap(&self.keys, keys);
+        swap(&self.accounts, accounts);
+        Ok(())
+    }
+
+    pub async fn reload_agents(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let mut agents = Agents::default();
+        for row in store.agent_index().await? {
+            if let Some((_, number)) = &row.published {
+                agents
+                    .by_number
+                    .entry((row.account_id, number.clone()))
+                    .or_default()
+                    .push(row.agent_id.clone());
+            }
+            agents.by_id.insert(row.agent_id.clone(), row);
+        }
+        swap(&self.agents, agents);
+        Ok(())
+    }
+
+    pub async fn reload_rates(&self, store: &dyn Store) -> anyhow::Result<()> {
+        swap(&self.rates, store.rates().await?.into_iter().collect());
+        Ok(())
+    }
+
+    /// The account a key belongs to, if the key is live.
+    pub fn authenticate(&self, key: &str) -> Option<AccountId> {
+        let hash = hash_key(key);
+        let keys = read(&self.keys);
+        keys.by_prefix
+            .get(&prefix(&hash))?
+            .iter()
+            .find(|(stored, _)| hashes_equal(stored, &hash))
+            .map(|(_, account)| *account)
+    }
+
+    pub fn account(&self, id: AccountId) -> Option<Account> {
+        read(&self.accounts).get(&id).cloned()
+    }
+
+    pub fn agent(&self, id: &AgentId) -> Option<AgentIndexRow> {
+        read(&self.agents).by_id.get(id).cloned()
+    }
+
+    /// The account's published agents with this number, preferring one of
+    /// `channel`.
+    pub fn agent_by_number(
+        &self,
+        account: AccountId,
+        number: &str,
+        channel: Channel,
+    ) -> Option<AgentIndexRow> {
+        let agents = read(&self.agents);
+        let ids = agents.by_number.get(&(account, number.to_owned()))?;
+        let rows: Vec<&AgentIndexRow> = ids.iter().filter_map(|id| agents.by_id.get(id)).collect();
+        rows.iter()
+            .find(|r| r.channel == channel)
+            .or_else(|| rows.first())
+            .map(|r| (*r).clone())
+    }
+
+    pub fn rate(&self, id: &AgentId) -> Option<u32> {
+        read(&self.rates).get(id).copied()
+    }
+}

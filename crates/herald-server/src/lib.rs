@@ -1,0 +1,196 @@
+//! herald's server: the HTTP API, the workers that run sessions and deliver
+//! callbacks, and their start-up and shutdown.
+//!
+//! The path of a session through this crate: [`routes::trigger`] checks and
+//! stores it, [`dispatcher`] runs it through a channel provider and the
+//! agent's flow, [`callbacks`] reports what happened to its `status_url`.
+//! [`directory`] keeps what every request looks up in memory.
+
+pub mod callbacks;
+pub mod config;
+pub mod demo;
+pub mod directory;
+pub mod dispatcher;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use herald_channels::{Provider, Simulator};
+use herald_core::AccountId;
+use herald_limit::{MemoryLimiter, RateLimiter};
+use herald_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+/// What every handler and worker shares.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub provider: Arc<dyn Provider>,
+    pub directory: directory::Directory,
+    pub metrics: metrics::Metrics,
+    /// Idempotency keys whose first request is being handled.
+    pub inflight: Mutex<HashSet<(AccountId, String)>>,
+    /// Poked when a session is stored, so the dispatcher need not poll.
+    pub dispatch_wakeup: Notify,
+    /// Poked when a callback is written or settled.
+    pub callback_wakeup: Notify,
+    /// The address this server answers on (to spot `status_url`s pointing
+    /// back at it).
+    pub local_addr: SocketAddr,
+}
+
+pub type AppState = Arc<App>;
+
+/// A receiver of the shutdown signal.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    app: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
+
+    /// Stops gracefully: no new connections, requests under way finish,
+    /// workers finish what they hold (bounded), then everything returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Opens the store and starts the server on `listener`: the API and every
+/// worker. Tests hand in a listener bound to port 0.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
+    let store = herald_store::open(
+        &config.database_url,
+        &StoreOptions {
+            durable: config.durable_commits,
+        },
+    )
+    .await
+    .with_context(|| format!("opening the store at {}", config.database_url))?;
+    start_with_store(config, listener, store).await
+}
+
+pub async fn start_with_store(
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Server> {
+    let addr = listener.local_addr()?;
+    let directory = directory::Directory::load(store.as_ref())
+        .await
+        .context("loading keys, agents and limits")?;
+    let app: AppState = Arc::new(App {
+        provider: Arc::new(Simulator::new(config.simulator_delay)),
+        limiter: Arc::new(MemoryLimiter::default()),
+        config,
+        store,
+        directory,
+        metrics: metrics::Metrics::default(),
+        inflight: Mutex::new(HashSet::new()),
+        dispatch_wakeup: Notify::new(),
+        callback_wakeup: Notify::new(),
+        local_addr: addr,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let shutdown = Shutdown(stop_rx);
+    let mut tasks = Vec::new();
+
+    let router = routes::router(app.clone());
+    let mut http_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(dispatcher::run(app.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(callbacks::run(app.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(refresh_directory(app.clone(), shutdown)));
+    tracing::info!(%addr, region = %app.config.region, "herald is serving");
+    Ok(Server {
+        addr,
+        app,
+        stop,
+        tasks,
+    })
+}
+
+/// Picks up changes made by other processes (CONTRACT §6.2: within 2 s).
+async fn refresh_directory(app: AppState, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.cache_refresh) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = app.directory.refresh(app.store.as_ref()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not refresh the directory");
+        }
+    }
+}

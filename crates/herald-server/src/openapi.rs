@@ -1,0 +1,71 @@
+//! The OpenAPI document, generated from the handlers' annotations. A copy
+//! is committed at `openapi.json`; a test fails when the two differ
+//! (`herald openapi > openapi.json` refreshes it).
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{account, agents, ops, sessions, templates, trigger};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "herald",
+        description = "Start conversations with people by voice, SMS and WhatsApp: trigger a published virtual agent, follow its sessions, receive signed status callbacks.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        trigger::make_call,
+        trigger::conversation,
+        agents::create,
+        agents::list,
+        agents::read,
+        agents::edit,
+        agents::delete,
+        agents::publish,
+        templates::create,
+        templates::list,
+        account::read,
+        sessions::read,
+        sessions::list,
+        ops::healthz,
+        ops::metrics,
+        ops::openapi,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&Security),
+    tags(
+        (name = "triggers", description = "Start sessions (CONTRACT §2, §3)"),
+        (name = "agents", description = "Agents and their published versions"),
+        (name = "templates", description = "WhatsApp templates"),
+        (name = "account", description = "The calling account"),
+        (name = "sessions", description = "What happened in each session"),
+        (name = "operations", description = "Health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "vgai_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Vgai-Key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as served and committed: pretty JSON with a final newline.
+pub fn document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    text.push('\n');
+    text
+}

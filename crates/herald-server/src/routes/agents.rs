@@ -1,0 +1,305 @@
+//! Agents: create, list, read, edit, delete, publish (CONTRACT §4.1–4.3).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::flow::FlowDefinition;
+use herald_core::{AccountId, AgentId, Channel, PhoneNumber, Region};
+use herald_store::{Agent, AgentPatch, NewAgent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{authenticate, opt_string, read_object, req_string};
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+const MAX_NAME: usize = 200;
+
+/// An agent's draft and the number of its current published version.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentView {
+    #[schema(example = "60c09d70e6a68858f4220848")]
+    pub agent_id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Channel,
+    /// The agent's phone number or sender id, digits with country code.
+    #[schema(example = "447700900000")]
+    pub number: String,
+    pub region: Region,
+    pub flow: FlowDefinition,
+    /// The version triggers run, or null before the first publish.
+    pub published_version: Option<u32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Agent> for AgentView {
+    fn from(a: Agent) -> Self {
+        AgentView {
+            agent_id: a.agent_id.to_string(),
+            name: a.name,
+            kind: a.channel,
+            number: a.number,
+            region: a.region,
+            flow: a.flow,
+            published_version: a.current_version,
+            created_at: herald_core::time::rfc3339(a.created_at),
+            updated_at: herald_core::time::rfc3339(a.updated_at),
+        }
+    }
+}
+
+/// `POST /agents`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CreateAgent {
+    name: String,
+    #[serde(rename = "type")]
+    kind: Channel,
+    /// Digits with country code; one leading `+` is accepted.
+    number: String,
+    /// Defaults to the server's region.
+    region: Option<Region>,
+    /// Defaults to a flow that greets and ends.
+    flow: Option<FlowDefinition>,
+}
+
+/// `PATCH /agents/{agent_id}`: edits the draft.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EditAgent {
+    name: Option<String>,
+    number: Option<String>,
+    flow: Option<FlowDefinition>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Published {
+    pub agent_id: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+fn name(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let name = opt_string(obj, "name")?;
+    if let Some(n) = &name {
+        if n.trim().is_empty() || n.chars().count() > MAX_NAME {
+            return Err(ApiError::bad_request("name must be 1 to 200 characters"));
+        }
+    }
+    Ok(name)
+}
+
+fn number(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    opt_string(obj, "number")?
+        .map(|n| {
+            PhoneNumber::parse(&n)
+                .map(|p| p.as_str().to_owned())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "number must be a phone number with country code, digits only",
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn flow(obj: &Map<String, Value>, channel: Channel) -> Result<Option<FlowDefinition>, ApiError> {
+    match obj.get("flow") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => FlowDefinition::from_json(v, channel)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+        Some(_) => Err(ApiError::bad_request("flow must be an object")),
+    }
+}
+
+fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
+    raw.parse().map_err(|_| agent_not_found(raw))
+}
+
+fn agent_not_found(raw: &str) -> ApiError {
+    ApiError::not_found(format!("Agent {raw} was not found"))
+}
+
+async fn reload(app: &AppState) {
+    if let Err(e) = app.directory.reload_agents(app.store.as_ref()).await {
+        tracing::warn!(error = %e, "could not reload agents; the refresher will retry");
+    }
+}
+
+#[utoipa::path(post, path = "/agents", tag = "agents", request_body = CreateAgent,
+    responses((status = 201, body = AgentView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let obj = read_object(body).await?;
+    let mut absent = vec![];
+    for field in ["name", "type", "number"] {
+        if obj.get(field).is_none_or(Value::is_null) {
+            absent.push(field);
+        }
+    }
+    if !absent.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Missing mandatory field(s): {}",
+            absent.join(", ")
+        )));
+    }
+    let name = name(&obj)?.unwrap_or_default();
+    let channel: Channel = req_string(&obj, "type")?
+        .parse()
+        .map_err(|_| ApiError::bad_request("type must be one of voice, sms, whatsapp"))?;
+    let number = number(&obj)?.unwrap_or_default();
+    let region = match opt_string(&obj, "region")? {
+        None => app.config.region,
+        Some(r) => r
+            .parse()
+            .map_err(|_| ApiError::bad_request("region must be one of eu, us"))?,
+    };
+    let flow = flow(&obj, channel)?.unwrap_or_else(|| FlowDefinition::default_for(channel));
+    let agent = app
+        .store
+        .create_agent(NewAgent {
+            account_id: account,
+            name,
+            channel,
+            number,
+            region,
+            flow,
+        })
+        .await?;
+    reload(&app).await;
+    Ok((StatusCode::CREATED, Json(AgentView::from(agent))).into_response())
+}
+
+#[utoipa::path(get, path = "/agents", tag = "agents",
+    responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<AgentList>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let agents = app.store.agents(account).await?;
+    Ok(Json(AgentList {
+        agents: agents.into_iter().map(AgentView::from).collect(),
+    }))
+}
+
+async fn find(app: &AppState, account: AccountId, raw: &str) -> Result<Agent, ApiError> {
+    let id = agent_id(raw)?;
+    app.store
+        .agent(account, &id)
+        .await?
+        .ok_or_else(|| agent_not_found(raw))
+}
+
+#[utoipa::path(get, path = "/agents/{agent_id}", tag = "agents",
+    params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
+    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn read(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<AgentView>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    Ok(Json(find(&app, account, &raw).await?.into()))
+}
+
+#[utoipa::path(patch, path = "/agents/{agent_id}", tag = "agents", request_body = EditAgent,
+    params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
+    responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn edit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Result<Json<AgentView>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let current = find(&app, account, &raw).await?;
+    let obj = read_object(body).await?;
+    for fixed in ["type", "region"] {
+        if obj.get(fixed).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{fixed} cannot be changed; create a new agent instead"
+            )));
+        }
+    }
+    let patch = AgentPatch {
+        name: name(&obj)?,
+        number: number(&obj)?,
+        flow: flow(&obj, current.channel)?,
+    };
+    let agent = app
+        .store
+        .update_agent(account, &current.agent_id, patch)
+        .await?
+        .ok_or_else(|| agent_not_found(&raw))?;
+    reload(&app).await;
+    Ok(Json(agent.into()))
+}
+
+#[utoipa::path(delete, path = "/agents/{agent_id}", tag = "agents",
+    params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
+    responses((status = 204, description = "Deleted; sessions already started finish"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn delete(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let id = agent_id(&raw)?;
+    if !app.store.delete_agent(account, &id).await? {
+        return Err(agent_not_found(&raw));
+    }
+    reload(&app).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/agents/{agent_id}/publish", tag = "agents",
+    params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
+    responses((status = 200, body = Published), (status = 400, description = "The flow is invalid", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<Published>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let agent = find(&app, account, &raw).await?;
+    // Drafts are checked when written; checking again here keeps a draft
+    // written by an older herald from being published unchecked.
+    agent
+        .flow
+        .validate(agent.channel)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let version = app
+        .store
+        .publish_agent(account, &agent.agent_id)
+        .await?
+        .ok_or_else(|| agent_not_found(&raw))?;
+    reload(&app).await;
+    Ok(Json(Published {
+        agent_id: agent.agent_id.to_string(),
+        version,
+    }))
+}

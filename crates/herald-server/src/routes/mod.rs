@@ -1,0 +1,170 @@
+//! The HTTP API: one module per resource, and the pieces they share.
+
+pub mod account;
+pub mod agents;
+pub mod ops;
+pub mod sessions;
+pub mod templates;
+pub mod trigger;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::AccountId;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::metrics::RequestLabels;
+use crate::AppState;
+
+/// Bodies over this get 413 (CONTRACT §1.4).
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn router(app: AppState) -> Router {
+    let mut api = Router::new()
+        .route("/telephony/make-call", post(trigger::make_call))
+        .route("/messaging/conversation", post(trigger::conversation))
+        .route("/agents", post(agents::create).get(agents::list))
+        .route(
+            "/agents/{agent_id}",
+            get(agents::read).patch(agents::edit).delete(agents::delete),
+        )
+        .route("/agents/{agent_id}/publish", post(agents::publish))
+        .route(
+            "/whatsapp/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route("/account", get(account::read))
+        .route("/sessions", get(sessions::list))
+        .route("/sessions/{session_id}", get(sessions::read))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi));
+    if app.config.bench_routes {
+        api = api.route("/bench/noop", post(ops::noop));
+    }
+    api.route_layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        count_requests,
+    ))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+    .with_state(app)
+}
+
+async fn count_requests(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn not_found(State(app): State<AppState>) -> ApiError {
+    count_unmatched(&app, StatusCode::NOT_FOUND);
+    ApiError::not_found("Route not found")
+}
+
+async fn method_not_allowed(State(app): State<AppState>) -> ApiError {
+    count_unmatched(&app, StatusCode::METHOD_NOT_ALLOWED);
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+}
+
+fn count_unmatched(app: &AppState, status: StatusCode) {
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: "unmatched".into(),
+            status: status.as_u16(),
+        })
+        .inc();
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response()
+}
+
+/// The account a request's key belongs to (CONTRACT §1.3): `X-Vgai-Key`, or
+/// `Authorization: Bearer`.
+pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<AccountId, ApiError> {
+    let key = headers
+        .get("x-vgai-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then_some(token.trim())
+                })
+        })
+        .ok_or_else(ApiError::unauthorised)?;
+    app.directory
+        .authenticate(key.trim())
+        .ok_or_else(ApiError::unauthorised)
+}
+
+/// Reads a body of at most 64 KiB.
+pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        // The only error of a local body is its length; a broken connection
+        // also lands here, and its client is gone anyway.
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_big || e.to_string().contains("length limit") {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body is larger than 64 KiB",
+            )
+        } else {
+            ApiError::bad_request(format!("Could not read the request body: {e}"))
+        }
+    })
+}
+
+/// Reads a body as a JSON object, whatever its Content-Type (CONTRACT §1.1).
+pub async fn read_object(body: Body) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = read_body(body).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(ApiError::bad_request(
+            "Invalid JSON body: expected a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
+    }
+}
+
+/// An optional string field of an account-API body.
+pub fn opt_string(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+    }
+}
+
+pub fn req_string(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    opt_string(obj, name)?
+        .ok_or_else(|| ApiError::bad_request(format!("Missing mandatory field(s): {name}")))
+}

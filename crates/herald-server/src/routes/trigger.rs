@@ -1,0 +1,730 @@
+//! The trigger endpoints: `POST /telephony/make-call` (CONTRACT §2) and
+//! `POST /messaging/conversation` (§3).
+//!
+//! One pipeline serves both, running the checks of §2.2 in the contract's
+//! order so that the first failure is the one answered:
+//! authentication, JSON, mandatory fields, field types, destination,
+//! `status_url`, agent, (WhatsApp template), rate limit, store.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use herald_core::session::SessionParameters;
+use herald_core::whatsapp::{self, Component, ComponentType};
+use herald_core::{AccountId, AgentId, Channel, Destination, SessionId};
+use herald_limit::Decision;
+use herald_store::{AgentIndexRow, Created, NewIdempotency, NewSession};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{authenticate, read_body};
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+/// The contract's text for any failure to store a session (CONTRACT §2.2 step 9).
+const STORE_FAILED: &str = "Failed to fetch preconfigured session information";
+/// How long an idempotency key answers with its first response.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_STATUS_URL: usize = 2048;
+
+/// A session accepted.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerResponse {
+    #[schema(example = "0190b2a4-5c1e-7c3a-9b7e-2f4c1d2e3f40")]
+    pub session_id: String,
+    /// UTC with microseconds and no offset.
+    #[schema(example = "2020-10-14T09:42:07.151657")]
+    pub session_start_time: String,
+}
+
+/// `POST /telephony/make-call`: the body (CONTRACT §2.1). Unknown fields are ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MakeCallRequest {
+    /// The voice agent to run. One of `agent_id` and `from` is required.
+    #[schema(example = "60c09d70e6a68858f4220848")]
+    agent_id: Option<String>,
+    /// Legacy: the published number of an agent; wins over `agent_id`.
+    from: Option<String>,
+    /// A phone number with country code (digits only, one leading `+` allowed) or a SIP URI.
+    #[schema(example = "9725411116037")]
+    to: String,
+    /// Where status callbacks go.
+    status_url: Option<String>,
+    /// Hang up when an answering machine picks up.
+    #[schema(default = false)]
+    hangup_on_answer_machine: Option<bool>,
+    session_parameters: Option<Vec<herald_core::session::SessionParameter>>,
+}
+
+/// `POST /messaging/conversation`: the body (CONTRACT §3.1).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ConversationRequest {
+    /// The agent to run. One of `agent_id` and `from` is required.
+    agent_id: Option<String>,
+    /// Legacy: the published number of an agent; wins over `agent_id`.
+    from: Option<String>,
+    /// A phone number with country code.
+    to: String,
+    /// `sms` or `whatsapp`.
+    #[schema(example = "sms")]
+    channel: String,
+    /// Where status callbacks go; required on WhatsApp.
+    status_url: Option<String>,
+    session_parameters: Option<Vec<herald_core::session::SessionParameter>>,
+    /// WhatsApp: the template's namespace.
+    namespace: Option<String>,
+    /// WhatsApp: the template's name.
+    template: Option<String>,
+    /// WhatsApp: the template's locale.
+    locale: Option<String>,
+    /// WhatsApp: the template's parameters.
+    components: Option<Vec<Component>>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/telephony/make-call",
+    tag = "triggers",
+    request_body = MakeCallRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body within 24 hours answers with the first response")),
+    responses(
+        (status = 200, description = "The session is stored and will be dispatched", body = TriggerResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
+        (status = 404, description = "Unknown, unpublished or foreign agent", body = ErrorBody),
+        (status = 409, description = "The same Idempotency-Key is being handled", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different body", body = ErrorBody),
+        (status = 429, description = "Over the agent's rate", body = ErrorBody),
+        (status = 500, description = "The session could not be stored", body = ErrorBody),
+    ),
+    security(("vgai_key" = []), ("bearer" = []))
+)]
+pub async fn make_call(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    trigger(&app, &headers, body, Endpoint::Voice)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/messaging/conversation",
+    tag = "triggers",
+    request_body = ConversationRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body within 24 hours answers with the first response")),
+    responses(
+        (status = 200, description = "The session is stored and will be dispatched", body = TriggerResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
+        (status = 404, description = "Unknown, unpublished or foreign agent", body = ErrorBody),
+        (status = 409, description = "The same Idempotency-Key is being handled", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different body", body = ErrorBody),
+        (status = 429, description = "Over the agent's rate", body = ErrorBody),
+        (status = 500, description = "The session could not be stored", body = ErrorBody),
+    ),
+    security(("vgai_key" = []), ("bearer" = []))
+)]
+pub async fn conversation(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    trigger(&app, &headers, body, Endpoint::Messaging)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Voice,
+    Messaging,
+}
+
+/// A trigger that passed every check of the body (steps 2 to 6).
+struct Trigger {
+    agent: AgentRef,
+    channel: Channel,
+    to: Destination,
+    status_url: Option<String>,
+    hangup_on_machine: bool,
+    parameters: SessionParameters,
+    whatsapp: Option<WhatsappMessage>,
+}
+
+enum AgentRef {
+    Id(String),
+    Number(String),
+}
+
+struct WhatsappMessage {
+    namespace: String,
+    template: String,
+    locale: String,
+    components: Vec<Component>,
+}
+
+async fn trigger(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    // 1. Authentication.
+    let account = authenticate(app, headers)?;
+    let bytes = read_body(body).await?;
+    let idempotency_key = idempotency_key(headers)?;
+
+    // 2. A JSON object, whatever the Content-Type says.
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    let Value::Object(obj) = &value else {
+        return Err(ApiError::bad_request(
+            "Invalid JSON body: expected a JSON object",
+        ));
+    };
+
+    // A replay answers before any other check, so that it costs no quota
+    // and does not depend on anything that changed since the first request.
+    let mut _claim = None;
+    let mut idempotency = None;
+    if let Some(key) = idempotency_key {
+        let request_hash = canonical_hash(&value, endpoint);
+        if let Some(first) = app
+            .store
+            .idempotent_response(account, &key, IDEMPOTENCY_WINDOW)
+            .await
+            .map_err(|e| ApiError::internal(STORE_FAILED, format!("{e:#}")))?
+        {
+            return replay(&first, &request_hash);
+        }
+        _claim = Some(InFlight::claim(app, account, &key)?);
+        idempotency = Some((key, request_hash));
+    }
+
+    // 3 to 6: the body's own checks.
+    let trigger = match endpoint {
+        Endpoint::Voice => parse_voice(obj)?,
+        Endpoint::Messaging => parse_messaging(obj)?,
+    };
+    if let Some(url) = &trigger.status_url {
+        check_status_url(app, headers, url)?;
+    }
+
+    // 7. The agent.
+    let agent = resolve_agent(app, account, &trigger)?;
+    let (version, from) = agent
+        .published
+        .clone()
+        .expect("resolve_agent checks publication");
+
+    // WhatsApp: the template must be registered, with matching parameters.
+    let whatsapp = match &trigger.whatsapp {
+        Some(message) => Some(check_template(app, account, message).await?),
+        None => None,
+    };
+
+    // 8. The rate limit.
+    let rate = app
+        .directory
+        .rate(&agent.agent_id)
+        .unwrap_or(app.config.default_rate);
+    let permit = match app.limiter.acquire(agent.agent_id.as_str(), rate).await {
+        Ok(Decision::Admitted(permit)) => permit,
+        Ok(Decision::Limited { retry_after }) => {
+            app.metrics.rate_limited.inc();
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Rate limit exceeded: agent {} may start {rate} session(s) per second",
+                    agent.agent_id
+                ),
+            );
+            err.retry_after = Some(herald_limit::retry_after_secs(retry_after));
+            return Err(err);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rate limiter unavailable");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Rate limiter unavailable, try again shortly",
+            ));
+        }
+    };
+
+    // 9. Store the session and its dispatch job, durably, then answer.
+    let id = SessionId::generate();
+    let now = Utc::now();
+    let response = TriggerResponse {
+        session_id: id.to_string(),
+        session_start_time: herald_core::time::session_start_time(now),
+    };
+    let response_body = serde_json::to_string(&response).expect("a response serialises");
+    let new = NewSession {
+        id,
+        account_id: account,
+        agent_id: agent.agent_id.clone(),
+        agent_version: version,
+        channel: trigger.channel,
+        to: trigger.to.as_str().to_owned(),
+        from,
+        status_url: trigger.status_url,
+        hangup_on_machine: trigger.hangup_on_machine,
+        parameters: trigger.parameters,
+        whatsapp,
+        created_at: now,
+        idempotency: idempotency.map(|(key, request_hash)| NewIdempotency {
+            key,
+            request_hash,
+            response: response_body.clone(),
+        }),
+    };
+    match app.store.create_session(new).await {
+        Ok(Created::Stored) => {
+            app.metrics
+                .sessions_accepted
+                .get_or_create(&crate::metrics::ChannelLabels {
+                    channel: trigger.channel.as_str(),
+                })
+                .inc();
+            app.dispatch_wakeup.notify_one();
+            Ok(json_response(StatusCode::OK, response_body))
+        }
+        Ok(Created::Duplicate(first)) => {
+            // Another instance stored the same key first: answer as a replay.
+            app.limiter.release(agent.agent_id.as_str(), permit).await;
+            let hash = canonical_hash(&value, endpoint);
+            replay(&first, &hash)
+        }
+        Err(e) => {
+            app.limiter.release(agent.agent_id.as_str(), permit).await;
+            Err(ApiError::internal(STORE_FAILED, format!("{e:#}")))
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+fn replay(first: &herald_store::IdempotentResponse, hash: &[u8; 32]) -> Result<Response, ApiError> {
+    if &first.request_hash == hash {
+        Ok(json_response(StatusCode::OK, first.response.clone()))
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency-Key reused with a different request",
+        ))
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// A hash of the request that ignores key order and whitespace, so that the
+/// same body re-serialised by a client's retry still counts as the same.
+fn canonical_hash(value: &Value, endpoint: Endpoint) -> [u8; 32] {
+    fn feed(h: &mut Sha256, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                for k in keys {
+                    feed(h, &Value::String(k.clone()));
+                    h.update(b":");
+                    feed(h, &map[k]);
+                    h.update(b",");
+                }
+                h.update(b"}");
+            }
+            Value::Array(items) => {
+                h.update(b"[");
+                for item in items {
+                    feed(h, item);
+                    h.update(b",");
+                }
+                h.update(b"]");
+            }
+            other => h.update(other.to_string().as_bytes()),
+        }
+    }
+    let mut h = Sha256::new();
+    // The endpoint is part of the request: one key on both endpoints is a
+    // different request.
+    h.update(match endpoint {
+        Endpoint::Voice => b"voice:".as_slice(),
+        Endpoint::Messaging => b"messaging:".as_slice(),
+    });
+    feed(&mut h, value);
+    h.finalize().into()
+}
+
+/// Marks an idempotency key as being handled, so that a concurrent duplicate
+/// gets 409 instead of starting a second session; released on drop.
+struct InFlight {
+    app: AppState,
+    key: (AccountId, String),
+}
+
+impl InFlight {
+    fn claim(app: &AppState, account: AccountId, key: &str) -> Result<Self, ApiError> {
+        let entry = (account, key.to_owned());
+        let mut inflight = app.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if !inflight.insert(entry.clone()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "A request with this Idempotency-Key is still being handled",
+            ));
+        }
+        Ok(InFlight {
+            app: app.clone(),
+            key: entry,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.app
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// A field's value, or `None` when it is absent or `null` (both count as
+/// missing, CONTRACT §2.2 step 3).
+fn present<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).filter(|v| !v.is_null())
+}
+
+fn string<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match present(obj, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+    }
+}
+
+fn missing(fields: &[&str]) -> Result<(), ApiError> {
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Missing mandatory field(s): {}",
+            fields.join(", ")
+        )))
+    }
+}
+
+fn agent_ref(agent_id: Option<&str>, from: Option<&str>) -> AgentRef {
+    match (from, agent_id) {
+        (Some(number), _) => AgentRef::Number(number.to_owned()),
+        (None, Some(id)) => AgentRef::Id(id.to_owned()),
+        (None, None) => unreachable!("mandatory fields are checked first"),
+    }
+}
+
+fn parameters(obj: &Map<String, Value>) -> Result<SessionParameters, ApiError> {
+    match present(obj, "session_parameters") {
+        None => Ok(SessionParameters::default()),
+        Some(v) => SessionParameters::from_json(v).map_err(ApiError::bad_request),
+    }
+}
+
+fn parse_voice(obj: &Map<String, Value>) -> Result<Trigger, ApiError> {
+    // 3. Mandatory fields, in the order of the contract's table.
+    let mut absent = Vec::new();
+    if present(obj, "agent_id").is_none() && present(obj, "from").is_none() {
+        absent.push("agent_id");
+    }
+    if present(obj, "to").is_none() {
+        absent.push("to");
+    }
+    missing(&absent)?;
+
+    // 4. Types and shapes.
+    let agent_id = string(obj, "agent_id")?;
+    let from = string(obj, "from")?;
+    let to = string(obj, "to")?.unwrap_or_default();
+    let status_url = string(obj, "status_url")?;
+    let hangup_on_machine = match present(obj, "hangup_on_answer_machine") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "hangup_on_answer_machine must be a boolean",
+            ))
+        }
+    };
+    let parameters = parameters(obj)?;
+
+    // 5. The destination.
+    let to = Destination::parse_voice(to).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    Ok(Trigger {
+        agent: agent_ref(agent_id, from),
+        channel: Channel::Voice,
+        to,
+        status_url: status_url.map(str::to_owned),
+        hangup_on_machine,
+        parameters,
+        whatsapp: None,
+    })
+}
+
+fn parse_messaging(obj: &Map<String, Value>) -> Result<Trigger, ApiError> {
+    let whatsapp = matches!(present(obj, "channel"), Some(Value::String(c)) if c == "whatsapp");
+
+    // 3. Mandatory fields, in the seed's order.
+    let mut absent = Vec::new();
+    if whatsapp {
+        for name in ["namespace", "template", "locale"] {
+            if present(obj, name).is_none() {
+                absent.push(name);
+            }
+        }
+    }
+    if present(obj, "to").is_none() {
+        absent.push("to");
+    }
+    if present(obj, "agent_id").is_none() && present(obj, "from").is_none() {
+        absent.push("agent_id");
+    }
+    if present(obj, "channel").is_none() {
+        absent.push("channel");
+    }
+    if whatsapp && present(obj, "status_url").is_none() {
+        absent.push("status_url");
+    }
+    missing(&absent)?;
+
+    // 4. Types and shapes.
+    let to = string(obj, "to")?.unwrap_or_default();
+    let agent_id = string(obj, "agent_id")?;
+    let from = string(obj, "from")?;
+    let channel = match string(obj, "channel")?.unwrap_or_default() {
+        "sms" => Channel::Sms,
+        "whatsapp" => Channel::Whatsapp,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Unsupported channel: {other}"
+            )))
+        }
+    };
+    let status_url = string(obj, "status_url")?;
+    let parameters = parameters(obj)?;
+    let whatsapp = if channel == Channel::Whatsapp {
+        let components = match present(obj, "components") {
+            None => Vec::new(),
+            Some(v) => {
+                whatsapp::parse_components(v).map_err(|e| ApiError::bad_request(e.to_string()))?
+            }
+        };
+        Some(WhatsappMessage {
+            namespace: string(obj, "namespace")?.unwrap_or_default().to_owned(),
+            template: string(obj, "template")?.unwrap_or_default().to_owned(),
+            locale: string(obj, "locale")?.unwrap_or_default().to_owned(),
+            components,
+        })
+    } else {
+        None
+    };
+
+    // 5. The destination: phone numbers only.
+    let to = Destination::parse_messaging(to).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    Ok(Trigger {
+        agent: agent_ref(agent_id, from),
+        channel,
+        to,
+        status_url: status_url.map(str::to_owned),
+        hangup_on_machine: false,
+        parameters,
+        whatsapp,
+    })
+}
+
+/// 6. `status_url`: an absolute http(s) URL that is not this service.
+fn check_status_url(app: &AppState, headers: &HeaderMap, raw: &str) -> Result<(), ApiError> {
+    let invalid = || ApiError::bad_request("Invalid status_url");
+    // The URL parser quietly drops tabs and newlines; a URL that contains
+    // them (or any control character or space) is refused instead.
+    if raw.is_empty()
+        || raw.len() > MAX_STATUS_URL
+        || raw.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid());
+    }
+    let url = url::Url::parse(raw).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid());
+    }
+    if points_at_us(app, headers, &url) {
+        return Err(ApiError::bad_request(
+            "status_url must not point at this service",
+        ));
+    }
+    Ok(())
+}
+
+fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
+    let Some(host) = url.host() else { return false };
+    let port = url.port_or_known_default();
+    let our_port = app.local_addr.port();
+    // The Host the client used to reach us.
+    if let Some(authority) = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let their = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            port.unwrap_or_default()
+        );
+        let ours = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        if their.eq_ignore_ascii_case(&ours) {
+            return true;
+        }
+    }
+    // Any name for this machine on our port.
+    if port == Some(our_port) {
+        let local = match host {
+            url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+            url::Host::Ipv4(ip) => {
+                ip.is_loopback() || ip.is_unspecified() || app.local_addr.ip() == ip
+            }
+            url::Host::Ipv6(ip) => {
+                ip.is_loopback() || ip.is_unspecified() || app.local_addr.ip() == ip
+            }
+        };
+        if local {
+            return true;
+        }
+    }
+    false
+}
+
+/// 7. The agent: it exists in this account, is published, is deployed in
+/// this server's region and serves this channel.
+fn resolve_agent(
+    app: &AppState,
+    account: AccountId,
+    trigger: &Trigger,
+) -> Result<AgentIndexRow, ApiError> {
+    let agent = match &trigger.agent {
+        AgentRef::Id(raw) => {
+            let not_found = || {
+                ApiError::not_found(format!(
+                    "ID {raw} is not an ID to any agent or published version"
+                ))
+            };
+            let id: AgentId = raw.parse().map_err(|_| not_found())?;
+            let agent = app
+                .directory
+                .agent(&id)
+                .filter(|a| a.account_id == account)
+                .ok_or_else(not_found)?;
+            if agent.published.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "published version for Agent {id} was not found"
+                )));
+            }
+            agent
+        }
+        AgentRef::Number(number) => {
+            let number = number.strip_prefix('+').unwrap_or(number);
+            app.directory
+                .agent_by_number(account, number, trigger.channel)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "Version information for number {number} doesn't exist"
+                    ))
+                })?
+        }
+    };
+    if agent.region != app.config.region {
+        return Err(ApiError::not_found(format!(
+            "Agent {} is deployed in region {}",
+            agent.agent_id, agent.region
+        )));
+    }
+    if agent.channel != trigger.channel {
+        return Err(ApiError::bad_request(format!(
+            "Agent {} is a {} agent",
+            agent.agent_id, agent.channel
+        )));
+    }
+    Ok(agent)
+}
+
+/// CONTRACT §3.4: the template is registered and its placeholders match.
+async fn check_template(
+    app: &AppState,
+    account: AccountId,
+    message: &WhatsappMessage,
+) -> Result<Value, ApiError> {
+    let template = app
+        .store
+        .template(
+            account,
+            &message.namespace,
+            &message.template,
+            &message.locale,
+        )
+        .await
+        .map_err(|e| ApiError::internal(STORE_FAILED, format!("{e:#}")))?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Template {} ({}) is not registered in namespace {}",
+                message.template, message.locale, message.namespace
+            ))
+        })?;
+    for (kind, name, text) in [
+        (ComponentType::Header, "header", template.header.as_deref()),
+        (ComponentType::Body, "body", Some(template.body.as_str())),
+    ] {
+        let expected = text
+            .map(|t| whatsapp::placeholder_count(t).unwrap_or(0))
+            .unwrap_or(0);
+        let got = whatsapp::text_parameters(&message.components, kind);
+        if expected != got {
+            return Err(ApiError::bad_request(format!(
+                "Template {} {name} expects {expected} parameter(s), got {got}",
+                message.template
+            )));
+        }
+    }
+    Ok(serde_json::json!({
+        "namespace": message.namespace,
+        "template": message.template,
+        "locale": message.locale,
+        "components": message.components,
+    }))
+}

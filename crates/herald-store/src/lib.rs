@@ -1,0 +1,155 @@
+//! herald's durable store.
+//!
+//! Every step of a session that must survive a crash goes through a [`Store`]:
+//! the trigger's session and its dispatch job (written together, before the
+//! 200), the worker's progress, and the callback outbox. Handlers and workers
+//! see only the trait; the backend is chosen by the database URL. SQLite is
+//! the embedded default ([`sqlite::SqliteStore`]).
+
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::keys::KeyHash;
+use herald_core::{AccountId, AgentId, SessionId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule refused the write; the text says which.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything else: the backend failed. Never shown to clients.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store a database URL names: `sqlite://path` (or a bare path).
+pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        return Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!("the PostgreSQL backend is not part of this build yet; use sqlite://PATH");
+    }
+    if url.contains("://") {
+        anyhow::bail!("unsupported database URL {url:?}: expected sqlite://PATH");
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?))
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Wait for the disk to confirm each commit (`synchronous=FULL`).
+    /// Turning it off keeps commits safe from a crash of herald but not from
+    /// a power cut.
+    pub durable: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { durable: true }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- accounts and keys -------------------------------------------------
+
+    /// Stores a key for the account called `name`, creating the account (and
+    /// its webhook secret) if it is new.
+    async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId>;
+    /// Marks a key revoked; false if no such key.
+    async fn revoke_key(&self, hash: KeyHash) -> Result<bool>;
+    async fn keys(&self) -> Result<Vec<KeyRow>>;
+    async fn accounts(&self) -> Result<Vec<AccountRow>>;
+    /// Counters that change whenever keys, agents or limits change.
+    async fn revisions(&self) -> Result<Revisions>;
+
+    // ---- agents and templates ----------------------------------------------
+
+    async fn create_agent(&self, agent: NewAgent) -> Result<Agent>;
+    async fn agents(&self, account: AccountId) -> Result<Vec<Agent>>;
+    async fn agent(&self, account: AccountId, id: &AgentId) -> Result<Option<Agent>>;
+    async fn update_agent(
+        &self,
+        account: AccountId,
+        id: &AgentId,
+        patch: AgentPatch,
+    ) -> Result<Option<Agent>>;
+    async fn delete_agent(&self, account: AccountId, id: &AgentId) -> Result<bool>;
+    /// Snapshots the draft as the next version; `None` if there is no such agent.
+    async fn publish_agent(&self, account: AccountId, id: &AgentId) -> Result<Option<u32>>;
+    async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>>;
+    /// What the trigger path needs to know of every live agent.
+    async fn agent_index(&self) -> Result<Vec<AgentIndexRow>>;
+    async fn set_rate(&self, id: &AgentId, rate: u32) -> Result<bool>;
+    async fn rates(&self) -> Result<Vec<(AgentId, u32)>>;
+
+    async fn create_template(&self, account: AccountId, template: Template) -> Result<()>;
+    async fn templates(&self, account: AccountId) -> Result<Vec<Template>>;
+    async fn template(
+        &self,
+        account: AccountId,
+        namespace: &str,
+        name: &str,
+        locale: &str,
+    ) -> Result<Option<Template>>;
+
+    // ---- sessions ----------------------------------------------------------
+
+    /// Stores a session, its first event and its dispatch job in one
+    /// transaction, with the idempotency record if there is one. When the
+    /// same idempotency key was committed first by another request, nothing
+    /// is written and the stored response comes back instead.
+    async fn create_session(&self, session: NewSession) -> Result<Created>;
+    /// An idempotency key's stored response, if younger than `max_age`.
+    async fn idempotent_response(
+        &self,
+        account: AccountId,
+        key: &str,
+        max_age: Duration,
+    ) -> Result<Option<IdempotentResponse>>;
+    async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>>;
+    async fn sessions(
+        &self,
+        account: AccountId,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>>;
+    /// A session by id alone, for workers.
+    async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>>;
+
+    // ---- work: dispatch jobs and the callback outbox -----------------------
+
+    /// Leases up to `limit` due dispatch jobs until `now + lease`.
+    async fn claim_dispatches(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<SessionId>>;
+    /// Records a session's progress in one transaction.
+    async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;
+
+    /// Leases up to `limit` due callbacks, at most one per session (the
+    /// oldest pending), so that a session's callbacks go out in order.
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>>;
+    async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()>;
+    /// The earliest time a pending callback falls due, if any.
+    async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>>;
+}

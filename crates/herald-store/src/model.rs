@@ -1,0 +1,240 @@
+//! The records the store reads and writes.
+
+use chrono::{DateTime, Utc};
+use herald_core::flow::FlowDefinition;
+use herald_core::keys::KeyHash;
+use herald_core::session::SessionParameters;
+use herald_core::session::{Outcome, SessionStatus};
+use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub hash: KeyHash,
+    pub account_id: AccountId,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: AccountId,
+    pub name: String,
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revisions {
+    pub keys: i64,
+    pub agents: i64,
+    pub limits: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub account_id: AccountId,
+    pub name: String,
+    pub channel: Channel,
+    pub number: String,
+    pub region: Region,
+    pub flow: FlowDefinition,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub number: Option<String>,
+    pub flow: Option<FlowDefinition>,
+}
+
+/// An agent's draft, with the number of its current published version.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub agent_id: AgentId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub channel: Channel,
+    pub number: String,
+    pub region: Region,
+    pub flow: FlowDefinition,
+    pub current_version: Option<u32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An immutable published snapshot.
+#[derive(Debug, Clone)]
+pub struct AgentVersion {
+    pub agent_id: AgentId,
+    pub version: u32,
+    pub name: String,
+    pub channel: Channel,
+    pub number: String,
+    pub region: Region,
+    pub flow: FlowDefinition,
+    pub published_at: DateTime<Utc>,
+}
+
+/// A live agent as the trigger path sees it.
+#[derive(Debug, Clone)]
+pub struct AgentIndexRow {
+    pub agent_id: AgentId,
+    pub account_id: AccountId,
+    pub channel: Channel,
+    pub region: Region,
+    /// The current published version and its number, if published.
+    pub published: Option<(u32, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub namespace: String,
+    pub name: String,
+    pub locale: String,
+    pub header: Option<String>,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub agent_id: AgentId,
+    pub agent_version: u32,
+    pub channel: Channel,
+    pub to: String,
+    pub from: String,
+    pub status_url: Option<String>,
+    pub hangup_on_machine: bool,
+    pub parameters: SessionParameters,
+    /// The WhatsApp template message the trigger asked for.
+    pub whatsapp: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub idempotency: Option<NewIdempotency>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewIdempotency {
+    pub key: String,
+    pub request_hash: [u8; 32],
+    /// The response body to answer replays with.
+    pub response: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentResponse {
+    pub request_hash: [u8; 32],
+    pub response: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Stored,
+    /// Another request with the same idempotency key committed first.
+    Duplicate(IdempotentResponse),
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub agent_id: AgentId,
+    pub agent_version: u32,
+    pub channel: Channel,
+    pub to: String,
+    pub from: String,
+    pub status: SessionStatus,
+    pub outcome: Option<Outcome>,
+    pub status_url: Option<String>,
+    pub hangup_on_machine: bool,
+    pub parameters: SessionParameters,
+    pub whatsapp: Option<serde_json::Value>,
+    pub conversation_uuid: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Filled by [`crate::Store::session`]; empty in listings.
+    pub events: Vec<SessionEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEvent {
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub agent_id: Option<AgentId>,
+    pub status: Option<SessionStatus>,
+    pub limit: usize,
+    /// Only sessions older than this one (the cursor).
+    pub before: Option<SessionId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Makes re-recording the same step a no-op; `None` always records.
+    pub key: Option<String>,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCallback {
+    /// Unique within the session: re-enqueueing the same callback is a no-op.
+    pub dedupe_key: String,
+    pub webhook_id: String,
+    pub account_id: AccountId,
+    pub url: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionUpdate {
+    pub status: Option<SessionStatus>,
+    pub outcome: Option<Outcome>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub conversation_uuid: Option<String>,
+    pub events: Vec<NewEvent>,
+    pub callbacks: Vec<NewCallback>,
+    /// Remove the session's dispatch job: its work is done.
+    pub finish_dispatch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DueCallback {
+    pub id: i64,
+    pub webhook_id: String,
+    pub session_id: SessionId,
+    pub account_id: AccountId,
+    pub url: String,
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    Delivered {
+        id: i64,
+        at: DateTime<Utc>,
+        attempts: u32,
+    },
+    Retry {
+        id: i64,
+        attempts: u32,
+        next_at: DateTime<Utc>,
+        error: String,
+    },
+    /// No more attempts: recorded in the session's events.
+    Failed {
+        id: i64,
+        session_id: SessionId,
+        webhook_id: String,
+        attempts: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
+}

@@ -1,0 +1,1135 @@
+//! The SQLite backend: one file, WAL mode, group commit.
+//!
+//! SQLite allows one writer at a time, and a durable commit costs an fsync.
+//! Rather than give each request its own transaction (one fsync each, and
+//! writers queueing on the database lock), every write goes to a single
+//! writer thread. It takes whatever writes are waiting, runs each in its own
+//! savepoint inside one transaction, commits once and then answers them all.
+//! Under load, hundreds of trigger inserts share one fsync; a write that
+//! fails rolls back its savepoint alone. Reads run on a small pool of
+//! connections, which WAL lets proceed while the writer works.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::flow::FlowDefinition;
+use herald_core::keys::{generate_webhook_secret, KeyHash};
+use herald_core::session::{Outcome, SessionStatus};
+use herald_core::time::{from_micros, to_micros};
+use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use crate::*;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// Most writes one transaction takes; bounds the latency a big batch adds.
+const MAX_BATCH: usize = 512;
+const READERS: usize = 4;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+pub struct SqliteStore {
+    writer: Mutex<mpsc::Sender<Job>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database has schema version {current}, newer than this herald knows ({}); \
+             upgrade herald",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        let path = path.to_owned();
+        let durable = options.durable;
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, durable)).await?
+    }
+
+    fn open_blocking(path: &str, durable: bool) -> anyhow::Result<Self> {
+        let open = || -> anyhow::Result<Connection> {
+            let conn = Connection::open(Path::new(path))
+                .with_context(|| format!("opening SQLite database {path}"))?;
+            configure(&conn, durable).with_context(|| format!("configuring {path}"))?;
+            Ok(conn)
+        };
+        let mut writer = open()?;
+        // Two processes (a server and `herald keys create`) may migrate at
+        // once; the exclusive lock makes one wait for the other.
+        writer.execute_batch("BEGIN EXCLUSIVE; COMMIT;").ok();
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| open().map(Mutex::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || write_loop(writer, rx))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(tx),
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction and answers after the commit.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let outcome = match (result, commit) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => {
+                        Err(StoreError::Internal(anyhow::anyhow!("commit failed: {e}")))
+                    }
+                };
+                let _ = tx.send(outcome);
+            });
+            (ok, reply)
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
+        rx.await.map_err(|_| {
+            StoreError::Internal(anyhow::anyhow!("the SQLite writer dropped a write"))
+        })?
+    }
+
+    /// Runs `f` on a reader connection, off the async threads.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let readers = self.readers.clone();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            // Take a free connection if there is one, else wait for ours.
+            for i in 0..readers.len() {
+                if let Ok(conn) = readers[(start + i) % readers.len()].try_lock() {
+                    return f(&conn);
+                }
+            }
+            let conn = readers[start % readers.len()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("reader task failed: {e}")))?
+    }
+}
+
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "could not begin a write transaction");
+            // Run nothing; every waiting write fails.
+            for job in batch {
+                drop(job);
+            }
+            continue;
+        }
+        for job in batch {
+            if let Err(e) = conn.execute_batch("SAVEPOINT w") {
+                tracing::error!(error = %e, "could not open a savepoint");
+                continue;
+            }
+            let (ok, reply) = job(&conn);
+            let end = if ok {
+                "RELEASE w"
+            } else {
+                "ROLLBACK TO w; RELEASE w"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "could not close a savepoint");
+            }
+            replies.push(reply);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.into())
+}
+
+trait SqlResult<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> SqlResult<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T> {
+        self.map_err(internal)
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn now_micros() -> i64 {
+    to_micros(Utc::now())
+}
+
+fn bump(conn: &Connection, kind: &str) -> Result<()> {
+    conn.execute("UPDATE revisions SET rev = rev + 1 WHERE kind = ?1", [kind])
+        .db()?;
+    Ok(())
+}
+
+fn parse_col<T: std::str::FromStr>(row: &Row, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    text.parse().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unexpected value {text:?}").into(),
+        )
+    })
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn opt_json_col(row: &Row, idx: usize) -> rusqlite::Result<Option<serde_json::Value>> {
+    let text: Option<String> = row.get(idx)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .transpose()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
+}
+
+const AGENT_COLUMNS: &str = "agent_id, account_id, name, channel, number, region, flow, \
+                             current_version, created_at, updated_at";
+
+fn agent_from_row(row: &Row) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        agent_id: parse_col(row, 0).map_err(|_| rusqlite::Error::InvalidQuery)?,
+        account_id: row.get(1)?,
+        name: row.get(2)?,
+        channel: parse_col(row, 3)?,
+        number: row.get(4)?,
+        region: parse_col(row, 5)?,
+        flow: json_col::<FlowDefinition>(row, 6)?,
+        current_version: row.get(7)?,
+        created_at: from_micros(row.get(8)?),
+        updated_at: from_micros(row.get(9)?),
+    })
+}
+
+fn agent_in(conn: &Connection, account: AccountId, id: &AgentId) -> Result<Option<Agent>> {
+    conn.query_row(
+        &format!(
+            "SELECT {AGENT_COLUMNS} FROM agents \
+             WHERE agent_id = ?1 AND account_id = ?2 AND deleted_at IS NULL"
+        ),
+        params![id.as_str(), account],
+        agent_from_row,
+    )
+    .optional()
+    .db()
+}
+
+const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
+     from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
+     conversation_uuid, created_at, ended_at";
+
+fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
+    let outcome: Option<String> = row.get(8)?;
+    Ok(SessionRecord {
+        id: parse_col(row, 0)?,
+        account_id: row.get(1)?,
+        agent_id: parse_col(row, 2)?,
+        agent_version: row.get(3)?,
+        channel: parse_col(row, 4)?,
+        to: row.get(5)?,
+        from: row.get(6)?,
+        status: parse_col(row, 7)?,
+        outcome: outcome.and_then(|o| o.parse::<Outcome>().ok()),
+        status_url: row.get(9)?,
+        hangup_on_machine: row.get(10)?,
+        parameters: json_col(row, 11)?,
+        whatsapp: opt_json_col(row, 12)?,
+        conversation_uuid: row.get(13)?,
+        created_at: from_micros(row.get(14)?),
+        ended_at: row.get::<_, Option<i64>>(15)?.map(from_micros),
+        events: Vec::new(),
+    })
+}
+
+fn template_from_row(row: &Row) -> rusqlite::Result<Template> {
+    Ok(Template {
+        namespace: row.get(0)?,
+        name: row.get(1)?,
+        locale: row.get(2)?,
+        header: row.get(3)?,
+        body: row.get(4)?,
+        created_at: from_micros(row.get(5)?),
+    })
+}
+
+fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<SessionEvent>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT type, at, data FROM session_events WHERE session_id = ?1 ORDER BY id",
+        )
+        .db()?;
+    let rows = stmt
+        .query_map([id.to_string()], |row| {
+            Ok(SessionEvent {
+                kind: row.get(0)?,
+                at: from_micros(row.get(1)?),
+                data: opt_json_col(row, 2)?,
+            })
+        })
+        .db()?;
+    rows.collect::<rusqlite::Result<_>>().db()
+}
+
+fn insert_event(conn: &Connection, session: &str, event: &NewEvent) -> Result<()> {
+    let data = event.data.as_ref().map(to_json).transpose()?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO session_events (session_id, key, type, at, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .db()?
+    .execute(params![
+        session,
+        event.key,
+        event.kind,
+        to_micros(event.at),
+        data
+    ])
+    .db()?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId> {
+        let account = account.to_owned();
+        self.write(move |conn| {
+            let now = now_micros();
+            conn.execute(
+                "INSERT INTO accounts (name, webhook_secret, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![account, generate_webhook_secret(), now],
+            )
+            .db()?;
+            let id: AccountId = conn
+                .query_row("SELECT id FROM accounts WHERE name = ?1", [&account], |r| {
+                    r.get(0)
+                })
+                .db()?;
+            conn.execute(
+                "INSERT INTO api_keys (hash, account_id, created_at) VALUES (?1, ?2, ?3)",
+                params![&hash[..], id, now],
+            )
+            .db()?;
+            bump(conn, "keys")?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, hash: KeyHash) -> Result<bool> {
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE api_keys SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
+                    params![&hash[..], now_micros()],
+                )
+                .db()?;
+            bump(conn, "keys")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRow>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT hash, account_id, revoked_at IS NOT NULL FROM api_keys")
+                .db()?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let hash: Vec<u8> = row.get(0)?;
+                    Ok(KeyRow {
+                        hash: hash.try_into().unwrap_or([0; 32]),
+                        account_id: row.get(1)?,
+                        revoked: row.get(2)?,
+                    })
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn accounts(&self) -> Result<Vec<AccountRow>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, name, webhook_secret FROM accounts")
+                .db()?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok(AccountRow {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        webhook_secret: row.get(2)?,
+                    })
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn revisions(&self) -> Result<Revisions> {
+        self.read(|conn| {
+            let mut revs = Revisions::default();
+            let mut stmt = conn
+                .prepare_cached("SELECT kind, rev FROM revisions")
+                .db()?;
+            let mut rows = stmt.query([]).db()?;
+            while let Some(row) = rows.next().db()? {
+                let kind: String = row.get(0).db()?;
+                let rev: i64 = row.get(1).db()?;
+                match kind.as_str() {
+                    "keys" => revs.keys = rev,
+                    "agents" => revs.agents = rev,
+                    "limits" => revs.limits = rev,
+                    _ => {}
+                }
+            }
+            Ok(revs)
+        })
+        .await
+    }
+
+    async fn create_agent(&self, agent: NewAgent) -> Result<Agent> {
+        self.write(move |conn| {
+            let id = AgentId::generate();
+            let now = now_micros();
+            let flow = to_json(&agent.flow)?;
+            let inserted = conn.execute(
+                &format!(
+                    "INSERT INTO agents ({AGENT_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8)"
+                ),
+                params![
+                    id.as_str(),
+                    agent.account_id,
+                    agent.name,
+                    agent.channel.as_str(),
+                    agent.number,
+                    agent.region.as_str(),
+                    flow,
+                    now
+                ],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(number_taken(
+                        &agent.number,
+                        agent.channel,
+                    )))
+                }
+                other => other.db()?,
+            };
+            bump(conn, "agents")?;
+            agent_in(conn, agent.account_id, &id)?
+                .ok_or_else(|| anyhow::anyhow!("agent vanished after insert").into())
+        })
+        .await
+    }
+
+    async fn agents(&self, account: AccountId) -> Result<Vec<Agent>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents \
+                     WHERE account_id = ?1 AND deleted_at IS NULL ORDER BY created_at, agent_id"
+                ))
+                .db()?;
+            let rows = stmt.query_map([account], agent_from_row).db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn agent(&self, account: AccountId, id: &AgentId) -> Result<Option<Agent>> {
+        let id = id.clone();
+        self.read(move |conn| agent_in(conn, account, &id)).await
+    }
+
+    async fn update_agent(
+        &self,
+        account: AccountId,
+        id: &AgentId,
+        patch: AgentPatch,
+    ) -> Result<Option<Agent>> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let Some(current) = agent_in(conn, account, &id)? else {
+                return Ok(None);
+            };
+            let name = patch.name.unwrap_or(current.name);
+            let number = patch.number.unwrap_or(current.number);
+            let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
+            let updated = conn.execute(
+                "UPDATE agents SET name = ?2, number = ?3, flow = ?4, updated_at = ?5 \
+                 WHERE agent_id = ?1",
+                params![id.as_str(), name, number, flow, now_micros()],
+            );
+            match updated {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(number_taken(&number, current.channel)))
+                }
+                other => other.db()?,
+            };
+            bump(conn, "agents")?;
+            agent_in(conn, account, &id)
+        })
+        .await
+    }
+
+    async fn delete_agent(&self, account: AccountId, id: &AgentId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE agents SET deleted_at = ?3 \
+                     WHERE agent_id = ?1 AND account_id = ?2 AND deleted_at IS NULL",
+                    params![id.as_str(), account, now_micros()],
+                )
+                .db()?;
+            bump(conn, "agents")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn publish_agent(&self, account: AccountId, id: &AgentId) -> Result<Option<u32>> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let Some(agent) = agent_in(conn, account, &id)? else {
+                return Ok(None);
+            };
+            let version = agent.current_version.unwrap_or(0) + 1;
+            conn.execute(
+                "INSERT INTO agent_versions \
+                 (agent_id, version, name, channel, number, region, flow, published_at) \
+                 SELECT agent_id, ?2, name, channel, number, region, flow, ?3 \
+                 FROM agents WHERE agent_id = ?1",
+                params![id.as_str(), version, now_micros()],
+            )
+            .db()?;
+            conn.execute(
+                "UPDATE agents SET current_version = ?2 WHERE agent_id = ?1",
+                params![id.as_str(), version],
+            )
+            .db()?;
+            bump(conn, "agents")?;
+            Ok(Some(version))
+        })
+        .await
+    }
+
+    async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>> {
+        let id = id.clone();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT agent_id, version, name, channel, number, region, flow, published_at \
+                 FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
+                params![id.as_str(), version],
+                |row| {
+                    Ok(AgentVersion {
+                        agent_id: parse_col(row, 0)?,
+                        version: row.get(1)?,
+                        name: row.get(2)?,
+                        channel: parse_col(row, 3)?,
+                        number: row.get(4)?,
+                        region: parse_col(row, 5)?,
+                        flow: json_col(row, 6)?,
+                        published_at: from_micros(row.get(7)?),
+                    })
+                },
+            )
+            .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn agent_index(&self) -> Result<Vec<AgentIndexRow>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT a.agent_id, a.account_id, a.channel, a.region, v.version, v.number \
+                     FROM agents a LEFT JOIN agent_versions v \
+                       ON v.agent_id = a.agent_id AND v.version = a.current_version \
+                     WHERE a.deleted_at IS NULL",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let version: Option<u32> = row.get(4)?;
+                    let number: Option<String> = row.get(5)?;
+                    Ok(AgentIndexRow {
+                        agent_id: parse_col(row, 0)?,
+                        account_id: row.get(1)?,
+                        channel: parse_col::<Channel>(row, 2)?,
+                        region: parse_col::<Region>(row, 3)?,
+                        published: version.zip(number),
+                    })
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn set_rate(&self, id: &AgentId, rate: u32) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM agents WHERE agent_id = ?1 AND deleted_at IS NULL)",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
+                .db()?;
+            if !exists {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT INTO agent_limits (agent_id, rate) VALUES (?1, ?2) \
+                 ON CONFLICT (agent_id) DO UPDATE SET rate = excluded.rate",
+                params![id.as_str(), rate],
+            )
+            .db()?;
+            bump(conn, "limits")?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn rates(&self) -> Result<Vec<(AgentId, u32)>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT agent_id, rate FROM agent_limits")
+                .db()?;
+            let rows = stmt
+                .query_map([], |row| Ok((parse_col(row, 0)?, row.get(1)?)))
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn create_template(&self, account: AccountId, t: Template) -> Result<()> {
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO whatsapp_templates \
+                 (account_id, namespace, name, locale, header, body, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    account,
+                    t.namespace,
+                    t.name,
+                    t.locale,
+                    t.header,
+                    t.body,
+                    to_micros(t.created_at)
+                ],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                    "Template {} ({}) is already registered in namespace {}",
+                    t.name, t.locale, t.namespace
+                ))),
+                other => other.db().map(|_| ()),
+            }
+        })
+        .await
+    }
+
+    async fn templates(&self, account: AccountId) -> Result<Vec<Template>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT namespace, name, locale, header, body, created_at \
+                     FROM whatsapp_templates WHERE account_id = ?1 \
+                     ORDER BY namespace, name, locale",
+                )
+                .db()?;
+            let rows = stmt.query_map([account], template_from_row).db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn template(
+        &self,
+        account: AccountId,
+        namespace: &str,
+        name: &str,
+        locale: &str,
+    ) -> Result<Option<Template>> {
+        let key = (namespace.to_owned(), name.to_owned(), locale.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT namespace, name, locale, header, body, created_at \
+                 FROM whatsapp_templates \
+                 WHERE account_id = ?1 AND namespace = ?2 AND name = ?3 AND locale = ?4",
+            )
+            .db()?
+            .query_row(params![account, key.0, key.1, key.2], template_from_row)
+            .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: NewSession) -> Result<Created> {
+        let parameters = to_json(&s.parameters)?;
+        let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
+        self.write(move |conn| {
+            let id = s.id.to_string();
+            let created = to_micros(s.created_at);
+            if let Some(idem) = &s.idempotency {
+                let existing = conn
+                    .prepare_cached(
+                        "SELECT request_hash, response, created_at FROM idempotency_keys \
+                         WHERE account_id = ?1 AND key = ?2",
+                    )
+                    .db()?
+                    .query_row(params![s.account_id, idem.key], |row| {
+                        let hash: Vec<u8> = row.get(0)?;
+                        Ok((hash, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+                    })
+                    .optional()
+                    .db()?;
+                if let Some((hash, response, at)) = existing {
+                    if created - at < IDEMPOTENCY_WINDOW_MICROS {
+                        return Ok(Created::Duplicate(IdempotentResponse {
+                            request_hash: hash.try_into().unwrap_or([0; 32]),
+                            response,
+                        }));
+                    }
+                }
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency_keys \
+                     (account_id, key, request_hash, response, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db()?
+                .execute(params![
+                    s.account_id,
+                    idem.key,
+                    &idem.request_hash[..],
+                    idem.response,
+                    created
+                ])
+                .db()?;
+            }
+            conn.prepare_cached(&format!(
+                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', NULL, ?8, ?9, ?10, ?11, NULL, ?12, NULL)"
+            ))
+            .db()?
+            .execute(params![
+                id,
+                s.account_id,
+                s.agent_id.as_str(),
+                s.agent_version,
+                s.channel.as_str(),
+                s.to,
+                s.from,
+                s.status_url,
+                s.hangup_on_machine,
+                parameters,
+                whatsapp,
+                created
+            ])
+            .db()?;
+            insert_event(
+                conn,
+                &id,
+                &NewEvent {
+                    key: Some("queued".into()),
+                    kind: "queued".into(),
+                    at: s.created_at,
+                    data: None,
+                },
+            )?;
+            conn.prepare_cached("INSERT INTO dispatch_jobs (session_id, run_at) VALUES (?1, ?2)")
+                .db()?
+                .execute(params![id, created])
+                .db()?;
+            Ok(Created::Stored)
+        })
+        .await
+    }
+
+    async fn idempotent_response(
+        &self,
+        account: AccountId,
+        key: &str,
+        max_age: Duration,
+    ) -> Result<Option<IdempotentResponse>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let oldest = now_micros() - max_age.as_micros() as i64;
+            conn.prepare_cached(
+                "SELECT request_hash, response FROM idempotency_keys \
+                 WHERE account_id = ?1 AND key = ?2 AND created_at > ?3",
+            )
+            .db()?
+            .query_row(params![account, key, oldest], |row| {
+                let hash: Vec<u8> = row.get(0)?;
+                Ok(IdempotentResponse {
+                    request_hash: hash.try_into().unwrap_or([0; 32]),
+                    response: row.get(1)?,
+                })
+            })
+            .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>> {
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND account_id = ?2"
+                ))
+                .db()?
+                .query_row(params![id.to_string(), account], session_from_row)
+                .optional()
+                .db()?;
+            match found {
+                Some(mut s) => {
+                    s.events = session_events(conn, id)?;
+                    Ok(Some(s))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn sessions(&self, account: AccountId, f: SessionFilter) -> Result<Vec<SessionRecord>> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = ?1");
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(account)];
+            if let Some(agent) = &f.agent_id {
+                args.push(Box::new(agent.as_str().to_owned()));
+                sql += &format!(" AND agent_id = ?{}", args.len());
+            }
+            if let Some(status) = f.status {
+                args.push(Box::new(status.as_str()));
+                sql += &format!(" AND status = ?{}", args.len());
+            }
+            if let Some(before) = f.before {
+                args.push(Box::new(before.to_string()));
+                sql += &format!(" AND id < ?{}", args.len());
+            }
+            args.push(Box::new(f.limit as i64));
+            sql += &format!(" ORDER BY id DESC LIMIT ?{}", args.len());
+            let mut stmt = conn.prepare(&sql).db()?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), session_from_row)
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+            ))
+            .db()?
+            .query_row([id.to_string()], session_from_row)
+            .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn claim_dispatches(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<SessionId>> {
+        self.write(move |conn| {
+            let now = to_micros(now);
+            let until = now + lease.as_micros() as i64;
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = ?2, attempts = attempts + 1 \
+                     WHERE session_id IN (SELECT session_id FROM dispatch_jobs \
+                        WHERE run_at <= ?1 AND lease_until <= ?1 ORDER BY run_at LIMIT ?3) \
+                     RETURNING session_id",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![now, until, limit as i64], |row| parse_col(row, 0))
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
+        self.write(move |conn| {
+            let sid = id.to_string();
+            if u.status.is_some()
+                || u.outcome.is_some()
+                || u.ended_at.is_some()
+                || u.conversation_uuid.is_some()
+            {
+                conn.prepare_cached(
+                    "UPDATE sessions SET status = COALESCE(?2, status), \
+                     outcome = COALESCE(?3, outcome), ended_at = COALESCE(?4, ended_at), \
+                     conversation_uuid = COALESCE(conversation_uuid, ?5) WHERE id = ?1",
+                )
+                .db()?
+                .execute(params![
+                    sid,
+                    u.status.map(SessionStatus::as_str),
+                    u.outcome.map(Outcome::as_str),
+                    u.ended_at.map(to_micros),
+                    u.conversation_uuid
+                ])
+                .db()?;
+            }
+            for event in &u.events {
+                insert_event(conn, &sid, event)?;
+            }
+            for cb in &u.callbacks {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO callbacks \
+                     (webhook_id, session_id, account_id, dedupe_key, url, body, \
+                      next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                )
+                .db()?
+                .execute(params![
+                    cb.webhook_id,
+                    sid,
+                    cb.account_id,
+                    cb.dedupe_key,
+                    cb.url,
+                    cb.body,
+                    to_micros(cb.created_at)
+                ])
+                .db()?;
+            }
+            if u.finish_dispatch {
+                conn.prepare_cached("DELETE FROM dispatch_jobs WHERE session_id = ?1")
+                    .db()?
+                    .execute([&sid])
+                    .db()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>> {
+        self.write(move |conn| {
+            let now = to_micros(now);
+            let until = now + lease.as_micros() as i64;
+            // Only the oldest pending callback of each session is eligible, so
+            // that a session's statuses arrive in the order they happened.
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE callbacks SET lease_until = ?2 WHERE id IN ( \
+                        SELECT c.id FROM callbacks c \
+                        WHERE c.state = 'pending' AND c.next_attempt_at <= ?1 \
+                          AND c.lease_until <= ?1 \
+                          AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                                      WHERE p.session_id = c.session_id AND p.state = 'pending') \
+                        ORDER BY c.next_attempt_at LIMIT ?3) \
+                     RETURNING id, webhook_id, session_id, account_id, url, body, attempts",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![now, until, limit as i64], |row| {
+                    Ok(DueCallback {
+                        id: row.get(0)?,
+                        webhook_id: row.get(1)?,
+                        session_id: parse_col(row, 2)?,
+                        account_id: row.get(3)?,
+                        url: row.get(4)?,
+                        body: row.get(5)?,
+                        attempts: row.get(6)?,
+                    })
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()> {
+        self.write(move |conn| {
+            for s in &settlements {
+                match s {
+                    Settlement::Delivered { id, at, attempts } => {
+                        conn.prepare_cached(
+                            "UPDATE callbacks SET state = 'delivered', settled_at = ?2, \
+                             attempts = ?3, lease_until = 0 WHERE id = ?1",
+                        )
+                        .db()?
+                        .execute(params![id, to_micros(*at), attempts])
+                        .db()?;
+                    }
+                    Settlement::Retry {
+                        id,
+                        attempts,
+                        next_at,
+                        error,
+                    } => {
+                        conn.prepare_cached(
+                            "UPDATE callbacks SET attempts = ?2, next_attempt_at = ?3, \
+                             last_error = ?4, lease_until = 0 WHERE id = ?1",
+                        )
+                        .db()?
+                        .execute(params![id, attempts, to_micros(*next_at), error])
+                        .db()?;
+                    }
+                    Settlement::Failed {
+                        id,
+                        session_id,
+                        webhook_id,
+                        attempts,
+                        error,
+                        at,
+                    } => {
+                        conn.prepare_cached(
+                            "UPDATE callbacks SET state = 'failed', attempts = ?2, \
+                             last_error = ?3, settled_at = ?4, lease_until = 0 WHERE id = ?1",
+                        )
+                        .db()?
+                        .execute(params![id, attempts, error, to_micros(*at)])
+                        .db()?;
+                        insert_event(
+                            conn,
+                            &session_id.to_string(),
+                            &NewEvent {
+                                key: None,
+                                kind: "callback_failed".into(),
+                                at: *at,
+                                data: Some(serde_json::json!({
+                                    "webhook_id": webhook_id,
+                                    "attempts": attempts,
+                                    "error": error,
+                                })),
+                            },
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {
+        self.read(|conn| {
+            let next: Option<i64> = conn
+                .query_row(
+                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM callbacks \
+                     WHERE state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+                .db()?;
+            Ok(next.map(from_micros))
+        })
+        .await
+    }
+}
+
+/// How long an idempotency key answers with its first response (CONTRACT §2.4).
+pub const IDEMPOTENCY_WINDOW_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+fn number_taken(number: &str, channel: Channel) -> String {
+    format!("Number {number} is already used by another {channel} agent in this region")
+}

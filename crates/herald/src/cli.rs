@@ -1,0 +1,264 @@
+//! herald's command line (CONTRACT §9). Every flag has a `HERALD_*`
+//! environment variable; flags win over the environment, which wins over
+//! the defaults.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald_core::keys::{generate_key, hash_key};
+use herald_core::{AgentId, Region};
+use herald_server::config::{parse_retry_schedule, Config};
+use herald_store::StoreOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Start conversations with people by voice, SMS and WhatsApp"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run the server with a demo account, agents and template, and print
+    /// curl commands to try it.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Where the demo's callback receiver listens.
+        #[arg(long, env = "HERALD_DEMO_RECEIVER", default_value = "127.0.0.1:8081")]
+        receiver: SocketAddr,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage agents' rate limits.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Args)]
+struct DatabaseArg {
+    /// The store: sqlite://PATH.
+    #[arg(
+        long = "database",
+        env = "HERALD_DATABASE_URL",
+        default_value = "sqlite://herald.db"
+    )]
+    url: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key (and the account, if new); prints the key alone.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+    /// Revoke a key; servers stop accepting it within 2 seconds.
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Set an agent's rate (sessions per second); servers obey it within 2 seconds.
+    Set {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        rate: u32,
+        /// The highest rate allowed.
+        #[arg(long, env = "HERALD_MAX_RATE", default_value_t = 10_000)]
+        max_rate: u32,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    database: DatabaseArg,
+    /// The region this server serves.
+    #[arg(long, env = "HERALD_REGION", default_value = "eu", value_parser = ["eu", "us"])]
+    region: String,
+    /// Allow callbacks to loopback and private addresses.
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_CALLBACKS")]
+    allow_private_callbacks: bool,
+    /// The rate of agents without a limit of their own (sessions per second).
+    #[arg(long, env = "HERALD_DEFAULT_RATE", default_value_t = 1)]
+    default_rate: u32,
+    /// The highest rate `herald limits set` accepts.
+    #[arg(long, env = "HERALD_MAX_RATE", default_value_t = 10_000)]
+    max_rate: u32,
+    /// Seconds before each callback retry, comma-separated.
+    #[arg(long, env = "HERALD_CALLBACK_RETRY_SCHEDULE", value_parser = parse_schedule)]
+    callback_retry_schedule: Option<Vec<Duration>>,
+    /// The simulator's pause before each step, in milliseconds.
+    #[arg(long, env = "HERALD_SIMULATOR_DELAY_MS", default_value_t = 20)]
+    simulator_delay_ms: u64,
+    /// Commit with synchronous=NORMAL: safe from a crash of herald, not
+    /// from a power cut.
+    #[arg(long, env = "HERALD_RELAXED_COMMITS")]
+    relaxed_commits: bool,
+}
+
+fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    parse_retry_schedule(text)
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        if self.default_rate == 0 || self.default_rate > self.max_rate {
+            anyhow::bail!(
+                "HERALD_DEFAULT_RATE must be between 1 and HERALD_MAX_RATE ({})",
+                self.max_rate
+            );
+        }
+        let defaults = Config::default();
+        Ok(Config {
+            listen: self.listen,
+            database_url: self.database.url,
+            region: self
+                .region
+                .parse::<Region>()
+                .expect("clap checks the region"),
+            allow_private_callbacks: self.allow_private_callbacks,
+            default_rate: self.default_rate,
+            max_rate: self.max_rate,
+            callback_retry_schedule: self
+                .callback_retry_schedule
+                .unwrap_or(defaults.callback_retry_schedule),
+            simulator_delay: Duration::from_millis(self.simulator_delay_ms),
+            durable_commits: !self.relaxed_commits,
+            ..defaults
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn open(database: &DatabaseArg) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
+    herald_store::open(&database.url, &StoreOptions::default())
+        .await
+        .with_context(|| format!("opening {}", database.url))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listening on {}", config.listen))?;
+            herald_server::start(config, listener)
+                .await?
+                .run_until_signal()
+                .await;
+        }
+        Command::Demo { serve, receiver } => {
+            herald_server::demo::run(serve.config()?, receiver).await?;
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Create { account, database } => {
+                let account = account.trim();
+                if account.is_empty() || account.len() > 200 {
+                    anyhow::bail!("--account must be 1 to 200 characters");
+                }
+                let key = generate_key();
+                open(&database)
+                    .await?
+                    .add_key(account, hash_key(&key))
+                    .await?;
+                println!("{key}");
+            }
+            KeysCommand::Revoke { key, database } => {
+                if !open(&database)
+                    .await?
+                    .revoke_key(hash_key(key.trim()))
+                    .await?
+                {
+                    anyhow::bail!("no live key matches");
+                }
+                eprintln!("revoked");
+            }
+        },
+        Command::Limits { command } => match command {
+            LimitsCommand::Set {
+                agent,
+                rate,
+                max_rate,
+                database,
+            } => {
+                if rate == 0 || rate > max_rate {
+                    anyhow::bail!("--rate must be between 1 and {max_rate} (HERALD_MAX_RATE)");
+                }
+                let id: AgentId = agent.parse().map_err(|_| {
+                    anyhow::anyhow!("{agent} is not an agent id (24 hex characters)")
+                })?;
+                if !open(&database).await?.set_rate(&id, rate).await? {
+                    anyhow::bail!("agent {agent} does not exist");
+                }
+                eprintln!("agent {agent} may now start {rate} session(s) per second");
+            }
+        },
+        Command::Openapi => print!("{}", herald_server::openapi::document()),
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The `herald` command: parses arguments and calls into the libraries.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
