@@ -8,6 +8,7 @@
 //! ±20% jitter; an exhausted or refused callback is recorded in the session's
 //! events.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,12 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     );
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let lease = app.config.callback_timeout + LEASE_MARGIN;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut leased = HashMap::new();
     loop {
+        while let Some(done) = tasks.try_join_next_with_id() {
+            leased.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
         let free = in_flight.available_permits();
         let due = if free == 0 {
             Vec::new()
@@ -93,7 +99,8 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 .await
                 .expect("never closed");
             let (app, client) = (app.clone(), client.clone());
-            tokio::spawn(async move {
+            let callback_id = callback.id;
+            let handle = tasks.spawn(async move {
                 let settlement = attempt(&app, &client, &callback).await;
                 if let Err(e) = app.store.settle_callbacks(vec![settlement]).await {
                     // The lease runs out and the callback is tried again.
@@ -103,6 +110,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 // The session's next callback may now be due.
                 app.callback_wakeup.notify_one();
             });
+            leased.insert(handle.id(), callback_id);
         }
         if !idle {
             if shutdown.is_set() {
@@ -121,11 +129,20 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
         }
     }
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        in_flight.acquire_many(MAX_IN_FLIGHT as u32),
-    )
-    .await;
+    // Attempts under way finish within the grace period; the leases of the
+    // rest go back, so the next server sends them at once.
+    let deadline = tokio::time::Instant::now() + app.config.shutdown_grace;
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
+        leased.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let unfinished: Vec<i64> = leased.into_values().collect();
+    if !unfinished.is_empty() {
+        if let Err(e) = app.store.release_callbacks(unfinished).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not give back callbacks");
+        }
+    }
 }
 
 /// One delivery attempt, and what to record of it.

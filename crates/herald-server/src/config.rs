@@ -26,6 +26,9 @@ pub struct Config {
     pub simulator_delay: Duration,
     /// How long a worker holds a dispatch job before another may take it.
     pub dispatch_lease: Duration,
+    /// How long a graceful shutdown lets sessions and callbacks under way
+    /// finish before giving their leases back.
+    pub shutdown_grace: Duration,
     /// How often caches check the store for changes made elsewhere.
     pub cache_refresh: Duration,
     /// Serve `/bench/noop`, the baseline route of the benchmark.
@@ -47,6 +50,7 @@ impl Default for Config {
             callback_timeout: Duration::from_secs(15),
             simulator_delay: Duration::from_millis(20),
             dispatch_lease: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
             cache_refresh: Duration::from_millis(500),
             bench_routes: false,
             durable_commits: true,

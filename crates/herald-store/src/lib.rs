@@ -138,6 +138,9 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<SessionId>>;
+    /// Gives dispatch jobs back before their lease runs out (a graceful
+    /// shutdown), so another worker need not wait for the lease.
+    async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()>;
     /// Records a session's progress in one transaction.
     async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;
 
@@ -150,6 +153,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueCallback>>;
     async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()>;
+    /// Gives leased callbacks back (a graceful shutdown).
+    async fn release_callbacks(&self, ids: Vec<i64>) -> Result<()>;
     /// The earliest time a pending callback falls due, if any.
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>>;
 }

@@ -951,6 +951,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()> {
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("UPDATE dispatch_jobs SET lease_until = 0 WHERE session_id = ?1")
+                .db()?;
+            for id in ids {
+                stmt.execute([id.to_string()]).db()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
         self.write(move |conn| {
             let sid = id.to_string();
@@ -1105,6 +1118,19 @@ impl Store for SqliteStore {
                         )?;
                     }
                 }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_callbacks(&self, ids: Vec<i64>) -> Result<()> {
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("UPDATE callbacks SET lease_until = 0 WHERE id = ?1")
+                .db()?;
+            for id in ids {
+                stmt.execute([id]).db()?;
             }
             Ok(())
         })
