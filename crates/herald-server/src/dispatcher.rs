@@ -87,7 +87,10 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     while tasks.join_next().await.is_some() {}
     let unfinished: Vec<SessionId> = running_ids.into_values().collect();
     if !unfinished.is_empty() {
-        tracing::info!(count = unfinished.len(), "giving back unfinished dispatch jobs");
+        tracing::info!(
+            count = unfinished.len(),
+            "giving back unfinished dispatch jobs"
+        );
         if let Err(e) = app.store.release_dispatches(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back dispatch jobs");
         }

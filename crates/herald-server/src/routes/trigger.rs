@@ -567,7 +567,7 @@ fn parse_messaging(obj: &Map<String, Value>) -> Result<Trigger, ApiError> {
     })
 }
 
-/// 6. `status_url`: an absolute http(s) URL that is not this service.
+/// Step 6, `status_url`: an absolute http(s) URL that is not this service.
 fn check_status_url(app: &AppState, headers: &HeaderMap, raw: &str) -> Result<(), ApiError> {
     let invalid = || ApiError::bad_request("Invalid status_url");
     // The URL parser quietly drops tabs and newlines; a URL that contains
@@ -631,8 +631,8 @@ fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
     false
 }
 
-/// 7. The agent: it exists in this account, is published, is deployed in
-/// this server's region and serves this channel.
+/// Step 7, the agent: it exists in this account, is published, is deployed
+/// in this server's region and serves this channel.
 fn resolve_agent(
     app: &AppState,
     account: AccountId,
