@@ -154,9 +154,11 @@ impl SessionParameters {
                 .ok_or_else(|| format!("session_parameters[{i}] must be an object"))?;
             let name = match obj.get("name") {
                 Some(serde_json::Value::String(s)) if Self::is_valid_name(s) => s.clone(),
-                Some(serde_json::Value::String(_)) => return Err(format!(
+                Some(serde_json::Value::String(_)) => {
+                    return Err(format!(
                     "session_parameters[{i}].name must be 1 to 64 letters, digits or underscores"
-                )),
+                ))
+                }
                 None | Some(serde_json::Value::Null) => {
                     return Err(format!("session_parameters[{i}].name is required"))
                 }

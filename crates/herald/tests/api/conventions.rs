@@ -25,9 +25,19 @@ async fn a_body_is_json_whatever_its_content_type() {
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let app = TestApp::spawn().await;
-    let response = app.client.get(app.url("/no/such/route")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 404, "Route not found").await;
-    let response = app.client.get(app.url("/telephony/make-call")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/telephony/make-call"))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 405, "Method not allowed").await;
     let response = app.client.delete(app.url("/account")).send().await.unwrap();
     assert_error(response, 405, "Method not allowed").await;
@@ -39,7 +49,13 @@ async fn a_missing_unknown_or_revoked_key_is_not_authorised() {
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let body = json!({"agent_id": agent, "to": "447700900123"});
     for path in ["/telephony/make-call", "/messaging/conversation"] {
-        let response = app.client.post(app.url(path)).json(&body).send().await.unwrap();
+        let response = app
+            .client
+            .post(app.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_error(response, 401, "Not Authorised").await;
         let response = app.post(path, "not-a-key", body.clone()).await;
         assert_error(response, 401, "Not Authorised").await;
@@ -51,7 +67,11 @@ async fn a_missing_unknown_or_revoked_key_is_not_authorised() {
         .revoke_key(herald_core::keys::hash_key(&key))
         .await
         .unwrap();
-    server.directory.reload_keys(server.store.as_ref()).await.unwrap();
+    server
+        .directory
+        .reload_keys(server.store.as_ref())
+        .await
+        .unwrap();
     let response = app.post("/telephony/make-call", &key, body).await;
     assert_error(response, 401, "Not Authorised").await;
 }
@@ -120,7 +140,10 @@ async fn bodies_over_64_kib_get_413_and_store_nothing() {
     // Just under the limit is fine.
     let padding = "x".repeat(60 * 1024);
     let body = json!({"agent_id": agent, "to": "447700900123", "padding": padding});
-    assert_eq!(app.post("/telephony/make-call", &key, body).await.status(), 200);
+    assert_eq!(
+        app.post("/telephony/make-call", &key, body).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -142,7 +165,12 @@ async fn times_and_identifiers_have_the_contract_formats() {
     // YYYY-MM-DDTHH:MM:SS.ffffff, no offset.
     assert_eq!(start.len(), 26, "{start}");
     assert!(chrono::NaiveDateTime::parse_from_str(start, "%Y-%m-%dT%H:%M:%S%.6f").is_ok());
-    assert!(agent.len() == 24 && agent.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        agent.len() == 24
+            && agent
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     let session = app.ended_session(&key, id).await;
     for field in ["created_at", "ended_at"] {
         let t = session[field].as_str().unwrap();

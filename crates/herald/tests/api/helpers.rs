@@ -87,7 +87,9 @@ impl TestApp {
     /// Creates and publishes an agent through the API; returns its id.
     pub async fn published_agent(&self, key: &str, channel: Channel, number: &str) -> String {
         let id = self.draft_agent(key, channel, number).await;
-        let response = self.post(&format!("/agents/{id}/publish"), key, json!({})).await;
+        let response = self
+            .post(&format!("/agents/{id}/publish"), key, json!({}))
+            .await;
         assert_eq!(response.status(), 200, "publishing {id}");
         id
     }
@@ -109,8 +111,15 @@ impl TestApp {
     /// does, and reloads the cache.
     pub async fn set_rate(&self, agent: &str, rate: u32) {
         let app = self.server().app();
-        assert!(app.store.set_rate(&agent.parse().unwrap(), rate).await.unwrap());
-        app.directory.reload_rates(app.store.as_ref()).await.unwrap();
+        assert!(app
+            .store
+            .set_rate(&agent.parse().unwrap(), rate)
+            .await
+            .unwrap());
+        app.directory
+            .reload_rates(app.store.as_ref())
+            .await
+            .unwrap();
     }
 
     pub async fn register_template(&self, key: &str, name: &str, header: Option<&str>, body: &str) {
@@ -138,7 +147,12 @@ impl TestApp {
             .expect("the server answers")
     }
 
-    pub async fn post_raw(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         self.client
             .post(self.url(path))
             .header("X-Vgai-Key", key)
@@ -160,7 +174,12 @@ impl TestApp {
     /// Waits until the session has ended; returns it.
     pub async fn ended_session(&self, key: &str, id: &str) -> Value {
         for _ in 0..200 {
-            let session: Value = self.get(&format!("/sessions/{id}"), key).await.json().await.unwrap();
+            let session: Value = self
+                .get(&format!("/sessions/{id}"), key)
+                .await
+                .json()
+                .await
+                .unwrap();
             if session["status"] == "ended" {
                 return session;
             }
@@ -179,7 +198,9 @@ impl TestApp {
 
 async fn start(config: Config) -> Server {
     let listener = TcpListener::bind(config.listen).await.unwrap();
-    herald_server::start(config, listener).await.expect("herald starts")
+    herald_server::start(config, listener)
+        .await
+        .expect("herald starts")
 }
 
 /// Asserts an error answer's status and body (CONTRACT §1.2).

@@ -45,7 +45,17 @@ async fn the_seed_example_starts_a_session() {
         .collect();
     assert_eq!(
         kinds,
-        ["queued", "dispatched", "ringing", "answered", "node_entered", "speak", "node_entered", "hangup", "ended"]
+        [
+            "queued",
+            "dispatched",
+            "ringing",
+            "answered",
+            "node_entered",
+            "speak",
+            "node_entered",
+            "hangup",
+            "ended"
+        ]
     );
 }
 
@@ -59,11 +69,21 @@ async fn sip_uris_are_destinations() {
         "sip:alice@example.com:5060",
         "sips:bob@[2001:db8::1]:5061;transport=tls",
     ] {
-        let response = app.post(CALL, &key, json!({"agent_id": agent, "to": to})).await;
+        let response = app
+            .post(CALL, &key, json!({"agent_id": agent, "to": to}))
+            .await;
         assert_eq!(response.status(), 200, "{to}");
     }
-    for to in ["sip:", "sip:@host", "sip:user@", "sip:user@ho st", "tel:+447700900123"] {
-        let response = app.post(CALL, &key, json!({"agent_id": agent, "to": to})).await;
+    for to in [
+        "sip:",
+        "sip:@host",
+        "sip:user@",
+        "sip:user@ho st",
+        "tel:+447700900123",
+    ] {
+        let response = app
+            .post(CALL, &key, json!({"agent_id": agent, "to": to}))
+            .await;
         assert_error(response, 400, "Bad destination number format").await;
     }
 }
@@ -73,10 +93,26 @@ async fn phone_numbers_take_one_plus_and_nothing_else() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     app.set_rate(&agent, 100).await;
-    let response = app.post(CALL, &key, json!({"agent_id": agent, "to": "+447700900123"})).await;
+    let response = app
+        .post(
+            CALL,
+            &key,
+            json!({"agent_id": agent, "to": "+447700900123"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
-    for to in ["", "++447700900123", "44 7700 900123", "44-7700-900123", "123456", "4477009001234567", "abc"] {
-        let response = app.post(CALL, &key, json!({"agent_id": agent, "to": to})).await;
+    for to in [
+        "",
+        "++447700900123",
+        "44 7700 900123",
+        "44-7700-900123",
+        "123456",
+        "4477009001234567",
+        "abc",
+    ] {
+        let response = app
+            .post(CALL, &key, json!({"agent_id": agent, "to": to}))
+            .await;
         assert_error(response, 400, "Bad destination number format").await;
     }
 }
@@ -88,12 +124,24 @@ async fn the_body_must_be_a_json_object() {
     let response = app.post_raw(CALL, &key, "{not json").await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], 400);
-    assert!(body["message"].as_str().unwrap().starts_with("Invalid JSON body: "), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON body: "),
+        "{body}"
+    );
     for raw in ["[]", "\"text\"", "42", "null", ""] {
         let response = app.post_raw(CALL, &key, raw).await;
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["status"], 400, "{raw}");
-        assert!(body["message"].as_str().unwrap().starts_with("Invalid JSON body: "), "{raw}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid JSON body: "),
+            "{raw}"
+        );
     }
 }
 
@@ -103,15 +151,23 @@ async fn missing_fields_are_all_named_in_table_order() {
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let cases = [
         (json!({}), "Missing mandatory field(s): agent_id, to"),
-        (json!({"agent_id": null, "to": null}), "Missing mandatory field(s): agent_id, to"),
+        (
+            json!({"agent_id": null, "to": null}),
+            "Missing mandatory field(s): agent_id, to",
+        ),
         (json!({"agent_id": agent}), "Missing mandatory field(s): to"),
-        (json!({"to": "447700900123"}), "Missing mandatory field(s): agent_id"),
+        (
+            json!({"to": "447700900123"}),
+            "Missing mandatory field(s): agent_id",
+        ),
     ];
     for (body, message) in cases {
         assert_error(app.post(CALL, &key, body).await, 400, message).await;
     }
     // An empty string is present, and fails its own check.
-    let response = app.post(CALL, &key, json!({"agent_id": agent, "to": ""})).await;
+    let response = app
+        .post(CALL, &key, json!({"agent_id": agent, "to": ""}))
+        .await;
     assert_error(response, 400, "Bad destination number format").await;
 }
 
@@ -120,9 +176,18 @@ async fn wrong_types_name_the_field() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let cases = [
-        (json!({"agent_id": 7, "to": "447700900123"}), "agent_id must be a string"),
-        (json!({"agent_id": agent, "to": 447700900123u64}), "to must be a string"),
-        (json!({"agent_id": agent, "to": "447700900123", "status_url": true}), "status_url must be a string"),
+        (
+            json!({"agent_id": 7, "to": "447700900123"}),
+            "agent_id must be a string",
+        ),
+        (
+            json!({"agent_id": agent, "to": 447700900123u64}),
+            "to must be a string",
+        ),
+        (
+            json!({"agent_id": agent, "to": "447700900123", "status_url": true}),
+            "status_url must be a string",
+        ),
         (
             json!({"agent_id": agent, "to": "447700900123", "hangup_on_answer_machine": "no"}),
             "hangup_on_answer_machine must be a boolean",
@@ -145,9 +210,21 @@ async fn wrong_types_name_the_field() {
 async fn status_url_must_be_absolute_http_and_not_this_service() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
-    for url in ["", "not a url", "/relative", "ftp://example.com/x", "http://", "https://example.com/a\nb", "http://exa mple.com"] {
+    for url in [
+        "",
+        "not a url",
+        "/relative",
+        "ftp://example.com/x",
+        "http://",
+        "https://example.com/a\nb",
+        "http://exa mple.com",
+    ] {
         let response = app
-            .post(CALL, &key, json!({"agent_id": agent, "to": "447700900123", "status_url": url}))
+            .post(
+                CALL,
+                &key,
+                json!({"agent_id": agent, "to": "447700900123", "status_url": url}),
+            )
             .await;
         assert_error(response, 400, "Invalid status_url").await;
     }
@@ -158,7 +235,11 @@ async fn status_url_must_be_absolute_http_and_not_this_service() {
         format!("{}/callbacks", app.base),
     ] {
         let response = app
-            .post(CALL, &key, json!({"agent_id": agent, "to": "447700900123", "status_url": url}))
+            .post(
+                CALL,
+                &key,
+                json!({"agent_id": agent, "to": "447700900123", "status_url": url}),
+            )
             .await;
         assert_error(response, 400, "status_url must not point at this service").await;
     }
@@ -173,7 +254,11 @@ async fn checks_run_in_the_contract_order() {
     let unknown = "0123456789abcdef01234567";
     let steps: [(Value, u16, String); 6] = [
         // 3 before 4: a missing `to` beats a wrong type.
-        (json!({"agent_id": 5}), 400, "Missing mandatory field(s): to".into()),
+        (
+            json!({"agent_id": 5}),
+            400,
+            "Missing mandatory field(s): to".into(),
+        ),
         // 4 before 5.
         (
             json!({"agent_id": unknown, "to": "bad", "hangup_on_answer_machine": 1}),
@@ -199,7 +284,11 @@ async fn checks_run_in_the_contract_order() {
             format!("ID {unknown} is not an ID to any agent or published version"),
         ),
         // 8: the rate (after one accepted).
-        (json!({"agent_id": agent, "to": "447700900123"}), 200, String::new()),
+        (
+            json!({"agent_id": agent, "to": "447700900123"}),
+            200,
+            String::new(),
+        ),
     ];
     for (body, status, message) in steps {
         let response = app.post(CALL, &key, body).await;
@@ -209,7 +298,9 @@ async fn checks_run_in_the_contract_order() {
             assert_error(response, status, &message).await;
         }
     }
-    let response = app.post(CALL, &key, json!({"agent_id": agent, "to": "447700900123"})).await;
+    let response = app
+        .post(CALL, &key, json!({"agent_id": agent, "to": "447700900123"}))
+        .await;
     assert_eq!(response.status(), 429);
 }
 
@@ -217,8 +308,12 @@ async fn checks_run_in_the_contract_order() {
 async fn agent_errors_use_the_seed_texts() {
     let app = TestApp::spawn().await;
     let key = app.new_key("acme").await;
-    let draft = app.draft_agent(&key, Channel::Voice, &unique_number()).await;
-    let sms = app.published_agent(&key, Channel::Sms, &unique_number()).await;
+    let draft = app
+        .draft_agent(&key, Channel::Voice, &unique_number())
+        .await;
+    let sms = app
+        .published_agent(&key, Channel::Sms, &unique_number())
+        .await;
     let cases = [
         (
             json!({"agent_id": "nonsense", "to": "447700900123"}),
@@ -254,17 +349,30 @@ async fn the_legacy_from_field_names_the_agent_by_its_number() {
     let agent = app.published_agent(&key, Channel::Voice, &number).await;
     // `from` wins over `agent_id`, even a wrong one; a `+` is accepted.
     let response = app
-        .post(CALL, &key, json!({"from": format!("+{number}"), "agent_id": "nonsense", "to": "447700900123"}))
+        .post(
+            CALL,
+            &key,
+            json!({"from": format!("+{number}"), "agent_id": "nonsense", "to": "447700900123"}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    let session = app.ended_session(&key, body["session_id"].as_str().unwrap()).await;
+    let session = app
+        .ended_session(&key, body["session_id"].as_str().unwrap())
+        .await;
     assert_eq!(session["agent_id"], agent.as_str());
     assert_eq!(session["from"], number.as_str());
     // Another account's number is unknown here.
     let other = app.new_key("other").await;
-    let response = app.post(CALL, &other, json!({"from": number, "to": "447700900123"})).await;
-    assert_error(response, 404, &format!("Version information for number {number} doesn't exist")).await;
+    let response = app
+        .post(CALL, &other, json!({"from": number, "to": "447700900123"}))
+        .await;
+    assert_error(
+        response,
+        404,
+        &format!("Version information for number {number} doesn't exist"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -293,7 +401,12 @@ async fn a_store_failure_answers_500_and_leaves_nothing() {
     .unwrap();
     let body = json!({"agent_id": agent, "to": "447700900123"});
     let response = app.post(CALL, &key, body.clone()).await;
-    assert_error(response, 500, "Failed to fetch preconfigured session information").await;
+    assert_error(
+        response,
+        500,
+        "Failed to fetch preconfigured session information",
+    )
+    .await;
     for table in ["sessions", "session_events", "dispatch_jobs"] {
         let count: i64 = db
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
@@ -315,12 +428,21 @@ async fn an_accepted_session_survives_a_restart_before_dispatch() {
     })
     .await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
-    let response = app.post(CALL, &key, json!({"agent_id": agent, "to": "447700900123"})).await;
-    let id = response.json::<Value>().await.unwrap()["session_id"].as_str().unwrap().to_owned();
+    let response = app
+        .post(CALL, &key, json!({"agent_id": agent, "to": "447700900123"}))
+        .await;
+    let id = response.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.stop().await;
     let stored: i64 = app
         .sqlite()
-        .query_row("SELECT COUNT(*) FROM dispatch_jobs WHERE session_id = ?1", [&id], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM dispatch_jobs WHERE session_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(stored, 1, "the dispatch job was stored with the session");
     app.config.simulator_delay = std::time::Duration::from_millis(5);

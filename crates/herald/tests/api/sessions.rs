@@ -10,7 +10,10 @@ use crate::helpers::*;
 async fn trigger(app: &TestApp, key: &str, channel: Channel, agent: &str, to: &str) -> String {
     let (path, body) = match channel {
         Channel::Voice => ("/telephony/make-call", json!({"agent_id": agent, "to": to})),
-        Channel::Sms => ("/messaging/conversation", json!({"agent_id": agent, "to": to, "channel": "sms"})),
+        Channel::Sms => (
+            "/messaging/conversation",
+            json!({"agent_id": agent, "to": to, "channel": "sms"}),
+        ),
         Channel::Whatsapp => (
             "/messaging/conversation",
             json!({"agent_id": agent, "to": to, "channel": "whatsapp", "status_url": "https://example.com/hook",
@@ -19,7 +22,10 @@ async fn trigger(app: &TestApp, key: &str, channel: Channel, agent: &str, to: &s
     };
     let response = app.post(path, key, body).await;
     assert_eq!(response.status(), 200, "{to}");
-    response.json::<Value>().await.unwrap()["session_id"].as_str().unwrap().to_owned()
+    response.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -27,12 +33,32 @@ async fn a_session_reads_back_whole_and_ends_with_an_outcome() {
     let app = TestApp::spawn_with(|c| c.simulator_delay = Duration::from_millis(300)).await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let id = trigger(&app, &key, Channel::Voice, &agent, "447700900123").await;
-    let early: Value = app.get(&format!("/sessions/{id}"), &key).await.json().await.unwrap();
-    assert!(early["status"] == "queued" || early["status"] == "active", "{early}");
+    let early: Value = app
+        .get(&format!("/sessions/{id}"), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        early["status"] == "queued" || early["status"] == "active",
+        "{early}"
+    );
     assert_eq!(early["outcome"], Value::Null);
     assert_eq!(early["ended_at"], Value::Null);
-    for field in ["session_id", "agent_id", "agent_version", "channel", "to", "from", "status", "outcome",
-        "session_parameters", "created_at", "ended_at", "events"] {
+    for field in [
+        "session_id",
+        "agent_id",
+        "agent_version",
+        "channel",
+        "to",
+        "from",
+        "status",
+        "outcome",
+        "session_parameters",
+        "created_at",
+        "ended_at",
+        "events",
+    ] {
         assert!(early.get(field).is_some(), "{field} is present");
     }
     let session = app.ended_session(&key, &id).await;
@@ -43,8 +69,14 @@ async fn a_session_reads_back_whole_and_ends_with_an_outcome() {
     let events = session["events"].as_array().unwrap();
     assert_eq!(events.first().unwrap()["type"], "queued");
     assert_eq!(events.last().unwrap()["type"], "ended");
-    let times: Vec<&str> = events.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "events are in order: {times:?}");
+    let times: Vec<&str> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "events are in order: {times:?}"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +102,14 @@ async fn the_simulator_follows_the_outcome_table() {
     }
     for (digits, outcomes) in table {
         for (i, channel) in channels.into_iter().enumerate() {
-            let id = trigger(&app, &key, channel, &agents[i], &format!("4477009001{digits}")).await;
+            let id = trigger(
+                &app,
+                &key,
+                channel,
+                &agents[i],
+                &format!("4477009001{digits}"),
+            )
+            .await;
             let session = app.ended_session(&key, &id).await;
             assert_eq!(session["outcome"], outcomes[i], "{channel} to ...{digits}");
             let statuses: Vec<&str> = session["events"]
@@ -93,7 +132,14 @@ async fn the_simulator_follows_the_outcome_table() {
         }
     }
     // A SIP URI's numeric user part counts too.
-    let id = trigger(&app, &key, Channel::Voice, &agents[0], "sip:447700900190@pbx.example.com").await;
+    let id = trigger(
+        &app,
+        &key,
+        Channel::Voice,
+        &agents[0],
+        "sip:447700900190@pbx.example.com",
+    )
+    .await;
     assert_eq!(app.ended_session(&key, &id).await["outcome"], "busy");
 }
 
@@ -101,7 +147,9 @@ async fn the_simulator_follows_the_outcome_table() {
 async fn sessions_list_newest_first_with_a_cursor() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Sms).await;
-    let other_agent = app.published_agent(&key, Channel::Sms, &unique_number()).await;
+    let other_agent = app
+        .published_agent(&key, Channel::Sms, &unique_number())
+        .await;
     app.set_rate(&agent, 100).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -118,7 +166,11 @@ async fn sessions_list_newest_first_with_a_cursor() {
         let page: Value = app.get(&path, &key).await.json().await.unwrap();
         let sessions = page["sessions"].as_array().unwrap();
         assert!(sessions.len() <= 2);
-        seen.extend(sessions.iter().map(|s| s["session_id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            sessions
+                .iter()
+                .map(|s| s["session_id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -137,11 +189,21 @@ async fn sessions_filter_by_status() {
     let app = TestApp::spawn_with(|c| c.simulator_delay = Duration::from_secs(30)).await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     trigger(&app, &key, Channel::Voice, &agent, "447700900123").await;
-    let ended: Value = app.get("/sessions?status=ended", &key).await.json().await.unwrap();
+    let ended: Value = app
+        .get("/sessions?status=ended", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ended["sessions"], json!([]));
     let mut open = 0;
     for status in ["queued", "active"] {
-        let page: Value = app.get(&format!("/sessions?status={status}"), &key).await.json().await.unwrap();
+        let page: Value = app
+            .get(&format!("/sessions?status={status}"), &key)
+            .await
+            .json()
+            .await
+            .unwrap();
         open += page["sessions"].as_array().unwrap().len();
     }
     assert_eq!(open, 1);
@@ -158,7 +220,12 @@ async fn bad_listing_parameters_are_400() {
         ("status=lost", "status must be one of queued, active, ended"),
         ("cursor=xyz", "cursor is not valid"),
     ] {
-        assert_error(app.get(&format!("/sessions?{query}"), &key).await, 400, message).await;
+        assert_error(
+            app.get(&format!("/sessions?{query}"), &key).await,
+            400,
+            message,
+        )
+        .await;
     }
 }
 
@@ -169,10 +236,25 @@ async fn accounts_never_see_each_other_s_sessions() {
     let other = app.new_key("other").await;
     let id = trigger(&app, &key, Channel::Sms, &agent, "447700900123").await;
     app.ended_session(&key, &id).await;
-    assert_error(app.get(&format!("/sessions/{id}"), &other).await, 404, &format!("Session {id} was not found")).await;
+    assert_error(
+        app.get(&format!("/sessions/{id}"), &other).await,
+        404,
+        &format!("Session {id} was not found"),
+    )
+    .await;
     let listed: Value = app.get("/sessions", &other).await.json().await.unwrap();
     assert_eq!(listed["sessions"], json!([]));
-    let filtered: Value = app.get(&format!("/sessions?agent_id={agent}"), &other).await.json().await.unwrap();
+    let filtered: Value = app
+        .get(&format!("/sessions?agent_id={agent}"), &other)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(filtered["sessions"], json!([]));
-    assert_error(app.get("/sessions/not-an-id", &key).await, 404, "Session not-an-id was not found").await;
+    assert_error(
+        app.get("/sessions/not-an-id", &key).await,
+        404,
+        "Session not-an-id was not found",
+    )
+    .await;
 }
