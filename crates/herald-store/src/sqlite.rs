@@ -1159,3 +1159,236 @@ pub const IDEMPOTENCY_WINDOW_MICROS: i64 = 24 * 3600 * 1_000_000;
 fn number_taken(number: &str, channel: Channel) -> String {
     format!("Number {number} is already used by another {channel} agent in this region")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::session::SessionParameters;
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    async fn agent(store: &SqliteStore) -> (AccountId, AgentId) {
+        let account = store.add_key("acme", [7; 32]).await.unwrap();
+        let agent = store
+            .create_agent(NewAgent {
+                account_id: account,
+                name: "a".into(),
+                channel: Channel::Sms,
+                number: "447700900001".into(),
+                region: Region::Eu,
+                flow: FlowDefinition::default_for(Channel::Sms),
+            })
+            .await
+            .unwrap();
+        store.publish_agent(account, &agent.agent_id).await.unwrap();
+        (account, agent.agent_id)
+    }
+
+    fn session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSession {
+        NewSession {
+            id,
+            account_id: account,
+            agent_id: agent.clone(),
+            agent_version: 1,
+            channel: Channel::Sms,
+            to: "447700900123".into(),
+            from: "447700900001".into(),
+            status_url: None,
+            hangup_on_machine: false,
+            parameters: SessionParameters::default(),
+            whatsapp: None,
+            created_at: Utc::now(),
+            idempotency: None,
+        }
+    }
+
+    /// Many concurrent inserts share transactions, and one that fails (a
+    /// duplicate id) fails alone: its batch-mates are committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_commit_together_and_fail_alone() {
+        let (store, _dir) = store().await;
+        let store = Arc::new(store);
+        let (account, agent) = agent(&store).await;
+        let duplicate = SessionId::generate();
+        store
+            .create_session(session(account, &agent, duplicate))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let (store, agent) = (store.clone(), agent.clone());
+            let id = if i % 50 == 0 {
+                duplicate
+            } else {
+                SessionId::generate()
+            };
+            tasks.push(tokio::spawn(async move {
+                store.create_session(session(account, &agent, id)).await
+            }));
+        }
+        let mut stored = 0;
+        let mut failed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Created::Stored) => stored += 1,
+                Err(StoreError::Internal(_)) => failed += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((stored, failed), (196, 4));
+        let listed = store
+            .sessions(
+                account,
+                SessionFilter {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 197);
+        let jobs = store
+            .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 197, "every stored session has its dispatch job");
+        // Leased jobs are not handed out again until released.
+        assert!(store
+            .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
+            .await
+            .unwrap()
+            .is_empty());
+        store.release_dispatches(jobs[..3].to_vec()).await.unwrap();
+        assert_eq!(
+            store
+                .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_stores_one_session() {
+        let (store, _dir) = store().await;
+        let (account, agent) = agent(&store).await;
+        let with_key = |id| {
+            let mut s = session(account, &agent, id);
+            s.idempotency = Some(NewIdempotency {
+                key: "k".into(),
+                request_hash: [1; 32],
+                response: format!("first {id}"),
+            });
+            s
+        };
+        let first = SessionId::generate();
+        assert_eq!(
+            store.create_session(with_key(first)).await.unwrap(),
+            Created::Stored
+        );
+        let again = store
+            .create_session(with_key(SessionId::generate()))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Created::Duplicate(IdempotentResponse {
+                request_hash: [1; 32],
+                response: format!("first {first}"),
+            })
+        );
+        let listed = store
+            .sessions(
+                account,
+                SessionFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_oldest_pending_callback_of_a_session_is_due() {
+        let (store, _dir) = store().await;
+        let (account, agent) = agent(&store).await;
+        let id = SessionId::generate();
+        store
+            .create_session(session(account, &agent, id))
+            .await
+            .unwrap();
+        let callback = |n: u32| NewCallback {
+            dedupe_key: format!("c{n}"),
+            webhook_id: format!("msg_{n}"),
+            account_id: account,
+            url: "https://example.com".into(),
+            body: "{}".into(),
+            created_at: Utc::now(),
+        };
+        store
+            .update_session(
+                id,
+                SessionUpdate {
+                    callbacks: vec![callback(1), callback(2)],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // Enqueueing the same callback again changes nothing.
+        store
+            .update_session(
+                id,
+                SessionUpdate {
+                    callbacks: vec![callback(1)],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(30);
+        let due = store.claim_callbacks(Utc::now(), lease, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].webhook_id, "msg_1");
+        assert!(store
+            .claim_callbacks(Utc::now(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        store
+            .settle_callbacks(vec![Settlement::Delivered {
+                id: due[0].id,
+                at: Utc::now(),
+                attempts: 1,
+            }])
+            .await
+            .unwrap();
+        let due = store.claim_callbacks(Utc::now(), lease, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].webhook_id, "msg_2");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("newer than this herald knows"));
+    }
+}
