@@ -35,8 +35,20 @@ async fn post_with_key(
         .expect("the server answers")
 }
 
-async fn make_call(app: &TestApp, key: &str, idempotency_key: &str, body: &Value) -> reqwest::Response {
-    post_with_key(app, "/telephony/make-call", key, idempotency_key, body.to_string()).await
+async fn make_call(
+    app: &TestApp,
+    key: &str,
+    idempotency_key: &str,
+    body: &Value,
+) -> reqwest::Response {
+    post_with_key(
+        app,
+        "/telephony/make-call",
+        key,
+        idempotency_key,
+        body.to_string(),
+    )
+    .await
 }
 
 /// Asserts a 200 trigger answer and returns its body.
@@ -46,22 +58,34 @@ async fn accepted(response: reqwest::Response) -> Value {
     assert_eq!(status, 200, "expected 200, got {status}: {text}");
     let body: Value = serde_json::from_str(&text).expect("a JSON body");
     assert!(body["session_id"].is_string(), "no session_id in {body}");
-    assert!(body["session_start_time"].is_string(), "no session_start_time in {body}");
+    assert!(
+        body["session_start_time"].is_string(),
+        "no session_start_time in {body}"
+    );
     body
 }
 
 /// The sessions the account sees for `agent` (GET /sessions).
 async fn listed_sessions(app: &TestApp, key: &str, agent: &str) -> Vec<Value> {
-    let response = app.get(&format!("/sessions?agent_id={agent}&limit=100"), key).await;
+    let response = app
+        .get(&format!("/sessions?agent_id={agent}&limit=100"), key)
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    body["sessions"].as_array().expect("a sessions array").clone()
+    body["sessions"]
+        .as_array()
+        .expect("a sessions array")
+        .clone()
 }
 
 /// The sessions stored for `agent`, straight from the database.
 fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
     app.sqlite()
-        .query_row("SELECT COUNT(*) FROM sessions WHERE agent_id = ?1", [agent], |row| row.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM sessions WHERE agent_id = ?1",
+            [agent],
+            |row| row.get(0),
+        )
         .unwrap()
 }
 
@@ -113,8 +137,10 @@ async fn same_body_with_keys_reordered_and_whitespace_changed_counts_as_the_same
         "{{\n  \"session_parameters\" : [ {{ \"value\" : \"A-17\", \"name\" : \"order\" }} ],\n\t\"to\": \"{TO}\",\n  \"hangup_on_answer_machine\": true,\n  \"agent_id\":   \"{agent}\"\n}}\n"
     );
 
-    let first = accepted(post_with_key(&app, "/telephony/make-call", &key, "same", compact).await).await;
-    let again = accepted(post_with_key(&app, "/telephony/make-call", &key, "same", reordered).await).await;
+    let first =
+        accepted(post_with_key(&app, "/telephony/make-call", &key, "same", compact).await).await;
+    let again =
+        accepted(post_with_key(&app, "/telephony/make-call", &key, "same", reordered).await).await;
 
     assert_eq!(again, first);
     assert_eq!(listed_sessions(&app, &key, &agent).await.len(), 1);
@@ -188,19 +214,36 @@ async fn concurrent_duplicates_start_one_session_and_the_others_get_409_or_the_f
         answers.push(task.await.unwrap());
     }
 
-    let ok: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 200).map(|(_, b)| b).collect();
-    assert!(!ok.is_empty(), "at least one duplicate is accepted: {answers:?}");
+    let ok: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(
+        !ok.is_empty(),
+        "at least one duplicate is accepted: {answers:?}"
+    );
     for body in &ok {
-        assert_eq!(body["session_id"], ok[0]["session_id"], "every 200 is the same session: {answers:?}");
+        assert_eq!(
+            body["session_id"], ok[0]["session_id"],
+            "every 200 is the same session: {answers:?}"
+        );
         assert_eq!(body["session_start_time"], ok[0]["session_start_time"]);
     }
     for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
         assert_eq!(*status, 409, "a duplicate in flight gets 409: {answers:?}");
         assert_eq!(body["status"], 409, "{body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
 
-    assert_eq!(stored_sessions(&app, &agent), 1, "exactly one session is stored");
+    assert_eq!(
+        stored_sessions(&app, &agent),
+        1,
+        "exactly one session is stored"
+    );
     let listed = listed_sessions(&app, &key, &agent).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["session_id"], ok[0]["session_id"]);
@@ -251,8 +294,15 @@ async fn an_idempotency_key_longer_than_255_characters_gets_400() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], 400, "{body}");
     let message = body["message"].as_str().expect("a message");
-    assert!(message.contains("Idempotency-Key"), "the message names the header: {message}");
-    assert_eq!(body.as_object().unwrap().len(), 2, "only status and message: {body}");
+    assert!(
+        message.contains("Idempotency-Key"),
+        "the message names the header: {message}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only status and message: {body}"
+    );
     assert_eq!(stored_sessions(&app, &agent), 0, "nothing was started");
 
     // 255 characters is within the limit.
@@ -292,14 +342,25 @@ async fn idempotency_keys_work_on_the_messaging_endpoint() {
     let sms = json!({"agent_id": agent, "to": TO, "channel": "sms"});
 
     let send = |body: &Value| {
-        post_with_key(&app, "/messaging/conversation", &key, "sms-retry", body.to_string())
+        post_with_key(
+            &app,
+            "/messaging/conversation",
+            &key,
+            "sms-retry",
+            body.to_string(),
+        )
     };
     let first = accepted(send(&sms).await).await;
     let again = accepted(send(&sms).await).await;
     assert_eq!(again, first);
 
     let different = json!({"agent_id": agent, "to": "447700900124", "channel": "sms"});
-    assert_error(send(&different).await, 422, "Idempotency-Key reused with a different request").await;
+    assert_error(
+        send(&different).await,
+        422,
+        "Idempotency-Key reused with a different request",
+    )
+    .await;
 
     let listed = listed_sessions(&app, &key, &agent).await;
     assert_eq!(listed.len(), 1, "{listed:?}");

@@ -20,7 +20,13 @@ fn call(agent: &str) -> Value {
 
 /// Fires `n` identical triggers at once; returns their statuses, Retry-After
 /// headers and bodies in the order they were sent.
-async fn burst(app: &TestApp, key: &str, path: &str, body: &Value, n: usize) -> Vec<(u16, Option<String>, Value)> {
+async fn burst(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    body: &Value,
+    n: usize,
+) -> Vec<(u16, Option<String>, Value)> {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for _ in 0..n {
@@ -62,8 +68,15 @@ fn count(answers: &[(u16, Option<String>, Value)], status: u16) -> usize {
 fn assert_limited(status: u16, retry_after: Option<&str>, body: &Value) {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["status"], 429, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "a message: {body}");
-    assert_eq!(body.as_object().unwrap().len(), 2, "only status and message: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message: {body}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only status and message: {body}"
+    );
     let retry_after = retry_after.expect("a Retry-After header");
     let seconds: u64 = retry_after
         .parse()
@@ -73,7 +86,11 @@ fn assert_limited(status: u16, retry_after: Option<&str>, body: &Value) {
 
 fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
     app.sqlite()
-        .query_row("SELECT COUNT(*) FROM sessions WHERE agent_id = ?1", [agent], |row| row.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM sessions WHERE agent_id = ?1",
+            [agent],
+            |row| row.get(0),
+        )
         .unwrap()
 }
 
@@ -102,8 +119,14 @@ fn assert_failed_with_message(output: &Output, what: &str) {
         String::from_utf8_lossy(&output.stdout)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.trim().is_empty(), "{what} explains the failure on stderr");
-    assert!(!stderr.contains("panicked"), "{what} fails cleanly: {stderr}");
+    assert!(
+        !stderr.trim().is_empty(),
+        "{what} explains the failure on stderr"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "{what} fails cleanly: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -124,10 +147,18 @@ async fn after_a_second_the_next_request_is_accepted() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
-    assert_eq!(app.post("/telephony/make-call", &key, call(&agent)).await.status(), 200);
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&agent))
+            .await
+            .status(),
+        200
+    );
     let refused = app.post("/telephony/make-call", &key, call(&agent)).await;
     let status = refused.status().as_u16();
-    let retry_after = refused.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body: Value = refused.json().await.unwrap();
     assert_limited(status, retry_after.as_deref(), &body);
 
@@ -155,12 +186,34 @@ async fn at_rate_three_a_burst_of_three_is_accepted_and_the_fourth_refused() {
 async fn agents_are_limited_separately() {
     let app = TestApp::spawn().await;
     let (key, first) = account_with_agent(&app, Channel::Voice).await;
-    let second = app.published_agent(&key, Channel::Voice, &unique_number()).await;
+    let second = app
+        .published_agent(&key, Channel::Voice, &unique_number())
+        .await;
 
-    assert_eq!(app.post("/telephony/make-call", &key, call(&first)).await.status(), 200);
-    assert_eq!(app.post("/telephony/make-call", &key, call(&second)).await.status(), 200);
-    assert_eq!(app.post("/telephony/make-call", &key, call(&first)).await.status(), 429);
-    assert_eq!(app.post("/telephony/make-call", &key, call(&second)).await.status(), 429);
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&first))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&second))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&first))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&second))
+            .await
+            .status(),
+        429
+    );
 }
 
 #[tokio::test]
@@ -169,10 +222,18 @@ async fn the_messaging_endpoint_is_limited_too() {
     let (key, agent) = account_with_agent(&app, Channel::Sms).await;
     let sms = json!({"agent_id": agent, "to": TO, "channel": "sms"});
 
-    assert_eq!(app.post("/messaging/conversation", &key, sms.clone()).await.status(), 200);
+    assert_eq!(
+        app.post("/messaging/conversation", &key, sms.clone())
+            .await
+            .status(),
+        200
+    );
     let refused = app.post("/messaging/conversation", &key, sms).await;
     let status = refused.status().as_u16();
-    let retry_after = refused.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body: Value = refused.json().await.unwrap();
     assert_limited(status, retry_after.as_deref(), &body);
     assert_eq!(stored_sessions(&app, &agent), 1);
@@ -184,7 +245,12 @@ async fn requests_that_fail_validation_do_not_count() {
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
     assert_error(
-        app.post("/telephony/make-call", &key, json!({"agent_id": agent, "to": "12"})).await,
+        app.post(
+            "/telephony/make-call",
+            &key,
+            json!({"agent_id": agent, "to": "12"}),
+        )
+        .await,
         400,
         "Bad destination number format",
     )
@@ -201,7 +267,8 @@ async fn requests_that_fail_validation_do_not_count() {
     )
     .await;
     assert_error(
-        app.post("/telephony/make-call", &key, json!({"agent_id": agent})).await,
+        app.post("/telephony/make-call", &key, json!({"agent_id": agent}))
+            .await,
         400,
         "Missing mandatory field(s): to",
     )
@@ -230,7 +297,12 @@ async fn requests_that_fail_validation_do_not_count() {
     let response = app.post("/telephony/make-call", &key, call(&agent)).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     // ...and it is a real limit.
-    assert_eq!(app.post("/telephony/make-call", &key, call(&agent)).await.status(), 429);
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&agent))
+            .await
+            .status(),
+        429
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -238,7 +310,12 @@ async fn herald_limits_set_is_obeyed_by_a_running_server_within_two_seconds() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
-    let output = herald(&app, &["limits", "set", "--agent", &agent, "--rate", "5"], &[]).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", &agent, "--rate", "5"],
+        &[],
+    )
+    .await;
     assert!(
         output.status.success(),
         "limits set succeeds: {}",
@@ -272,13 +349,28 @@ async fn limits_set_with_rate_zero_fails_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
-    let output = herald(&app, &["limits", "set", "--agent", &agent, "--rate", "0"], &[]).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", &agent, "--rate", "0"],
+        &[],
+    )
+    .await;
     assert_failed_with_message(&output, "limits set --rate 0");
 
     // Still the default rate of 1, after the caches' refresh.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(app.post("/telephony/make-call", &key, call(&agent)).await.status(), 200);
-    assert_eq!(app.post("/telephony/make-call", &key, call(&agent)).await.status(), 429);
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&agent))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post("/telephony/make-call", &key, call(&agent))
+            .await
+            .status(),
+        429
+    );
 }
 
 #[tokio::test]
@@ -287,14 +379,33 @@ async fn limits_set_over_the_configured_maximum_fails() {
     let (_key, agent) = account_with_agent(&app, Channel::Voice).await;
 
     let max = [("HERALD_MAX_RATE", "10")];
-    let output = herald(&app, &["limits", "set", "--agent", &agent, "--rate", "11"], &max).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", &agent, "--rate", "11"],
+        &max,
+    )
+    .await;
     assert_failed_with_message(&output, "limits set --rate 11 over a maximum of 10");
     // The maximum itself is allowed.
-    let output = herald(&app, &["limits", "set", "--agent", &agent, "--rate", "10"], &max).await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", &agent, "--rate", "10"],
+        &max,
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // The default maximum is finite.
-    let output = herald(&app, &["limits", "set", "--agent", &agent, "--rate", "4294967295"], &[]).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", &agent, "--rate", "4294967295"],
+        &[],
+    )
+    .await;
     assert_failed_with_message(&output, "limits set --rate 4294967295");
 }
 
@@ -303,10 +414,20 @@ async fn limits_set_for_an_unknown_agent_fails() {
     let app = TestApp::spawn().await;
 
     let unknown = "0123456789abcdef01234567";
-    let output = herald(&app, &["limits", "set", "--agent", unknown, "--rate", "3"], &[]).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", unknown, "--rate", "3"],
+        &[],
+    )
+    .await;
     assert_failed_with_message(&output, "limits set for an unknown agent");
 
-    let output = herald(&app, &["limits", "set", "--agent", "not-an-agent", "--rate", "3"], &[]).await;
+    let output = herald(
+        &app,
+        &["limits", "set", "--agent", "not-an-agent", "--rate", "3"],
+        &[],
+    )
+    .await;
     assert_failed_with_message(&output, "limits set for a malformed agent id");
 }
 
@@ -324,7 +445,12 @@ async fn an_agent_of_region_us_on_an_eu_server_gets_404() {
     assert_eq!(response.status(), 201);
     let agent: Value = response.json().await.unwrap();
     let agent = agent["agent_id"].as_str().unwrap().to_owned();
-    assert_eq!(app.post(&format!("/agents/{agent}/publish"), &key, json!({})).await.status(), 200);
+    assert_eq!(
+        app.post(&format!("/agents/{agent}/publish"), &key, json!({}))
+            .await
+            .status(),
+        200
+    );
 
     assert_error(
         app.post("/telephony/make-call", &key, call(&agent)).await,
@@ -353,7 +479,12 @@ async fn a_server_in_region_us_serves_us_agents_and_not_eu_agents() {
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.unwrap();
         let id = body["agent_id"].as_str().unwrap().to_owned();
-        assert_eq!(app.post(&format!("/agents/{id}/publish"), &key, json!({})).await.status(), 200);
+        assert_eq!(
+            app.post(&format!("/agents/{id}/publish"), &key, json!({}))
+                .await
+                .status(),
+            200
+        );
         agents.push(id);
     }
     let [us, default, eu] = <[String; 3]>::try_from(agents).unwrap();
@@ -376,19 +507,37 @@ async fn a_refused_request_leaves_no_session() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
-    let accepted: Value = app.post("/telephony/make-call", &key, call(&agent)).await.json().await.unwrap();
+    let accepted: Value = app
+        .post("/telephony/make-call", &key, call(&agent))
+        .await
+        .json()
+        .await
+        .unwrap();
     let refused = app
-        .post("/telephony/make-call", &key, json!({"agent_id": agent, "to": "447700900124"}))
+        .post(
+            "/telephony/make-call",
+            &key,
+            json!({"agent_id": agent, "to": "447700900124"}),
+        )
         .await;
     assert_eq!(refused.status(), 429);
 
     assert_eq!(stored_sessions(&app, &agent), 1);
     let pending: i64 = app
         .sqlite()
-        .query_row("SELECT COUNT(*) FROM sessions WHERE to_addr = '447700900124'", [], |row| row.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM sessions WHERE to_addr = '447700900124'",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     assert_eq!(pending, 0);
-    let listed: Value = app.get(&format!("/sessions?agent_id={agent}"), &key).await.json().await.unwrap();
+    let listed: Value = app
+        .get(&format!("/sessions?agent_id={agent}"), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
     let listed = listed["sessions"].as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["session_id"], accepted["session_id"]);

@@ -186,27 +186,44 @@ async fn sessions_list_newest_first_with_a_cursor() {
 
 #[tokio::test]
 async fn sessions_filter_by_status() {
+    // A long simulator pause holds the call in its `active` state.
     let app = TestApp::spawn_with(|c| c.simulator_delay = Duration::from_secs(30)).await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
-    trigger(&app, &key, Channel::Voice, &agent, "447700900123").await;
-    let ended: Value = app
-        .get("/sessions?status=ended", &key)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ended["sessions"], json!([]));
-    let mut open = 0;
-    for status in ["queued", "active"] {
+    let id = trigger(&app, &key, Channel::Voice, &agent, "447700900123").await;
+    for _ in 0..200 {
+        let session: Value = app
+            .get(&format!("/sessions/{id}"), &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if session["status"] == "active" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (status, expected) in [("queued", json!([])), ("ended", json!([]))] {
         let page: Value = app
             .get(&format!("/sessions?status={status}"), &key)
             .await
             .json()
             .await
             .unwrap();
-        open += page["sessions"].as_array().unwrap().len();
+        assert_eq!(page["sessions"], expected, "{status}");
     }
-    assert_eq!(open, 1);
+    let active: Value = app
+        .get("/sessions?status=active", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = active["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
 }
 
 #[tokio::test]
