@@ -149,6 +149,10 @@ pub enum Parameter {
     Video {
         link: String,
     },
+    /// What a quick-reply button sends back when pressed.
+    Payload {
+        payload: String,
+    },
 }
 
 /// [`Parameter`]'s wire shape. Kept apart so that the public enum stays flat
@@ -178,6 +182,9 @@ enum WireParameter {
     Video {
         #[schema(inline)]
         video: WireMedia,
+    },
+    Payload {
+        payload: String,
     },
 }
 
@@ -232,6 +239,7 @@ impl From<Parameter> for WireParameter {
             Parameter::Video { link } => Self::Video {
                 video: WireMedia { link },
             },
+            Parameter::Payload { payload } => Self::Payload { payload },
         }
     }
 }
@@ -254,6 +262,7 @@ impl From<WireParameter> for Parameter {
                 filename: document.filename,
             },
             WireParameter::Video { video } => Self::Video { link: video.link },
+            WireParameter::Payload { payload } => Self::Payload { payload },
         }
     }
 }
@@ -385,10 +394,13 @@ fn parse_parameter(value: &Value, path: &str) -> Result<Parameter, ComponentErro
         Some("video") => Parameter::Video {
             link: fields.object("video")?.string("link")?.to_owned(),
         },
+        Some("payload") => Parameter::Payload {
+            payload: fields.string("payload")?.to_owned(),
+        },
         _ => {
             return Err(fields.fail(
                 "type",
-                "must be one of text, currency, date_time, image, document, video",
+                "must be one of text, currency, date_time, image, document, video, payload",
             ))
         }
     })
@@ -712,8 +724,8 @@ mod tests {
                 "components[0].parameters[0].type is required",
             ),
             (
-                json!([{"type": "body", "parameters": [{"type": "text", "text": "a"}, {"type": "payload"}]}]),
-                "components[0].parameters[1].type must be one of text, currency, date_time, image, document, video",
+                json!([{"type": "body", "parameters": [{"type": "text", "text": "a"}, {"type": "sticker"}]}]),
+                "components[0].parameters[1].type must be one of text, currency, date_time, image, document, video, payload",
             ),
             (
                 json!([{"type": "body"}, {"type": "body", "parameters": [{"type": "text"}]}]),
@@ -798,6 +810,27 @@ mod tests {
         let err = serde_json::from_value::<Component>(json!({"type": "button", "sub_type": "url"}))
             .unwrap_err();
         assert_eq!(err.to_string(), "component.index is required");
+    }
+
+    #[test]
+    fn quick_reply_buttons_carry_a_payload() {
+        let parsed = parse_components(&json!([
+            {"type": "button", "sub_type": "quick_reply", "index": 0,
+             "parameters": [{"type": "payload", "payload": "CONFIRM"}]}
+        ]))
+        .unwrap();
+        assert_eq!(
+            parsed[0].parameters(),
+            [Parameter::Payload {
+                payload: "CONFIRM".into()
+            }]
+        );
+        assert_eq!(parsed[0].text_parameter_count(), 0);
+        let err = parse_components(&json!([
+            {"type": "button", "sub_type": "quick_reply", "index": 0, "parameters": [{"type": "payload"}]}
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0, "components[0].parameters[0].payload is required");
     }
 
     #[test]
@@ -913,6 +946,7 @@ mod tests {
                 "image",
                 "document",
                 "video",
+                "payload",
                 "link",
                 "filename",
                 "fallback_value",
@@ -939,6 +973,7 @@ mod tests {
             s().prop_map(|f| json!({"type": "date_time", "date_time": {"fallback_value": f}})),
             s().prop_map(|l| json!({"type": "image", "image": {"link": l}})),
             s().prop_map(|l| json!({"type": "video", "video": {"link": l}})),
+            s().prop_map(|p| json!({"type": "payload", "payload": p})),
             (s(), prop::option::of(s())).prop_map(|(l, f)| match f {
                 Some(f) => json!({"type": "document", "document": {"link": l, "filename": f}}),
                 None => json!({"type": "document", "document": {"link": l}}),

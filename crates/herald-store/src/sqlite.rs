@@ -51,7 +51,10 @@ fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // Exclusive, and the version read inside it: a server and a
+    // `herald keys create` starting together must not both migrate.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let current: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > MIGRATIONS.len() {
         anyhow::bail!(
             "the database has schema version {current}, newer than this herald knows ({}); \
@@ -60,12 +63,11 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
         tx.execute_batch(sql)
             .with_context(|| format!("applying migration {}", i + 1))?;
         tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
     }
+    tx.commit()?;
     Ok(())
 }
 
@@ -84,9 +86,6 @@ impl SqliteStore {
             Ok(conn)
         };
         let mut writer = open()?;
-        // Two processes (a server and `herald keys create`) may migrate at
-        // once; the exclusive lock makes one wait for the other.
-        writer.execute_batch("BEGIN EXCLUSIVE; COMMIT;").ok();
         migrate(&mut writer)?;
         let readers = (0..READERS)
             .map(|_| open().map(Mutex::new))
@@ -170,10 +169,9 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = e.to_string();
             tracing::error!(error = %msg, "could not begin a write transaction");
-            // Run nothing; every waiting write fails.
-            for job in batch {
-                drop(job);
-            }
+            // Run nothing; every waiting write fails (dropping a job drops
+            // its reply channel, which its caller sees as an error).
+            drop(batch);
             continue;
         }
         for job in batch {
@@ -181,7 +179,17 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 tracing::error!(error = %e, "could not open a savepoint");
                 continue;
             }
-            let (ok, reply) = job(&conn);
+            // A panic in one write must not take the writer (and every later
+            // write) down with it: its savepoint is rolled back and its
+            // caller sees the write dropped.
+            let (ok, reply) =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))) {
+                    Ok((ok, reply)) => (ok, Some(reply)),
+                    Err(_) => {
+                        tracing::error!("a store write panicked");
+                        (false, None)
+                    }
+                };
             let end = if ok {
                 "RELEASE w"
             } else {
@@ -190,7 +198,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "could not close a savepoint");
             }
-            replies.push(reply);
+            replies.extend(reply);
         }
         let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         if commit.is_err() {
