@@ -59,7 +59,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             let permit = running.clone().acquire_owned().await.expect("never closed");
             let app = app.clone();
             let handle = tasks.spawn(async move {
-                if let Err(e) = run_session(&app, id).await {
+                if let Err(e) = run_holding_lease(&app, id).await {
                     // The job keeps its lease and runs again when it expires.
                     tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed");
                 }
@@ -93,6 +93,27 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         );
         if let Err(e) = app.store.release_dispatches(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back dispatch jobs");
+        }
+    }
+}
+
+/// Runs a session, renewing its job's lease while it runs, so that a
+/// session longer than the lease is not taken up a second time.
+async fn run_holding_lease(app: &AppState, id: SessionId) -> anyhow::Result<()> {
+    let lease = app.config.dispatch_lease;
+    let run = run_session(app, id);
+    tokio::pin!(run);
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.tick().await; // the first tick is immediate; the claim just set the lease
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            _ = renew.tick() => {
+                let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                if let Err(e) = app.store.renew_dispatch(id, until).await {
+                    tracing::warn!(session_id = %id, error = %format!("{e:#}"), "could not renew a lease");
+                }
+            }
         }
     }
 }

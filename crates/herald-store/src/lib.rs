@@ -138,6 +138,8 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<SessionId>>;
+    /// Extends the lease of a job still being worked on.
+    async fn renew_dispatch(&self, id: SessionId, until: DateTime<Utc>) -> Result<()>;
     /// Gives dispatch jobs back before their lease runs out (a graceful
     /// shutdown), so another worker need not wait for the lease.
     async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()>;

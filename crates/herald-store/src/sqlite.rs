@@ -959,6 +959,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew_dispatch(&self, id: SessionId, until: DateTime<Utc>) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE dispatch_jobs SET lease_until = ?2 WHERE session_id = ?1")
+                .db()?
+                .execute(params![id.to_string(), to_micros(until)])
+                .db()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()> {
         self.write(move |conn| {
             let mut stmt = conn

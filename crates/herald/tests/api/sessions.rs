@@ -275,3 +275,38 @@ async fn accounts_never_see_each_other_s_sessions() {
     )
     .await;
 }
+
+/// A session that runs longer than its job's lease keeps the lease and is
+/// dispatched once.
+#[tokio::test]
+async fn a_session_longer_than_its_lease_is_dispatched_once() {
+    let app = TestApp::spawn_with(|c| {
+        // The call takes about three times the lease (ringing, speaking).
+        c.dispatch_lease = Duration::from_millis(200);
+        c.simulator_delay = Duration::from_millis(300);
+    })
+    .await;
+    let (key, agent) = account_with_agent(&app, Channel::Voice).await;
+    let id = trigger(&app, &key, Channel::Voice, &agent, "447700900123").await;
+    let session = app.ended_session(&key, &id).await;
+    assert_eq!(session["outcome"], "completed");
+    // Events are keyed by step, so a second run would not show in them; it
+    // would finish the session a second time, which the metrics count.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ended = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("herald_sessions_ended_total{") && l.contains("outcome=\"completed\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(ended.ends_with(" 1"), "{ended}");
+}
