@@ -123,10 +123,21 @@ struct ServeArgs {
     /// The simulator's pause before each step, in milliseconds.
     #[arg(long, env = "HERALD_SIMULATOR_DELAY_MS", default_value_t = 20)]
     simulator_delay_ms: u64,
+    /// Seconds a worker holds a session's dispatch job; after a crash, its
+    /// sessions are taken up again once this runs out.
+    #[arg(long, env = "HERALD_DISPATCH_LEASE_SECS", default_value_t = 60.0, value_parser = parse_seconds)]
+    dispatch_lease_secs: f64,
     /// Commit with synchronous=NORMAL: safe from a crash of herald, not
     /// from a power cut.
     #[arg(long, env = "HERALD_RELAXED_COMMITS")]
     relaxed_commits: bool,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.1 && *s <= 86_400.0)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds between 0.1 and 86400"))
 }
 
 fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
@@ -156,6 +167,7 @@ impl ServeArgs {
                 .callback_retry_schedule
                 .unwrap_or(defaults.callback_retry_schedule),
             simulator_delay: Duration::from_millis(self.simulator_delay_ms),
+            dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
             durable_commits: !self.relaxed_commits,
             ..defaults
         })

@@ -326,3 +326,57 @@ pub fn unique_number() -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() % 1000 * 1000;
     format!("4477009{:05}", n % 100_000)
 }
+
+/// `herald serve` as a child process on a free loopback port, killed
+/// (SIGKILL) when dropped.
+pub struct ServeProcess {
+    pub base: String,
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    /// Starts `herald serve` with these arguments and environment and waits
+    /// until it answers `/healthz`.
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .args(args)
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("herald serve starts");
+        let server = ServeProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if let Ok(response) = client.get(format!("{}/healthz", server.base)).send().await {
+                assert_eq!(response.status(), 200);
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("herald serve did not answer /healthz");
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the process is reaped");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ mod helpers;
 mod agents;
 mod callbacks;
 mod conventions;
+mod durability;
 mod idempotency;
 mod make_call;
 mod messaging;

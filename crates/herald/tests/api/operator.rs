@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use herald_core::Channel;
 use serde_json::{json, Value};
 
-use crate::helpers::{account_with_agent, assert_error, TestApp, TestReceiver};
+use crate::helpers::{account_with_agent, assert_error, ServeProcess, TestApp, TestReceiver};
 
 /// Runs the real `herald` binary with `args`, `HERALD_DATABASE_URL` unset
 /// and then `envs` set.
@@ -558,49 +558,20 @@ async fn herald_openapi_prints_the_served_document() {
     assert_eq!(stdout(&output), served);
 }
 
-/// A child process killed when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn herald_serve_takes_its_settings_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("served.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-
-    let _server = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HERALD_DATABASE_URL", &database)
-            .env("HERALD_REGION", "us")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("herald serve starts"),
-    );
+    let server = ServeProcess::start(
+        &[],
+        &[
+            ("HERALD_DATABASE_URL", database.as_str()),
+            ("HERALD_REGION", "us"),
+        ],
+    )
+    .await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let mut healthy = false;
-    for _ in 0..200 {
-        if let Ok(response) = client.get(format!("{base}/healthz")).send().await {
-            assert_eq!(response.status(), 200);
-            healthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(healthy, "herald serve answered /healthz on HERALD_LISTEN");
 
     let output = herald_cmd(
         vec![

@@ -1,0 +1,128 @@
+//! CONTRACT §2.3: a 200 is sent only after the session and its dispatch job
+//! are durably stored, so a crash after the 200 loses nothing. The server
+//! here is a real `herald serve` process, killed with SIGKILL.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("crash.db");
+    let database = format!("sqlite://{}", db_path.display());
+    let client = reqwest::Client::new();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--database",
+            &database,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+
+    // The simulator takes a minute per step, so every session is still in
+    // flight when the server dies.
+    let server = ServeProcess::start(
+        &[
+            "--database",
+            &database,
+            "--simulator-delay-ms",
+            "60000",
+            "--default-rate",
+            "100",
+            "--dispatch-lease-secs",
+            "0.5",
+        ],
+        &[],
+    )
+    .await;
+    let created: Value = client
+        .post(format!("{}/agents", server.base))
+        .header("X-Vgai-Key", &key)
+        .json(&json!({"name": "a", "type": "voice", "number": "447700900001"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = created["agent_id"].as_str().unwrap().to_owned();
+    let published = client
+        .post(format!("{}/agents/{agent}/publish", server.base))
+        .header("X-Vgai-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{}/telephony/make-call", server.base))
+            .header("X-Vgai-Key", &key)
+            .json(&json!({"agent_id": agent, "to": "447700900123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        acknowledged.push(body["session_id"].as_str().unwrap().to_owned());
+    }
+    server.kill();
+
+    // Everything acknowledged is on disk, with its dispatch job.
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    for id in &acknowledged {
+        let (sessions, jobs): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM sessions WHERE id = ?1), \
+                        (SELECT COUNT(*) FROM dispatch_jobs WHERE session_id = ?1)",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((sessions, jobs), (1, 1), "session {id}");
+    }
+
+    // A new server takes the work up once the dead one's leases run out.
+    let server = ServeProcess::start(
+        &[
+            "--database",
+            &database,
+            "--simulator-delay-ms",
+            "5",
+            "--dispatch-lease-secs",
+            "0.5",
+        ],
+        &[],
+    )
+    .await;
+    for id in &acknowledged {
+        let mut outcome = Value::Null;
+        for _ in 0..400 {
+            let session: Value = client
+                .get(format!("{}/sessions/{id}", server.base))
+                .header("X-Vgai-Key", &key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if session["status"] == "ended" {
+                outcome = session["outcome"].clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(outcome, "completed", "session {id}");
+    }
+}
