@@ -32,7 +32,7 @@ use crate::routes::{account, agents, ops, sessions, templates, trigger};
         ops::metrics,
         ops::openapi,
     ),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(crate::error::ErrorBody, trigger::TriggerResponse)),
     modifiers(&Security),
     tags(
         (name = "triggers", description = "Start sessions (CONTRACT §2, §3)"),

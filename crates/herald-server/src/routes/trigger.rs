@@ -43,6 +43,49 @@ pub struct TriggerResponse {
     pub session_start_time: String,
 }
 
+/// The optional `Idempotency-Key` header of both trigger endpoints.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IdempotencyKey {
+    #[doc = "Makes retries safe: the same key and body within 24 hours answers with the first response"]
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// What both trigger endpoints answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum TriggerResponses {
+    /// The session is stored and will be dispatched
+    #[response(status = 200)]
+    Accepted(TriggerResponse),
+    /// Invalid request
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Missing, unknown or revoked key
+    #[response(status = 401)]
+    Unauthorised(ErrorBody),
+    /// Unknown, unpublished or foreign agent
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The same Idempotency-Key is being handled
+    #[response(status = 409)]
+    InFlight(ErrorBody),
+    /// Body over 64 KiB
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Idempotency-Key reused with a different body
+    #[response(status = 422)]
+    KeyReused(ErrorBody),
+    /// Over the agent's rate
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// The session could not be stored
+    #[response(status = 500)]
+    NotStored(ErrorBody),
+}
+
 /// `POST /telephony/make-call`: the body (CONTRACT §2.1). Unknown fields are ignored.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -94,18 +137,8 @@ pub struct ConversationRequest {
     path = "/telephony/make-call",
     tag = "triggers",
     request_body = MakeCallRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body within 24 hours answers with the first response")),
-    responses(
-        (status = 200, description = "The session is stored and will be dispatched", body = TriggerResponse),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
-        (status = 404, description = "Unknown, unpublished or foreign agent", body = ErrorBody),
-        (status = 409, description = "The same Idempotency-Key is being handled", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 422, description = "Idempotency-Key reused with a different body", body = ErrorBody),
-        (status = 429, description = "Over the agent's rate", body = ErrorBody),
-        (status = 500, description = "The session could not be stored", body = ErrorBody),
-    ),
+    params(IdempotencyKey),
+    responses(TriggerResponses),
     security(("vgai_key" = []), ("bearer" = []))
 )]
 pub async fn make_call(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -119,18 +152,8 @@ pub async fn make_call(State(app): State<AppState>, headers: HeaderMap, body: Bo
     path = "/messaging/conversation",
     tag = "triggers",
     request_body = ConversationRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body within 24 hours answers with the first response")),
-    responses(
-        (status = 200, description = "The session is stored and will be dispatched", body = TriggerResponse),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
-        (status = 404, description = "Unknown, unpublished or foreign agent", body = ErrorBody),
-        (status = 409, description = "The same Idempotency-Key is being handled", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 422, description = "Idempotency-Key reused with a different body", body = ErrorBody),
-        (status = 429, description = "Over the agent's rate", body = ErrorBody),
-        (status = 500, description = "The session could not be stored", body = ErrorBody),
-    ),
+    params(IdempotencyKey),
+    responses(TriggerResponses),
     security(("vgai_key" = []), ("bearer" = []))
 )]
 pub async fn conversation(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {

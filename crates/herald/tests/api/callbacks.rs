@@ -295,26 +295,7 @@ async fn an_exhausted_schedule_is_recorded_in_the_session() {
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let id = call(&app, &key, &agent, "447700900191", &receiver.url, false).await;
     receiver.wait_for_attempts(3).await;
-    let mut failure = None;
-    for _ in 0..100 {
-        let session: Value = app
-            .get(&format!("/sessions/{id}"), &key)
-            .await
-            .json()
-            .await
-            .unwrap();
-        failure = session["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["type"] == "callback_failed")
-            .cloned();
-        if failure.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let failure = failure.expect("the failure is recorded");
+    let failure = app.wait_for_event(&key, &id, "callback_failed").await;
     assert_eq!(failure["attempts"], 3);
     assert_eq!(
         failure["webhook_id"],
@@ -350,26 +331,7 @@ async fn internal_addresses_are_refused_unless_allowed() {
         format!("http://localhost:{port}/callbacks"),
     ] {
         let id = call(&app, &key, &agent, "447700900190", &url, false).await;
-        let mut failure = None;
-        for _ in 0..100 {
-            let session: Value = app
-                .get(&format!("/sessions/{id}"), &key)
-                .await
-                .json()
-                .await
-                .unwrap();
-            failure = session["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["type"] == "callback_failed")
-                .cloned();
-            if failure.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let failure = failure.unwrap_or_else(|| panic!("{url} was refused"));
+        let failure = app.wait_for_event(&key, &id, "callback_failed").await;
         assert!(
             failure["error"]
                 .as_str()

@@ -188,6 +188,29 @@ impl TestApp {
         panic!("session {id} did not end");
     }
 
+    /// Waits until the session records an event of `kind`; returns it.
+    pub async fn wait_for_event(&self, key: &str, id: &str, kind: &str) -> Value {
+        for _ in 0..200 {
+            let session: Value = self
+                .get(&format!("/sessions/{id}"), key)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let found = session["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["type"] == kind)
+                .cloned();
+            if let Some(event) = found {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("session {id} recorded no {kind} event");
+    }
+
     /// Opens the database directly, as an operator (or a failure) would.
     pub fn sqlite(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
