@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use herald_core::keys::{hash_key, hashes_equal, KeyHash};
 use herald_core::webhook::SigningKey;
-use herald_core::{AccountId, AgentId, Channel};
+use herald_core::{AccountId, AgentId, Channel, Region};
 use herald_store::{AgentIndexRow, Revisions, Store};
 
 #[derive(Debug, Clone)]
@@ -159,19 +159,22 @@ impl Directory {
         read(&self.agents).by_id.get(id).cloned()
     }
 
-    /// The account's published agents with this number, preferring one of
-    /// `channel`.
+    /// The account's published agent with this number: one of `channel` in
+    /// `region` if there is one, else one of `channel`, else any, so that
+    /// the caller can say what is wrong with it.
     pub fn agent_by_number(
         &self,
         account: AccountId,
         number: &str,
         channel: Channel,
+        region: Region,
     ) -> Option<AgentIndexRow> {
         let agents = read(&self.agents);
         let ids = agents.by_number.get(&(account, number.to_owned()))?;
         let rows: Vec<&AgentIndexRow> = ids.iter().filter_map(|id| agents.by_id.get(id)).collect();
         rows.iter()
-            .find(|r| r.channel == channel)
+            .find(|r| r.channel == channel && r.region == region)
+            .or_else(|| rows.iter().find(|r| r.channel == channel))
             .or_else(|| rows.first())
             .map(|r| (*r).clone())
     }

@@ -617,22 +617,22 @@ fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
     let Some(host) = url.host() else { return false };
     let port = url.port_or_known_default();
     let our_port = app.local_addr.port();
-    // The Host the client used to reach us.
+    // The Host the client used to reach us. Without a port, it is the
+    // default port of whatever scheme the client used (a TLS proxy in front
+    // of herald receives https on 443).
     if let Some(authority) = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
     {
-        let their = format!(
-            "{}:{}",
-            url.host_str().unwrap_or_default(),
-            port.unwrap_or_default()
-        );
-        let ours = if authority.contains(':') && !authority.ends_with(']') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
+        let same_host = url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(authority.host()));
+        let same_port = match authority.port_u16() {
+            Some(p) => port == Some(p),
+            None => url.port().is_none(),
         };
-        if their.eq_ignore_ascii_case(&ours) {
+        if same_host && same_port {
             return true;
         }
     }
@@ -684,7 +684,7 @@ fn resolve_agent(
         AgentRef::Number(number) => {
             let number = number.strip_prefix('+').unwrap_or(number);
             app.directory
-                .agent_by_number(account, number, trigger.channel)
+                .agent_by_number(account, number, trigger.channel, app.config.region)
                 .ok_or_else(|| {
                     ApiError::not_found(format!(
                         "Version information for number {number} doesn't exist"

@@ -451,3 +451,71 @@ async fn an_accepted_session_survives_a_restart_before_dispatch() {
     let session = app.ended_session(&key, &id).await;
     assert_eq!(session["outcome"], "completed");
 }
+
+#[tokio::test]
+async fn status_url_naming_the_host_clients_reach_us_by_is_refused() {
+    let app = TestApp::spawn().await;
+    let (key, agent) = account_with_agent(&app, Channel::Voice).await;
+    app.set_rate(&agent, 100).await;
+    let send = |host: &'static str, url: &'static str| {
+        app.client
+            .post(app.url(CALL))
+            .header("X-Vgai-Key", &key)
+            .header("Host", host)
+            .json(&json!({"agent_id": agent, "to": "447700900123", "status_url": url}))
+            .send()
+    };
+    // Behind a proxy: clients call herald.example.com, on 443 or 80.
+    for (host, url) in [
+        ("herald.example.com", "https://herald.example.com/hook"),
+        ("herald.example.com", "http://HERALD.example.com/hook"),
+        (
+            "herald.example.com:8443",
+            "https://herald.example.com:8443/hook",
+        ),
+    ] {
+        assert_error(
+            send(host, url).await.unwrap(),
+            400,
+            "status_url must not point at this service",
+        )
+        .await;
+    }
+    for (host, url) in [
+        ("herald.example.com", "https://hooks.example.com/hook"),
+        ("herald.example.com:8443", "https://herald.example.com/hook"),
+    ] {
+        assert_eq!(send(host, url).await.unwrap().status(), 200, "{host} {url}");
+    }
+}
+
+#[tokio::test]
+async fn from_prefers_the_agent_of_this_server_s_region() {
+    let app = TestApp::spawn().await;
+    let key = app.new_key("acme").await;
+    let number = unique_number();
+    for region in ["us", "eu"] {
+        let response = app
+            .post(
+                "/agents",
+                &key,
+                json!({"name": region, "type": "voice", "number": number, "region": region}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let id = response.json::<Value>().await.unwrap()["agent_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            app.post(&format!("/agents/{id}/publish"), &key, json!({}))
+                .await
+                .status(),
+            200
+        );
+    }
+    let response = app
+        .post(CALL, &key, json!({"from": number, "to": "447700900123"}))
+        .await;
+    assert_eq!(response.status(), 200);
+}
