@@ -213,21 +213,23 @@ async fn trigger(
 
     // A replay answers before any other check, so that it costs no quota
     // and does not depend on anything that changed since the first request.
-    let mut _claim = None;
-    let mut idempotency = None;
-    if let Some(key) = idempotency_key {
-        let request_hash = canonical_hash(&value, endpoint);
-        if let Some(first) = app
-            .store
-            .idempotent_response(account, &key, IDEMPOTENCY_WINDOW)
-            .await
-            .map_err(|e| ApiError::internal(STORE_FAILED, format!("{e:#}")))?
-        {
-            return replay(&first, &request_hash);
+    let (idempotency, _in_flight) = match idempotency_key {
+        None => (None, None),
+        Some(key) => {
+            let request_hash = canonical_hash(&value, endpoint);
+            if let Some(first) = app
+                .store
+                .idempotent_response(account, &key, IDEMPOTENCY_WINDOW)
+                .await
+                .map_err(|e| ApiError::internal(STORE_FAILED, format!("{e:#}")))?
+            {
+                return replay(&first, &request_hash);
+            }
+            let claim = InFlight::claim(app, account, &key)?;
+            (Some((key, request_hash)), Some(claim))
         }
-        _claim = Some(InFlight::claim(app, account, &key)?);
-        idempotency = Some((key, request_hash));
-    }
+    };
+    let request_hash = idempotency.as_ref().map(|(_, hash)| *hash);
 
     // 3 to 6: the body's own checks.
     let trigger = match endpoint {
@@ -320,8 +322,10 @@ async fn trigger(
         Ok(Created::Duplicate(first)) => {
             // Another instance stored the same key first: answer as a replay.
             app.limiter.release(agent.agent_id.as_str(), permit).await;
-            let hash = canonical_hash(&value, endpoint);
-            replay(&first, &hash)
+            replay(
+                &first,
+                &request_hash.expect("only keyed requests have duplicates"),
+            )
         }
         Err(e) => {
             app.limiter.release(agent.agent_id.as_str(), permit).await;
