@@ -8,7 +8,6 @@
 //! ±20% jitter; an exhausted or refused callback is recorded in the session's
 //! events.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +19,7 @@ use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::sync::Semaphore;
 
+use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
 /// Callbacks in flight at once.
@@ -73,12 +73,9 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     );
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let lease = app.config.callback_timeout + LEASE_MARGIN;
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut leased = HashMap::new();
+    let mut work = LeasedWork::default();
     loop {
-        while let Some(done) = tasks.try_join_next_with_id() {
-            leased.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
-        }
+        work.reap();
         let free = in_flight.available_permits();
         let due = if free == 0 {
             Vec::new()
@@ -99,8 +96,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 .await
                 .expect("never closed");
             let (app, client) = (app.clone(), client.clone());
-            let callback_id = callback.id;
-            let handle = tasks.spawn(async move {
+            work.spawn(callback.id, async move {
                 let settlement = attempt(&app, &client, &callback).await;
                 if let Err(e) = app.store.settle_callbacks(vec![settlement]).await {
                     // The lease runs out and the callback is tried again.
@@ -110,7 +106,6 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 // The session's next callback may now be due.
                 app.callback_wakeup.notify_one();
             });
-            leased.insert(handle.id(), callback_id);
         }
         if !idle {
             if shutdown.is_set() {
@@ -131,13 +126,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     }
     // Attempts under way finish within the grace period; the leases of the
     // rest go back, so the next server sends them at once.
-    let deadline = tokio::time::Instant::now() + app.config.shutdown_grace;
-    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
-        leased.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
-    }
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let unfinished: Vec<i64> = leased.into_values().collect();
+    let unfinished = work.drain(app.config.shutdown_grace).await;
     if !unfinished.is_empty() {
         if let Err(e) = app.store.release_callbacks(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back callbacks");

@@ -6,7 +6,6 @@
 //! in the run, so if a worker dies mid-session and the job is run again after
 //! its lease, the steps already recorded are not recorded twice.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +22,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::metrics::OutcomeLabels;
+use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
 /// Sessions run at once by one server.
@@ -31,13 +31,9 @@ const CLAIM_BATCH: usize = 128;
 
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
     let running = Arc::new(Semaphore::new(MAX_RUNNING));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut running_ids = HashMap::new();
+    let mut work = LeasedWork::default();
     loop {
-        // Reap finished runs so the set does not grow.
-        while let Some(done) = tasks.try_join_next_with_id() {
-            running_ids.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
-        }
+        work.reap();
         let free = running.available_permits().min(CLAIM_BATCH);
         let claimed = if free == 0 {
             Vec::new()
@@ -58,14 +54,13 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         for id in claimed {
             let permit = running.clone().acquire_owned().await.expect("never closed");
             let app = app.clone();
-            let handle = tasks.spawn(async move {
+            work.spawn(id, async move {
                 if let Err(e) = run_holding_lease(&app, id).await {
                     // The job keeps its lease and runs again when it expires.
                     tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed");
                 }
                 drop(permit);
             });
-            running_ids.insert(handle.id(), id);
         }
         if idle {
             tokio::select! {
@@ -79,13 +74,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     }
     // Let sessions under way finish, within the grace period; give the
     // leases of the rest back so the next server starts them at once.
-    let deadline = tokio::time::Instant::now() + app.config.shutdown_grace;
-    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
-        running_ids.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
-    }
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let unfinished: Vec<SessionId> = running_ids.into_values().collect();
+    let unfinished = work.drain(app.config.shutdown_grace).await;
     if !unfinished.is_empty() {
         tracing::info!(
             count = unfinished.len(),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod work;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
