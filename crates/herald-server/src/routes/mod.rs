@@ -125,16 +125,15 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<AccountId, Ap
 /// Reads a body of at most 64 KiB.
 pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        // The only error of a local body is its length; a broken connection
-        // also lands here, and its client is gone anyway.
         let too_big = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_big || e.to_string().contains("length limit") {
+        if too_big {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body is larger than 64 KiB",
             )
         } else {
+            // The client went away or broke the body mid-way.
             ApiError::bad_request(format!("Could not read the request body: {e}"))
         }
     })
