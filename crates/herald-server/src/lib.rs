@@ -173,7 +173,11 @@ pub async fn start_with_store(
     }));
     tasks.push(tokio::spawn(dispatcher::run(app.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(callbacks::run(app.clone(), shutdown.clone())));
-    tasks.push(tokio::spawn(refresh_directory(app.clone(), shutdown)));
+    tasks.push(tokio::spawn(refresh_directory(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(purge_expired(app.clone(), shutdown)));
     tracing::info!(%addr, region = %app.config.region, "herald is serving");
     Ok(Server {
         addr,
@@ -192,6 +196,27 @@ async fn refresh_directory(app: AppState, mut shutdown: Shutdown) {
         }
         if let Err(e) = app.directory.refresh(app.store.as_ref()).await {
             tracing::warn!(error = %format!("{e:#}"), "could not refresh the directory");
+        }
+    }
+}
+
+/// Forgets idempotency keys once they can no longer answer (CONTRACT §2.4:
+/// 24 hours), so the table does not grow without end.
+async fn purge_expired(app: AppState, mut shutdown: Shutdown) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    loop {
+        match app
+            .store
+            .purge_idempotency(herald_store::IDEMPOTENCY_WINDOW)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "forgot expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not purge idempotency keys"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.wait() => return,
         }
     }
 }

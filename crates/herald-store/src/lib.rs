@@ -19,6 +19,9 @@ use chrono::{DateTime, Utc};
 use herald_core::keys::KeyHash;
 use herald_core::{AccountId, AgentId, SessionId};
 
+/// How long an idempotency key answers with its first response (CONTRACT §2.4).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule refused the write; the text says which.
@@ -120,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         max_age: Duration,
     ) -> Result<Option<IdempotentResponse>>;
+    /// Forgets idempotency keys older than `max_age`; returns how many.
+    async fn purge_idempotency(&self, max_age: Duration) -> Result<usize>;
     async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>>;
     async fn sessions(
         &self,

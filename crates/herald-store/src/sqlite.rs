@@ -785,7 +785,7 @@ impl Store for SqliteStore {
                     .optional()
                     .db()?;
                 if let Some((hash, response, at)) = existing {
-                    if created - at < IDEMPOTENCY_WINDOW_MICROS {
+                    if created - at < IDEMPOTENCY_WINDOW.as_micros() as i64 {
                         return Ok(Created::Duplicate(IdempotentResponse {
                             request_hash: hash.try_into().unwrap_or([0; 32]),
                             response,
@@ -868,6 +868,18 @@ impl Store for SqliteStore {
                 })
             })
             .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn purge_idempotency(&self, max_age: Duration) -> Result<usize> {
+        self.write(move |conn| {
+            let oldest = now_micros() - max_age.as_micros() as i64;
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_at <= ?1",
+                [oldest],
+            )
             .db()
         })
         .await
@@ -1172,9 +1184,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// How long an idempotency key answers with its first response (CONTRACT §2.4).
-pub const IDEMPOTENCY_WINDOW_MICROS: i64 = 24 * 3600 * 1_000_000;
-
 fn number_taken(number: &str, channel: Channel) -> String {
     format!("Number {number} is already used by another {channel} agent in this region")
 }
@@ -1335,6 +1344,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_idempotency_keys_are_purged() {
+        let (store, _dir) = store().await;
+        let (account, agent) = agent(&store).await;
+        let mut s = session(account, &agent, SessionId::generate());
+        s.idempotency = Some(NewIdempotency {
+            key: "k".into(),
+            request_hash: [1; 32],
+            response: "{}".into(),
+        });
+        store.create_session(s).await.unwrap();
+        assert_eq!(
+            store
+                .purge_idempotency(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        let day = Duration::from_secs(24 * 3600);
+        assert!(store
+            .idempotent_response(account, "k", day)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(store.purge_idempotency(Duration::ZERO).await.unwrap(), 1);
+        assert!(store
+            .idempotent_response(account, "k", day)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -6,8 +6,6 @@
 //! authentication, JSON, mandatory fields, field types, destination,
 //! `status_url`, agent, (WhatsApp template), rate limit, store.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +15,7 @@ use herald_core::session::SessionParameters;
 use herald_core::whatsapp::{self, Component, ComponentType};
 use herald_core::{AccountId, AgentId, Channel, Destination, SessionId};
 use herald_limit::Decision;
-use herald_store::{AgentIndexRow, Created, NewIdempotency, NewSession};
+use herald_store::{AgentIndexRow, Created, NewIdempotency, NewSession, IDEMPOTENCY_WINDOW};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -28,8 +26,6 @@ use crate::AppState;
 
 /// The contract's text for any failure to store a session (CONTRACT §2.2 step 9).
 const STORE_FAILED: &str = "Failed to fetch preconfigured session information";
-/// How long an idempotency key answers with its first response.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_STATUS_URL: usize = 2048;
 
