@@ -187,3 +187,22 @@ fn uuid_like(s: &str) -> bool {
             _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
         })
 }
+
+#[tokio::test]
+async fn keys_are_stored_only_as_hashes() {
+    let mut app = TestApp::spawn().await;
+    let key = app.new_key("acme").await;
+    assert_eq!(app.get("/account", &key).await.status(), 200);
+    app.stop().await;
+    // Nowhere in the database files is the key itself.
+    let dir = app.db_path.parent().unwrap().to_owned();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()));
+    }
+    let stored: Vec<u8> = app
+        .sqlite()
+        .query_row("SELECT hash FROM api_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, herald_core::keys::hash_key(&key));
+}
