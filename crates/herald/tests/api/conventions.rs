@@ -191,7 +191,20 @@ fn uuid_like(s: &str) -> bool {
 #[tokio::test]
 async fn keys_are_stored_only_as_hashes() {
     let mut app = TestApp::spawn().await;
-    let key = app.new_key("acme").await;
+    // The operator's way in: the key is made and stored by the command.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys", "create", "--account", "acme", "--database"])
+        .arg(format!("sqlite://{}", app.db_path.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = app.server().app();
+    server
+        .directory
+        .reload_keys(server.store.as_ref())
+        .await
+        .unwrap();
     assert_eq!(app.get("/account", &key).await.status(), 200);
     app.stop().await;
     // Nowhere in the database files is the key itself.
