@@ -88,7 +88,9 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                     Vec::new()
                 })
         };
-        let idle = due.len() < free;
+        // With every slot busy, wait for one to free up (each finished
+        // attempt pokes the wakeup) rather than spin.
+        let idle = free == 0 || due.len() < free;
         for callback in due {
             let permit = in_flight
                 .clone()

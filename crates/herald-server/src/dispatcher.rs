@@ -50,7 +50,8 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 }
             }
         };
-        let idle = claimed.len() < free;
+        // With every slot busy, wait a little rather than spin.
+        let idle = free == 0 || claimed.len() < free;
         for id in claimed {
             let permit = running.clone().acquire_owned().await.expect("never closed");
             let app = app.clone();

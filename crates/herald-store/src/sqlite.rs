@@ -1172,8 +1172,12 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let next: Option<i64> = conn
                 .query_row(
-                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM callbacks \
-                     WHERE state = 'pending'",
+                    // Only each session's oldest pending callback can be
+                    // sent next; the others wait behind it.
+                    "SELECT MIN(MAX(c.next_attempt_at, c.lease_until)) FROM callbacks c \
+                     WHERE c.state = 'pending' \
+                       AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                                   WHERE p.session_id = c.session_id AND p.state = 'pending')",
                     [],
                     |r| r.get(0),
                 )
@@ -1420,6 +1424,10 @@ mod tests {
         let due = store.claim_callbacks(Utc::now(), lease, 10).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].webhook_id, "msg_1");
+        // The second is overdue but waits behind the first, whose lease is
+        // what comes due next.
+        let next = store.next_callback_due().await.unwrap().unwrap();
+        assert!(next > Utc::now() + chrono::Duration::seconds(25), "{next}");
         assert!(store
             .claim_callbacks(Utc::now(), lease, 10)
             .await
