@@ -9,18 +9,10 @@ use base64::Engine;
 use herald_core::{Channel, Region};
 use serde_json::{json, Value};
 
-use crate::helpers::{account_with_agent, assert_error, greeting_flow, unique_number, TestApp};
-
-/// `s` has the shape `pattern`, where `d` is an ASCII digit, `x` a lowercase
-/// hex digit, and any other character stands for itself.
-fn has_shape(s: &str, pattern: &str) -> bool {
-    s.len() == pattern.len()
-        && s.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
-            b'd' => c.is_ascii_digit(),
-            b'x' => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-            _ => c == p,
-        })
-}
+use crate::helpers::{
+    account_with_agent, assert_error, assert_rfc3339_millis, greeting_flow, has_shape,
+    unique_number, TestApp,
+};
 
 fn is_agent_id(id: &str) -> bool {
     has_shape(id, &"x".repeat(24))
@@ -145,10 +137,7 @@ async fn create_agent_answers_201_with_the_agent() {
     assert!(agent["flow"].is_object(), "{agent}");
     for field in ["created_at", "updated_at"] {
         let t = agent[field].as_str().unwrap();
-        assert!(
-            has_shape(t, "dddd-dd-ddTdd:dd:dd.dddZ"),
-            "{field} {t:?} is not RFC 3339 UTC with milliseconds"
-        );
+        assert_rfc3339_millis(t);
     }
     // The same agent is read back.
     assert_eq!(read_agent(&app, &key, id).await, agent);

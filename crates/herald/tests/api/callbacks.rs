@@ -81,11 +81,7 @@ async fn unanswered_calls_report_the_seed_payload() {
         assert_eq!(body["agent_id"], agent.as_str());
         assert_eq!(body["status"], status);
         assert_eq!(body["conversation_uuid"], session["conversation_uuid"]);
-        let ts = body["timestamp"].as_str().unwrap();
-        assert!(
-            chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24,
-            "{ts}"
-        );
+        assert_rfc3339_millis(body["timestamp"].as_str().unwrap());
     }
     assert_eq!(receiver.received().len(), cases.len());
 }

@@ -159,8 +159,7 @@ async fn times_and_identifiers_have_the_contract_formats() {
         .await;
     let body: Value = response.json().await.unwrap();
     let id = body["session_id"].as_str().unwrap();
-    assert_eq!(id.len(), 36);
-    assert!(uuid_like(id), "{id}");
+    assert_session_id(id);
     let start = body["session_start_time"].as_str().unwrap();
     // YYYY-MM-DDTHH:MM:SS.ffffff, no offset.
     assert_eq!(start.len(), 26, "{start}");
@@ -174,18 +173,13 @@ async fn times_and_identifiers_have_the_contract_formats() {
     let session = app.ended_session(&key, id).await;
     for field in ["created_at", "ended_at"] {
         let t = session[field].as_str().unwrap();
-        assert!(t.ends_with('Z') && t.len() == 24, "{field}: {t}");
+        assert_rfc3339_millis(t);
     }
     let conversation = session["conversation_uuid"].as_str().unwrap();
-    assert!(conversation.starts_with("CON-") && uuid_like(&conversation[4..]));
-}
-
-fn uuid_like(s: &str) -> bool {
-    s.len() == 36
-        && s.chars().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
-        })
+    assert!(
+        conversation.starts_with("CON-") && is_uuid(&conversation[4..]),
+        "{conversation}"
+    );
 }
 
 #[tokio::test]

@@ -233,6 +233,43 @@ pub async fn assert_error(response: reqwest::Response, status: u16, message: &st
     assert_eq!(body, json!({"status": status, "message": message}));
 }
 
+/// `s` has the shape `pattern`, where `d` is an ASCII digit, `x` a lowercase
+/// hex digit, and any other character stands for itself.
+pub fn has_shape(s: &str, pattern: &str) -> bool {
+    s.len() == pattern.len()
+        && s.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+            b'd' => c.is_ascii_digit(),
+            b'x' => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            _ => c == p,
+        })
+}
+
+/// A lowercase hyphenated UUID (CONTRACT §1.6).
+pub fn is_uuid(s: &str) -> bool {
+    has_shape(s, "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+}
+
+/// A session id: a lowercase hyphenated UUID v4 or v7 (CONTRACT §1.6).
+pub fn assert_session_id(id: &str) {
+    assert!(
+        is_uuid(id),
+        "session_id {id:?} is not a lowercase hyphenated UUID"
+    );
+    let version = id.as_bytes()[14];
+    assert!(
+        version == b'4' || version == b'7',
+        "session_id {id:?} is neither a v4 nor a v7 UUID"
+    );
+}
+
+/// RFC 3339 UTC with milliseconds and `Z` (CONTRACT §1.5).
+pub fn assert_rfc3339_millis(t: &str) {
+    assert!(
+        has_shape(t, "dddd-dd-ddTdd:dd:dd.dddZ"),
+        "timestamp {t:?} is not RFC 3339 UTC with milliseconds"
+    );
+}
+
 /// A callback as received.
 #[derive(Debug, Clone)]
 pub struct Received {

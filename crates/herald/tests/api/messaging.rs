@@ -12,43 +12,14 @@ use herald_core::Channel;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    account_with_agent, assert_error, greeting_flow, unique_number, Received, TestApp, TestReceiver,
+    account_with_agent, assert_error, assert_rfc3339_millis, assert_session_id, greeting_flow,
+    has_shape, unique_number, Received, TestApp, TestReceiver,
 };
 
 const PATH: &str = "/messaging/conversation";
 /// The template the WhatsApp tests register: one header and one body
 /// placeholder, as the seed's example fills them.
 const TEMPLATE: &str = "appointment";
-
-/// `s` has the shape `pattern`, where `d` is an ASCII digit, `x` a lowercase
-/// hex digit, and any other character stands for itself.
-fn has_shape(s: &str, pattern: &str) -> bool {
-    s.len() == pattern.len()
-        && s.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
-            b'd' => c.is_ascii_digit(),
-            b'x' => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-            _ => c == p,
-        })
-}
-
-fn assert_session_id(id: &str) {
-    assert!(
-        has_shape(id, "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
-        "session_id {id:?} is not a lowercase hyphenated UUID"
-    );
-    let version = id.as_bytes()[14];
-    assert!(
-        version == b'4' || version == b'7',
-        "session_id {id:?} is neither a v4 nor a v7 UUID"
-    );
-}
-
-fn assert_rfc3339_millis(t: &str) {
-    assert!(
-        has_shape(t, "dddd-dd-ddTdd:dd:dd.dddZ"),
-        "timestamp {t:?} is not RFC 3339 UTC with milliseconds"
-    );
-}
 
 fn sms(agent: &str, to: &str) -> Value {
     json!({"to": to, "agent_id": agent, "channel": "sms"})
