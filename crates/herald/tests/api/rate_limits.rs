@@ -20,6 +20,14 @@ fn call(agent: &str) -> Value {
 
 /// Fires `n` identical triggers at once; returns their statuses, Retry-After
 /// headers and bodies in the order they were sent.
+/// The status one call to `agent` is answered with.
+async fn call_status(app: &TestApp, key: &str, agent: &str) -> u16 {
+    app.post("/telephony/make-call", key, call(agent))
+        .await
+        .status()
+        .as_u16()
+}
+
 async fn burst(
     app: &TestApp,
     key: &str,
@@ -147,12 +155,7 @@ async fn after_a_second_the_next_request_is_accepted() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
 
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&agent))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(call_status(&app, &key, &agent).await, 200);
     let refused = app.post("/telephony/make-call", &key, call(&agent)).await;
     let status = refused.status().as_u16();
     let retry_after = refused
@@ -190,30 +193,10 @@ async fn agents_are_limited_separately() {
         .published_agent(&key, Channel::Voice, &unique_number())
         .await;
 
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&first))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&second))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&first))
-            .await
-            .status(),
-        429
-    );
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&second))
-            .await
-            .status(),
-        429
-    );
+    assert_eq!(call_status(&app, &key, &first).await, 200);
+    assert_eq!(call_status(&app, &key, &second).await, 200);
+    assert_eq!(call_status(&app, &key, &first).await, 429);
+    assert_eq!(call_status(&app, &key, &second).await, 429);
 }
 
 #[tokio::test]
@@ -297,12 +280,7 @@ async fn requests_that_fail_validation_do_not_count() {
     let response = app.post("/telephony/make-call", &key, call(&agent)).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     // ...and it is a real limit.
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&agent))
-            .await
-            .status(),
-        429
-    );
+    assert_eq!(call_status(&app, &key, &agent).await, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -359,18 +337,8 @@ async fn limits_set_with_rate_zero_fails_and_changes_nothing() {
 
     // Still the default rate of 1, after the caches' refresh.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&agent))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.post("/telephony/make-call", &key, call(&agent))
-            .await
-            .status(),
-        429
-    );
+    assert_eq!(call_status(&app, &key, &agent).await, 200);
+    assert_eq!(call_status(&app, &key, &agent).await, 429);
 }
 
 #[tokio::test]
