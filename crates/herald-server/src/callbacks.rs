@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::net::is_internal;
-use herald_store::{DueCallback, Settlement};
+use herald_store::{DueCallback, Settlement, Verdict};
 use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::sync::Semaphore;
@@ -98,7 +98,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 .await
                 .expect("never closed");
             let (app, client) = (app.clone(), client.clone());
-            work.spawn(callback.id, async move {
+            work.spawn((callback.id, callback.lease), async move {
                 let settlement = attempt(&app, &client, &callback).await;
                 if let Err(e) = app.store.settle_callbacks(vec![settlement]).await {
                     // The lease runs out and the callback is tried again.
@@ -140,54 +140,43 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
 async fn attempt(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Settlement {
     let attempts = cb.attempts + 1;
     let result = send(app, client, cb).await;
-    let now = Utc::now();
-    match result {
+    let at = Utc::now();
+    let verdict = match result {
         Ok(()) => {
             app.metrics.callback("delivered");
-            Settlement::Delivered {
-                id: cb.id,
-                at: now,
-                attempts,
-            }
+            Verdict::Delivered
         }
         Err(Failure::Refused(reason)) => {
             app.metrics.callback("refused");
             tracing::warn!(session_id = %cb.session_id, url = %cb.url, "{reason}");
-            Settlement::Failed {
-                id: cb.id,
-                session_id: cb.session_id,
-                webhook_id: cb.webhook_id.clone(),
-                attempts,
-                error: reason,
-                at: now,
-            }
+            Verdict::Failed { error: reason }
         }
         Err(Failure::Retryable(error)) => {
             let schedule = &app.config.callback_retry_schedule;
             match schedule.get(cb.attempts as usize) {
                 Some(delay) => {
                     app.metrics.callback("retry");
-                    Settlement::Retry {
-                        id: cb.id,
-                        attempts,
-                        next_at: now
+                    Verdict::Retry {
+                        next_at: at
                             + chrono::Duration::from_std(jitter(*delay)).unwrap_or_default(),
                         error,
                     }
                 }
                 None => {
                     app.metrics.callback("failed");
-                    Settlement::Failed {
-                        id: cb.id,
-                        session_id: cb.session_id,
-                        webhook_id: cb.webhook_id.clone(),
-                        attempts,
+                    Verdict::Failed {
                         error: format!("gave up after {attempts} attempts: {error}"),
-                        at: now,
                     }
                 }
             }
         }
+    };
+    Settlement {
+        id: cb.id,
+        lease: cb.lease,
+        attempts,
+        at,
+        verdict,
     }
 }
 

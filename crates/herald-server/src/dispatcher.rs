@@ -14,9 +14,11 @@ use herald_channels::{
     CallAnswer, CallRequest, CallResult, MessageContent, OutboundMessage, Provider,
 };
 use herald_core::session::{MessageStatus, Outcome, SessionStatus};
-use herald_core::{ConversationUuid, Destination, SessionId};
+use herald_core::{ConversationUuid, Destination};
 use herald_flow::{Action, Event, FlowState};
-use herald_store::{NewCallback, NewEvent, SessionRecord, SessionUpdate};
+use herald_store::{
+    DispatchLease, LeaseToken, NewCallback, NewEvent, SessionRecord, SessionUpdate, StoreError,
+};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -43,7 +45,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 .claim_dispatches(Utc::now(), app.config.dispatch_lease, free)
                 .await
             {
-                Ok(ids) => ids,
+                Ok(leases) => leases,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "could not claim dispatch jobs");
                     Vec::new()
@@ -52,13 +54,20 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         };
         // With every slot busy, wait a little rather than spin.
         let idle = free == 0 || claimed.len() < free;
-        for id in claimed {
+        for lease in claimed {
             let permit = running.clone().acquire_owned().await.expect("never closed");
             let app = app.clone();
-            work.spawn(id, async move {
-                if let Err(e) = run_holding_lease(&app, id).await {
+            work.spawn(lease, async move {
+                let id = lease.session_id;
+                match run_holding_lease(&app, lease).await {
+                    Ok(()) => {}
+                    Err(e) if is_lease_lost(&e) => {
+                        tracing::warn!(session_id = %id, "lost the lease on a session; another worker has it");
+                    }
                     // The job keeps its lease and runs again when it expires.
-                    tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed");
+                    Err(e) => {
+                        tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed")
+                    }
                 }
                 drop(permit);
             });
@@ -87,21 +96,31 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     }
 }
 
+fn is_lease_lost(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::LeaseLost))
+}
+
 /// Runs a session, renewing its job's lease while it runs, so that a
-/// session longer than the lease is not taken up a second time.
-async fn run_holding_lease(app: &AppState, id: SessionId) -> anyhow::Result<()> {
-    let lease = app.config.dispatch_lease;
-    let run = run_session(app, id);
+/// session longer than the lease is not taken up a second time. If the
+/// lease is lost all the same (this worker stalled past it and another took
+/// the job), the run stops: its writes would be refused anyway.
+async fn run_holding_lease(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+    let length = app.config.dispatch_lease;
+    let run = run_session(app, lease);
     tokio::pin!(run);
-    let mut renew = tokio::time::interval(lease / 3);
+    let mut renew = tokio::time::interval(length / 3);
     renew.tick().await; // the first tick is immediate; the claim just set the lease
     loop {
         tokio::select! {
             result = &mut run => return result,
             _ = renew.tick() => {
-                let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-                if let Err(e) = app.store.renew_dispatch(id, until).await {
-                    tracing::warn!(session_id = %id, error = %format!("{e:#}"), "could not renew a lease");
+                let until = Utc::now() + chrono::Duration::from_std(length).unwrap_or_default();
+                match app.store.renew_dispatch(lease, until).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(StoreError::LeaseLost.into()),
+                    Err(e) => {
+                        tracing::warn!(session_id = %lease.session_id, error = %format!("{e:#}"), "could not renew a lease");
+                    }
                 }
             }
         }
@@ -112,6 +131,7 @@ async fn run_holding_lease(app: &AppState, id: SessionId) -> anyhow::Result<()> 
 struct Recorder<'a> {
     app: &'a AppState,
     session: &'a SessionRecord,
+    lease: LeaseToken,
     step: u32,
 }
 
@@ -127,11 +147,14 @@ impl Recorder<'_> {
     }
 
     async fn record(&mut self, update: SessionUpdate) -> anyhow::Result<()> {
+        let update = SessionUpdate {
+            lease: Some(self.lease),
+            ..update
+        };
         self.app
             .store
             .update_session(self.session.id, update)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            .await?;
         Ok(())
     }
 
@@ -185,14 +208,10 @@ impl Recorder<'_> {
     }
 }
 
-#[tracing::instrument(skip_all, fields(session_id = %id))]
-async fn run_session(app: &AppState, id: SessionId) -> anyhow::Result<()> {
-    let Some(session) = app
-        .store
-        .session_for_work(id)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?
-    else {
+#[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
+async fn run_session(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+    let id = lease.session_id;
+    let Some(session) = app.store.session_for_work(id).await? else {
         anyhow::bail!("a dispatch job names a session that does not exist");
     };
     if session.status == SessionStatus::Ended {
@@ -203,21 +222,22 @@ async fn run_session(app: &AppState, id: SessionId) -> anyhow::Result<()> {
                 id,
                 SessionUpdate {
                     finish_dispatch: true,
+                    lease: Some(lease.token),
                     ..Default::default()
                 },
             )
             .await
-            .map_err(|e| anyhow::anyhow!("{e:#}"));
+            .map_err(Into::into);
     }
     let version = app
         .store
         .agent_version(&session.agent_id, session.agent_version)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?
+        .await?
         .ok_or_else(|| anyhow::anyhow!("the session's agent version is missing"))?;
     let mut rec = Recorder {
         app,
         session: &session,
+        lease: lease.token,
         step: 0,
     };
     let conversation = session

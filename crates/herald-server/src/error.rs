@@ -76,6 +76,10 @@ impl From<herald_store::StoreError> for ApiError {
             herald_store::StoreError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, message)
             }
+            // Handlers hold no leases; this is here for completeness.
+            e @ herald_store::StoreError::LeaseLost => {
+                ApiError::internal("Internal server error", e.to_string())
+            }
             herald_store::StoreError::Internal(cause) => {
                 ApiError::internal("Internal server error", format!("{cause:#}"))
             }

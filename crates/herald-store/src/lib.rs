@@ -19,6 +19,25 @@ use chrono::{DateTime, Utc};
 use herald_core::keys::KeyHash;
 use herald_core::{AccountId, AgentId, SessionId};
 
+/// The event that records a callback given up on.
+fn callback_failed_event(
+    webhook_id: &str,
+    attempts: u32,
+    error: &str,
+    at: DateTime<Utc>,
+) -> NewEvent {
+    NewEvent {
+        key: None,
+        kind: "callback_failed".into(),
+        at,
+        data: Some(serde_json::json!({
+            "webhook_id": webhook_id,
+            "attempts": attempts,
+            "error": error,
+        })),
+    }
+}
+
 /// How long an idempotency key answers with its first response (CONTRACT §2.4).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -27,6 +46,10 @@ pub enum StoreError {
     /// A uniqueness rule refused the write; the text says which.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A write under a lease that is no longer held: the work was claimed
+    /// by another worker after the lease ran out.
+    #[error("the lease on this work is no longer held")]
+    LeaseLost,
     /// Anything else: the backend failed. Never shown to clients.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -136,19 +159,24 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- work: dispatch jobs and the callback outbox -----------------------
 
-    /// Leases up to `limit` due dispatch jobs until `now + lease`.
+    /// Leases up to `limit` due dispatch jobs until `now + lease`. A job is
+    /// due when its lease (if any) has run out, so a job held by a live
+    /// worker is never handed to a second one.
     async fn claim_dispatches(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
-    ) -> Result<Vec<SessionId>>;
-    /// Extends the lease of a job still being worked on.
-    async fn renew_dispatch(&self, id: SessionId, until: DateTime<Utc>) -> Result<()>;
+    ) -> Result<Vec<DispatchLease>>;
+    /// Extends a lease still held; false if it was lost (the job was claimed
+    /// again, or finished), in which case the worker must stop.
+    async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool>;
     /// Gives dispatch jobs back before their lease runs out (a graceful
-    /// shutdown), so another worker need not wait for the lease.
-    async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()>;
-    /// Records a session's progress in one transaction.
+    /// shutdown), so another worker need not wait for the lease. Leases no
+    /// longer held are left alone.
+    async fn release_dispatches(&self, leases: Vec<DispatchLease>) -> Result<()>;
+    /// Records a session's progress in one transaction (all of it or, with
+    /// a lease that is no longer held, none of it).
     async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;
 
     /// Leases up to `limit` due callbacks, at most one per session (the
@@ -161,7 +189,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DueCallback>>;
     async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()>;
     /// Gives leased callbacks back (a graceful shutdown).
-    async fn release_callbacks(&self, ids: Vec<i64>) -> Result<()>;
+    async fn release_callbacks(&self, leases: Vec<(i64, LeaseToken)>) -> Result<()>;
     /// The earliest time a pending callback falls due, if any.
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>>;
 }

@@ -201,11 +201,38 @@ pub struct SessionUpdate {
     pub callbacks: Vec<NewCallback>,
     /// Remove the session's dispatch job: its work is done.
     pub finish_dispatch: bool,
+    /// The dispatch lease the update is made under. When given, nothing is
+    /// written unless the job still carries this lease
+    /// ([`crate::StoreError::LeaseLost`]).
+    pub lease: Option<LeaseToken>,
+}
+
+/// Names one claim of a piece of leased work. Every claim draws a new
+/// token, and a write made under a lease names its token: once the lease has
+/// run out and another worker has claimed the work, the first worker's
+/// writes are refused instead of interleaving with the second's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub i64);
+
+impl LeaseToken {
+    pub fn generate() -> Self {
+        // The low half of a random UUID: 64 random bits but for six fixed
+        // ones, plenty to tell claims apart.
+        LeaseToken(uuid::Uuid::new_v4().as_u64_pair().1 as i64)
+    }
+}
+
+/// A dispatch job claimed by a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DispatchLease {
+    pub session_id: SessionId,
+    pub token: LeaseToken,
 }
 
 #[derive(Debug, Clone)]
 pub struct DueCallback {
     pub id: i64,
+    pub lease: LeaseToken,
     pub webhook_id: String,
     pub session_id: SessionId,
     pub account_id: AccountId,
@@ -215,26 +242,28 @@ pub struct DueCallback {
     pub attempts: u32,
 }
 
+/// What became of one delivery attempt. It is recorded only while the
+/// attempt's lease is still held; otherwise another worker owns the
+/// callback now and its record wins.
 #[derive(Debug, Clone)]
-pub enum Settlement {
-    Delivered {
-        id: i64,
-        at: DateTime<Utc>,
-        attempts: u32,
-    },
+pub struct Settlement {
+    pub id: i64,
+    pub lease: LeaseToken,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    pub at: DateTime<Utc>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Delivered,
     Retry {
-        id: i64,
-        attempts: u32,
         next_at: DateTime<Utc>,
         error: String,
     },
     /// No more attempts: recorded in the session's events.
     Failed {
-        id: i64,
-        session_id: SessionId,
-        webhook_id: String,
-        attempts: u32,
         error: String,
-        at: DateTime<Utc>,
     },
 }

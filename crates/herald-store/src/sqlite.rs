@@ -27,7 +27,10 @@ use tokio::sync::oneshot;
 
 use crate::*;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_lease_tokens.sql"),
+];
 
 /// Most writes one transaction takes; bounds the latency a big batch adds.
 const MAX_BATCH: usize = 512;
@@ -951,44 +954,63 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
-    ) -> Result<Vec<SessionId>> {
+    ) -> Result<Vec<DispatchLease>> {
         self.write(move |conn| {
             let now = to_micros(now);
             let until = now + lease.as_micros() as i64;
+            let token = LeaseToken::generate();
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE dispatch_jobs SET lease_until = ?2, attempts = attempts + 1 \
+                    "UPDATE dispatch_jobs \
+                     SET lease_until = ?2, lease_token = ?4, attempts = attempts + 1 \
                      WHERE session_id IN (SELECT session_id FROM dispatch_jobs \
                         WHERE run_at <= ?1 AND lease_until <= ?1 ORDER BY run_at LIMIT ?3) \
                      RETURNING session_id",
                 )
                 .db()?;
             let rows = stmt
-                .query_map(params![now, until, limit as i64], |row| parse_col(row, 0))
+                .query_map(params![now, until, limit as i64, token.0], |row| {
+                    Ok(DispatchLease {
+                        session_id: parse_col(row, 0)?,
+                        token,
+                    })
+                })
                 .db()?;
             rows.collect::<rusqlite::Result<_>>().db()
         })
         .await
     }
 
-    async fn renew_dispatch(&self, id: SessionId, until: DateTime<Utc>) -> Result<()> {
+    async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool> {
         self.write(move |conn| {
-            conn.prepare_cached("UPDATE dispatch_jobs SET lease_until = ?2 WHERE session_id = ?1")
+            let n = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = ?3 \
+                     WHERE session_id = ?1 AND lease_token = ?2",
+                )
                 .db()?
-                .execute(params![id.to_string(), to_micros(until)])
+                .execute(params![
+                    lease.session_id.to_string(),
+                    lease.token.0,
+                    to_micros(until)
+                ])
                 .db()?;
-            Ok(())
+            Ok(n > 0)
         })
         .await
     }
 
-    async fn release_dispatches(&self, ids: Vec<SessionId>) -> Result<()> {
+    async fn release_dispatches(&self, leases: Vec<DispatchLease>) -> Result<()> {
         self.write(move |conn| {
             let mut stmt = conn
-                .prepare_cached("UPDATE dispatch_jobs SET lease_until = 0 WHERE session_id = ?1")
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = 0 \
+                     WHERE session_id = ?1 AND lease_token = ?2",
+                )
                 .db()?;
-            for id in ids {
-                stmt.execute([id.to_string()]).db()?;
+            for lease in leases {
+                stmt.execute(params![lease.session_id.to_string(), lease.token.0])
+                    .db()?;
             }
             Ok(())
         })
@@ -998,6 +1020,18 @@ impl Store for SqliteStore {
     async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
         self.write(move |conn| {
             let sid = id.to_string();
+            if let Some(token) = u.lease {
+                let held = conn
+                    .prepare_cached(
+                        "SELECT 1 FROM dispatch_jobs WHERE session_id = ?1 AND lease_token = ?2",
+                    )
+                    .db()?
+                    .exists(params![sid, token.0])
+                    .db()?;
+                if !held {
+                    return Err(StoreError::LeaseLost);
+                }
+            }
             if u.status.is_some()
                 || u.outcome.is_some()
                 || u.ended_at.is_some()
@@ -1059,11 +1093,12 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let now = to_micros(now);
             let until = now + lease.as_micros() as i64;
+            let token = LeaseToken::generate();
             // Only the oldest pending callback of each session is eligible, so
             // that a session's statuses arrive in the order they happened.
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE callbacks SET lease_until = ?2 WHERE id IN ( \
+                    "UPDATE callbacks SET lease_until = ?2, lease_token = ?4 WHERE id IN ( \
                         SELECT c.id FROM callbacks c \
                         WHERE c.state = 'pending' AND c.next_attempt_at <= ?1 \
                           AND c.lease_until <= ?1 \
@@ -1074,9 +1109,10 @@ impl Store for SqliteStore {
                 )
                 .db()?;
             let rows = stmt
-                .query_map(params![now, until, limit as i64], |row| {
+                .query_map(params![now, until, limit as i64, token.0], |row| {
                     Ok(DueCallback {
                         id: row.get(0)?,
+                        lease: token,
                         webhook_id: row.get(1)?,
                         session_id: parse_col(row, 2)?,
                         account_id: row.get(3)?,
@@ -1094,60 +1130,39 @@ impl Store for SqliteStore {
     async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()> {
         self.write(move |conn| {
             for s in &settlements {
-                match s {
-                    Settlement::Delivered { id, at, attempts } => {
-                        conn.prepare_cached(
-                            "UPDATE callbacks SET state = 'delivered', settled_at = ?2, \
-                             attempts = ?3, lease_until = 0 WHERE id = ?1",
-                        )
-                        .db()?
-                        .execute(params![id, to_micros(*at), attempts])
-                        .db()?;
+                let (state, next_at, error) = match &s.verdict {
+                    Verdict::Delivered => ("delivered", None, None),
+                    Verdict::Retry { next_at, error } => {
+                        ("pending", Some(to_micros(*next_at)), Some(error))
                     }
-                    Settlement::Retry {
-                        id,
-                        attempts,
-                        next_at,
-                        error,
-                    } => {
-                        conn.prepare_cached(
-                            "UPDATE callbacks SET attempts = ?2, next_attempt_at = ?3, \
-                             last_error = ?4, lease_until = 0 WHERE id = ?1",
-                        )
-                        .db()?
-                        .execute(params![id, attempts, to_micros(*next_at), error])
-                        .db()?;
-                    }
-                    Settlement::Failed {
-                        id,
-                        session_id,
-                        webhook_id,
-                        attempts,
-                        error,
-                        at,
-                    } => {
-                        conn.prepare_cached(
-                            "UPDATE callbacks SET state = 'failed', attempts = ?2, \
-                             last_error = ?3, settled_at = ?4, lease_until = 0 WHERE id = ?1",
-                        )
-                        .db()?
-                        .execute(params![id, attempts, error, to_micros(*at)])
-                        .db()?;
-                        insert_event(
-                            conn,
-                            &session_id.to_string(),
-                            &NewEvent {
-                                key: None,
-                                kind: "callback_failed".into(),
-                                at: *at,
-                                data: Some(serde_json::json!({
-                                    "webhook_id": webhook_id,
-                                    "attempts": attempts,
-                                    "error": error,
-                                })),
-                            },
-                        )?;
-                    }
+                    Verdict::Failed { error } => ("failed", None, Some(error)),
+                };
+                let settled_at = (state != "pending").then(|| to_micros(s.at));
+                let failed = conn
+                    .prepare_cached(
+                        "UPDATE callbacks SET state = ?3, attempts = ?4, \
+                         next_attempt_at = COALESCE(?5, next_attempt_at), \
+                         last_error = COALESCE(?6, last_error), settled_at = ?7, \
+                         lease_until = 0 \
+                         WHERE id = ?1 AND lease_token = ?2 AND state = 'pending' \
+                         RETURNING session_id, webhook_id",
+                    )
+                    .db()?
+                    .query_row(
+                        params![s.id, s.lease.0, state, s.attempts, next_at, error, settled_at],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+                    )
+                    .optional()
+                    .db()?;
+                // A settlement whose lease was lost changes nothing.
+                if let (Some((session, webhook_id)), Verdict::Failed { error }) =
+                    (failed, &s.verdict)
+                {
+                    insert_event(
+                        conn,
+                        &session,
+                        &callback_failed_event(&webhook_id, s.attempts, error, s.at),
+                    )?;
                 }
             }
             Ok(())
@@ -1155,13 +1170,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_callbacks(&self, ids: Vec<i64>) -> Result<()> {
+    async fn release_callbacks(&self, leases: Vec<(i64, LeaseToken)>) -> Result<()> {
         self.write(move |conn| {
             let mut stmt = conn
-                .prepare_cached("UPDATE callbacks SET lease_until = 0 WHERE id = ?1")
+                .prepare_cached(
+                    "UPDATE callbacks SET lease_until = 0 WHERE id = ?1 AND lease_token = ?2",
+                )
                 .db()?;
-            for id in ids {
-                stmt.execute([id]).db()?;
+            for (id, token) in leases {
+                stmt.execute(params![id, token.0]).db()?;
             }
             Ok(())
         })
@@ -1194,257 +1211,8 @@ fn number_taken(number: &str, channel: Channel) -> String {
 
 #[cfg(test)]
 mod tests {
+    // The behaviour every backend shares is checked in tests/conformance.rs.
     use super::*;
-    use herald_core::session::SessionParameters;
-
-    async fn store() -> (SqliteStore, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
-            .await
-            .unwrap();
-        (store, dir)
-    }
-
-    async fn agent(store: &SqliteStore) -> (AccountId, AgentId) {
-        let account = store.add_key("acme", [7; 32]).await.unwrap();
-        let agent = store
-            .create_agent(NewAgent {
-                account_id: account,
-                name: "a".into(),
-                channel: Channel::Sms,
-                number: "447700900001".into(),
-                region: Region::Eu,
-                flow: FlowDefinition::default_for(Channel::Sms),
-            })
-            .await
-            .unwrap();
-        store.publish_agent(account, &agent.agent_id).await.unwrap();
-        (account, agent.agent_id)
-    }
-
-    fn session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSession {
-        NewSession {
-            id,
-            account_id: account,
-            agent_id: agent.clone(),
-            agent_version: 1,
-            channel: Channel::Sms,
-            to: "447700900123".into(),
-            from: "447700900001".into(),
-            status_url: None,
-            hangup_on_machine: false,
-            parameters: SessionParameters::default(),
-            whatsapp: None,
-            created_at: Utc::now(),
-            idempotency: None,
-        }
-    }
-
-    /// Many concurrent inserts share transactions, and one that fails (a
-    /// duplicate id) fails alone: its batch-mates are committed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writes_commit_together_and_fail_alone() {
-        let (store, _dir) = store().await;
-        let store = Arc::new(store);
-        let (account, agent) = agent(&store).await;
-        let duplicate = SessionId::generate();
-        store
-            .create_session(session(account, &agent, duplicate))
-            .await
-            .unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let (store, agent) = (store.clone(), agent.clone());
-            let id = if i % 50 == 0 {
-                duplicate
-            } else {
-                SessionId::generate()
-            };
-            tasks.push(tokio::spawn(async move {
-                store.create_session(session(account, &agent, id)).await
-            }));
-        }
-        let mut stored = 0;
-        let mut failed = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(Created::Stored) => stored += 1,
-                Err(StoreError::Internal(_)) => failed += 1,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!((stored, failed), (196, 4));
-        let listed = store
-            .sessions(
-                account,
-                SessionFilter {
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 197);
-        let jobs = store
-            .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
-            .await
-            .unwrap();
-        assert_eq!(jobs.len(), 197, "every stored session has its dispatch job");
-        // Leased jobs are not handed out again until released.
-        assert!(store
-            .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
-            .await
-            .unwrap()
-            .is_empty());
-        store.release_dispatches(jobs[..3].to_vec()).await.unwrap();
-        assert_eq!(
-            store
-                .claim_dispatches(Utc::now(), Duration::from_secs(60), 1000)
-                .await
-                .unwrap()
-                .len(),
-            3
-        );
-    }
-
-    #[tokio::test]
-    async fn an_idempotency_key_stores_one_session() {
-        let (store, _dir) = store().await;
-        let (account, agent) = agent(&store).await;
-        let with_key = |id| {
-            let mut s = session(account, &agent, id);
-            s.idempotency = Some(NewIdempotency {
-                key: "k".into(),
-                request_hash: [1; 32],
-                response: format!("first {id}"),
-            });
-            s
-        };
-        let first = SessionId::generate();
-        assert_eq!(
-            store.create_session(with_key(first)).await.unwrap(),
-            Created::Stored
-        );
-        let again = store
-            .create_session(with_key(SessionId::generate()))
-            .await
-            .unwrap();
-        assert_eq!(
-            again,
-            Created::Duplicate(IdempotentResponse {
-                request_hash: [1; 32],
-                response: format!("first {first}"),
-            })
-        );
-        let listed = store
-            .sessions(
-                account,
-                SessionFilter {
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn expired_idempotency_keys_are_purged() {
-        let (store, _dir) = store().await;
-        let (account, agent) = agent(&store).await;
-        let mut s = session(account, &agent, SessionId::generate());
-        s.idempotency = Some(NewIdempotency {
-            key: "k".into(),
-            request_hash: [1; 32],
-            response: "{}".into(),
-        });
-        store.create_session(s).await.unwrap();
-        assert_eq!(
-            store
-                .purge_idempotency(Duration::from_secs(3600))
-                .await
-                .unwrap(),
-            0
-        );
-        let day = Duration::from_secs(24 * 3600);
-        assert!(store
-            .idempotent_response(account, "k", day)
-            .await
-            .unwrap()
-            .is_some());
-        assert_eq!(store.purge_idempotency(Duration::ZERO).await.unwrap(), 1);
-        assert!(store
-            .idempotent_response(account, "k", day)
-            .await
-            .unwrap()
-            .is_none());
-    }
-
-    #[tokio::test]
-    async fn only_the_oldest_pending_callback_of_a_session_is_due() {
-        let (store, _dir) = store().await;
-        let (account, agent) = agent(&store).await;
-        let id = SessionId::generate();
-        store
-            .create_session(session(account, &agent, id))
-            .await
-            .unwrap();
-        let callback = |n: u32| NewCallback {
-            dedupe_key: format!("c{n}"),
-            webhook_id: format!("msg_{n}"),
-            account_id: account,
-            url: "https://example.com".into(),
-            body: "{}".into(),
-            created_at: Utc::now(),
-        };
-        store
-            .update_session(
-                id,
-                SessionUpdate {
-                    callbacks: vec![callback(1), callback(2)],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        // Enqueueing the same callback again changes nothing.
-        store
-            .update_session(
-                id,
-                SessionUpdate {
-                    callbacks: vec![callback(1)],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let lease = Duration::from_secs(30);
-        let due = store.claim_callbacks(Utc::now(), lease, 10).await.unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].webhook_id, "msg_1");
-        // The second is overdue but waits behind the first, whose lease is
-        // what comes due next.
-        let next = store.next_callback_due().await.unwrap().unwrap();
-        assert!(next > Utc::now() + chrono::Duration::seconds(25), "{next}");
-        assert!(store
-            .claim_callbacks(Utc::now(), lease, 10)
-            .await
-            .unwrap()
-            .is_empty());
-        store
-            .settle_callbacks(vec![Settlement::Delivered {
-                id: due[0].id,
-                at: Utc::now(),
-                attempts: 1,
-            }])
-            .await
-            .unwrap();
-        let due = store.claim_callbacks(Utc::now(), lease, 10).await.unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].webhook_id, "msg_2");
-    }
 
     #[tokio::test]
     async fn a_newer_schema_is_refused() {
