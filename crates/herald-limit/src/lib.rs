@@ -11,9 +11,15 @@
 //! A request that is admitted but then fails further along (its session could
 //! not be stored) gives its slot back with [`RateLimiter::release`], because
 //! only requests that would otherwise have succeeded count.
+//!
+//! [`MemoryLimiter`] keeps the logs in the process, for a single server;
+//! [`RedisLimiter`] keeps them in Redis, so that several servers sharing one
+//! Redis enforce one limit between them.
 
 mod memory;
+mod redis;
 
+pub use crate::redis::{RedisLimiter, RedisOptions};
 pub use memory::{Clock, ManualClock, MemoryLimiter, MonotonicClock};
 
 use std::time::Duration;
@@ -27,7 +33,8 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 /// [`RateLimiter::release`] if the request fails after all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permit {
-    /// When the slot was taken, in the limiter's own time base.
+    /// Names the slot within its limiter: when it was taken, in the memory
+    /// limiter's time base, or the random id of its entry in Redis.
     pub(crate) at: u64,
 }
 
