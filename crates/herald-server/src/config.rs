@@ -9,8 +9,11 @@ use herald_core::Region;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// `sqlite://PATH`.
+    /// `sqlite://PATH` or `postgres://...`.
     pub database_url: String,
+    /// The Redis that rate limits are shared through; `None` keeps them in
+    /// this process.
+    pub redis_url: Option<String>,
     pub region: Region,
     /// Let callbacks go to loopback and private addresses (tests, demos, and
     /// receivers on the same network).
@@ -33,7 +36,8 @@ pub struct Config {
     pub cache_refresh: Duration,
     /// Serve `/bench/noop`, the baseline route of the benchmark.
     pub bench_routes: bool,
-    /// SQLite `synchronous=FULL` (true) or `NORMAL`.
+    /// Wait for the disk on every commit (SQLite `synchronous=FULL`,
+    /// PostgreSQL `synchronous_commit=on`).
     pub durable_commits: bool,
 }
 
@@ -42,6 +46,7 @@ impl Default for Config {
         Config {
             listen: ([127, 0, 0, 1], 8080).into(),
             database_url: "sqlite://herald.db".into(),
+            redis_url: None,
             region: Region::Eu,
             allow_private_callbacks: false,
             default_rate: 1,

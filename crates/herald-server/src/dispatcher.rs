@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::metrics::OutcomeLabels;
+use crate::metrics::{ChannelLabels, OutcomeLabels};
 use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
@@ -245,6 +245,12 @@ async fn run_session(app: &AppState, lease: DispatchLease) -> anyhow::Result<()>
         .clone()
         .map(ConversationUuid::from_stored)
         .unwrap_or_else(ConversationUuid::generate);
+    app.metrics
+        .sessions_dispatched
+        .get_or_create(&ChannelLabels {
+            channel: session.channel.as_str(),
+        })
+        .inc();
     let dispatched = rec.event("dispatched", None);
     rec.record(SessionUpdate {
         status: Some(SessionStatus::Active),

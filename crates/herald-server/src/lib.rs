@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use herald_channels::{Provider, Simulator};
 use herald_core::AccountId;
-use herald_limit::{MemoryLimiter, RateLimiter};
+use herald_limit::{MemoryLimiter, RateLimiter, RedisLimiter, RedisOptions};
 use herald_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -145,9 +145,19 @@ pub async fn start_with_store(
     let directory = directory::Directory::load(store.as_ref())
         .await
         .context("loading keys, agents and limits")?;
+    let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
+        // Checks the URL only: a Redis that is down now is connected to
+        // when it comes back, and until then triggers answer 503.
+        Some(url) => Arc::new(
+            RedisLimiter::new(url, RedisOptions::default())
+                .await
+                .with_context(|| format!("the Redis URL {url:?}"))?,
+        ),
+        None => Arc::new(MemoryLimiter::default()),
+    };
     let app: AppState = Arc::new(App {
         provider: Arc::new(Simulator::new(config.simulator_delay)),
-        limiter: Arc::new(MemoryLimiter::default()),
+        limiter,
         config,
         store,
         directory,

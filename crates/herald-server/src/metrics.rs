@@ -32,6 +32,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub sessions_accepted: Family<ChannelLabels, Counter>,
+    pub sessions_dispatched: Family<ChannelLabels, Counter>,
     pub sessions_ended: Family<OutcomeLabels, Counter>,
     pub callbacks: Family<ResultLabels, Counter>,
     pub rate_limited: Counter,
@@ -42,6 +43,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("herald");
         let requests = Family::<RequestLabels, Counter>::default();
         let sessions_accepted = Family::<ChannelLabels, Counter>::default();
+        let sessions_dispatched = Family::<ChannelLabels, Counter>::default();
         let sessions_ended = Family::<OutcomeLabels, Counter>::default();
         let callbacks = Family::<ResultLabels, Counter>::default();
         let rate_limited = Counter::default();
@@ -54,6 +56,11 @@ impl Default for Metrics {
             "sessions_accepted",
             "Sessions accepted by the trigger endpoints",
             sessions_accepted.clone(),
+        );
+        registry.register(
+            "sessions_dispatched",
+            "Session runs this server started (a session taken up again after a crash counts again)",
+            sessions_dispatched.clone(),
         );
         registry.register(
             "sessions_ended",
@@ -74,6 +81,7 @@ impl Default for Metrics {
             registry,
             requests,
             sessions_accepted,
+            sessions_dispatched,
             sessions_ended,
             callbacks,
             rate_limited,

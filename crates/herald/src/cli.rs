@@ -56,7 +56,8 @@ enum Command {
 
 #[derive(Args)]
 struct DatabaseArg {
-    /// The store: sqlite://PATH.
+    /// The store: sqlite://PATH (one server) or postgres://USER@HOST/DB
+    /// (any number of servers).
     #[arg(
         long = "database",
         env = "HERALD_DATABASE_URL",
@@ -131,6 +132,11 @@ struct ServeArgs {
     /// from a power cut.
     #[arg(long, env = "HERALD_RELAXED_COMMITS")]
     relaxed_commits: bool,
+    /// Share rate limits with other servers through this Redis
+    /// (redis://HOST:PORT). Without it, limits are kept in this process,
+    /// which is exact only while it is the one server.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    redis: Option<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -169,6 +175,7 @@ impl ServeArgs {
             simulator_delay: Duration::from_millis(self.simulator_delay_ms),
             dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
             durable_commits: !self.relaxed_commits,
+            redis_url: self.redis,
             ..defaults
         })
     }

@@ -80,6 +80,9 @@ enum TriggerResponses {
     /// The session could not be stored
     #[response(status = 500)]
     NotStored(ErrorBody),
+    /// The shared rate limiter (Redis) could not be reached; nothing was stored
+    #[response(status = 503)]
+    LimiterUnavailable(ErrorBody),
 }
 
 /// `POST /telephony/make-call`: the body (CONTRACT §2.1). Unknown fields are ignored.
@@ -269,11 +272,15 @@ async fn trigger(
             return Err(err);
         }
         Err(e) => {
+            // Without a decision nothing is admitted: the limits are a
+            // promise, not a best effort.
             tracing::error!(error = %e, "rate limiter unavailable");
-            return Err(ApiError::new(
+            let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Rate limiter unavailable, try again shortly",
-            ));
+            );
+            err.retry_after = Some(1);
+            return Err(err);
         }
     };
 
