@@ -4,10 +4,13 @@
 //! the trigger's session and its dispatch job (written together, before the
 //! 200), the worker's progress, and the callback outbox. Handlers and workers
 //! see only the trait; the backend is chosen by the database URL. SQLite is
-//! the embedded default ([`sqlite::SqliteStore`]).
+//! the embedded default for one server ([`sqlite::SqliteStore`]); PostgreSQL
+//! lets any number of servers share one database ([`postgres::PostgresStore`]).
 
 mod model;
+pub mod postgres;
 pub mod sqlite;
+pub mod testing;
 
 pub use model::*;
 
@@ -18,6 +21,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::keys::KeyHash;
 use herald_core::{AccountId, AgentId, SessionId};
+
+/// The conflict message of an agent number already in use (CONTRACT §4.2).
+fn number_taken(number: &str, channel: herald_core::Channel) -> String {
+    format!("Number {number} is already used by another {channel} agent in this region")
+}
+
+fn template_taken(t: &Template) -> String {
+    format!(
+        "Template {} ({}) is already registered in namespace {}",
+        t.name, t.locale, t.namespace
+    )
+}
 
 /// The event that records a callback given up on.
 fn callback_failed_event(
@@ -57,7 +72,8 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens the store a database URL names: `sqlite://path` (or a bare path).
+/// Opens the store a database URL names: `sqlite://path` (or a bare path), or
+/// `postgres://user@host/db` (`postgresql://` too).
 pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
@@ -66,19 +82,24 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn S
         return Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("the PostgreSQL backend is not part of this build yet; use sqlite://PATH");
+        return Ok(Arc::new(postgres::PostgresStore::open(url, options).await?));
     }
-    if url.contains("://") {
-        anyhow::bail!("unsupported database URL {url:?}: expected sqlite://PATH");
+    if let Some((scheme, _)) = url.split_once("://") {
+        // Only the scheme: the rest may hold a password.
+        anyhow::bail!(
+            "unsupported database URL scheme {scheme:?}: expected sqlite://PATH or \
+             postgres://USER@HOST/DB"
+        );
     }
     Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?))
 }
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Wait for the disk to confirm each commit (`synchronous=FULL`).
-    /// Turning it off keeps commits safe from a crash of herald but not from
-    /// a power cut.
+    /// Wait for the disk to confirm each commit (SQLite `synchronous=FULL`,
+    /// PostgreSQL `synchronous_commit=on`). Turning it off keeps commits safe
+    /// from a crash of herald but not from a power cut (or, with PostgreSQL,
+    /// a crash of the database host).
     pub durable: bool,
 }
 

@@ -721,10 +721,7 @@ impl Store for SqliteStore {
                 ],
             );
             match inserted {
-                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                    "Template {} ({}) is already registered in namespace {}",
-                    t.name, t.locale, t.namespace
-                ))),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(template_taken(&t))),
                 other => other.db().map(|_| ()),
             }
         })
@@ -1203,10 +1200,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-}
-
-fn number_taken(number: &str, channel: Channel) -> String {
-    format!("Number {number} is already used by another {channel} agent in this region")
 }
 
 #[cfg(test)]

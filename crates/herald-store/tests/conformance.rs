@@ -1,5 +1,5 @@
 //! What every store backend must do, checked against each of them: the
-//! same cases run on a fresh database of each.
+//! same cases run on a fresh SQLite file and on a fresh PostgreSQL schema.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use herald_core::session::SessionParameters;
 use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 use herald_store::*;
 
-/// Runs each case once per backend (`sqlite::case`, ...).
+/// Runs each case once per backend: `sqlite::case` and `postgres::case`.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -20,6 +20,15 @@ macro_rules! conformance {
                 async fn $case() {
                     let dir = tempfile::tempdir().unwrap();
                     let url = format!("sqlite://{}", dir.path().join("t.db").display());
+                    super::$case(super::open(&url).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let url = herald_store::testing::scratch_postgres_url().await;
                     super::$case(super::open(&url).await).await;
                 }
             )*
@@ -40,6 +49,7 @@ conformance!(
     a_settlement_under_a_lost_lease_changes_nothing,
     concurrent_claimers_never_share_a_job,
     finished_sessions_leave_the_queue,
+    a_write_whose_caller_stops_waiting_leaves_no_lock_behind,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -591,4 +601,51 @@ async fn finished_sessions_leave_the_queue(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A caller may stop polling a write at any point (a client hangs up, a
+/// worker loses its lease, or the worker is busy renewing that lease). The
+/// write must finish all the same: a transaction left half-way would keep
+/// the job's row locked, and the renewal after it would wait for ever.
+async fn a_write_whose_caller_stops_waiting_leaves_no_lock_behind(store: Arc<dyn Store>) {
+    let (_, id) = started(store.as_ref()).await;
+    let mut at = 0;
+    for patience in 0..120u64 {
+        at += 31;
+        let lease = claim_soon(store.as_ref(), later(at)).await;
+        let write = store.update_session(
+            id,
+            SessionUpdate {
+                events: vec![NewEvent {
+                    key: None,
+                    kind: "step".into(),
+                    at: Utc::now(),
+                    data: None,
+                }],
+                lease: Some(lease.token),
+                ..Default::default()
+            },
+        );
+        tokio::pin!(write);
+        // Stop polling part-way, a little later each round, but hold on.
+        let _ = tokio::time::timeout(Duration::from_micros(20 * patience), &mut write).await;
+        let renewed = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.renew_dispatch(lease, later(at + 1)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a renewal waits on a write left half-way (round {patience})"));
+        assert!(renewed.unwrap());
+    }
+}
+
+/// Claims the session's job, waiting out a write still finishing on it.
+async fn claim_soon(store: &dyn Store, now: chrono::DateTime<Utc>) -> DispatchLease {
+    for _ in 0..100 {
+        if let Some(lease) = store.claim_dispatches(now, LEASE, 10).await.unwrap().pop() {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the job is not claimable");
 }

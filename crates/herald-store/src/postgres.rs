@@ -1,0 +1,1327 @@
+//! The PostgreSQL backend, for any number of herald processes sharing one
+//! database.
+//!
+//! - Every write is one transaction (a single statement, or an explicit
+//!   one), committed before the call returns; with [`StoreOptions::durable`]
+//!   the commit has also reached the database's disk.
+//! - Work is leased with `FOR UPDATE SKIP LOCKED`: servers claiming at the
+//!   same time get different jobs without waiting on each other, and a job
+//!   is handed out again only once its lease has run out.
+//! - Every claim draws a fresh lease token. Writes made under a lease lock
+//!   the leased row and check its token in the same transaction, so a worker
+//!   whose lease ran out cannot write over the one that took the work up.
+//!
+//! Connections are not encrypted: this build has no TLS.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::flow::FlowDefinition;
+use herald_core::keys::{generate_webhook_secret, KeyHash};
+use herald_core::session::{Outcome, SessionStatus};
+use herald_core::time::{from_micros, to_micros};
+use herald_core::{AccountId, AgentId, SessionId};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
+
+use crate::*;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+
+/// The advisory lock migrations run under ("herald" in ASCII). Advisory
+/// locks are per database, so stores in different schemas of one database
+/// share it; that only makes them migrate one after another.
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
+
+/// Per server: enough for its handlers and workers together, and room for
+/// a handful of servers under PostgreSQL's default `max_connections` (100).
+const MAX_CONNECTIONS: u32 = 16;
+/// How long a write waits for a free connection, and opening waits for the
+/// server, before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database `url` names and brings its schema up to date.
+    pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        let mut connect = PgConnectOptions::from_str(url).map_err(|e| {
+            // sqlx nests its configuration errors; the innermost says what
+            // is wrong.
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            anyhow::anyhow!("invalid PostgreSQL URL for {}: {cause}", describe_url(url))
+        })?;
+        if !options.durable {
+            // Commits return before their WAL is flushed. The server has
+            // them, so a crash of herald loses nothing; a crash of the
+            // database host can lose the last few hundred milliseconds.
+            connect = connect.options([("synchronous_commit", "off")]);
+        }
+        // A connection of its own, so that an unreachable server is
+        // reported as such (the pool would only say that it timed out).
+        let connecting =
+            tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&connect));
+        let mut conn = match connecting.await {
+            Ok(connected) => connected.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("no answer within {ACQUIRE_TIMEOUT:?}")),
+        }
+        .with_context(|| format!("connecting to PostgreSQL at {}", describe_url(url)))?;
+        migrate(&mut conn)
+            .await
+            .with_context(|| format!("migrating PostgreSQL at {}", describe_url(url)))?;
+        conn.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(connect);
+        Ok(PostgresStore { pool })
+    }
+}
+
+/// Where a database URL points, for messages: never its password.
+pub(crate) fn describe_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}/{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path().trim_start_matches('/')
+        ),
+        Err(_) => "an unparsable URL".into(),
+    }
+}
+
+async fn migrate(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    // Taken before the version is read and held to the commit: servers (and
+    // `herald keys create`) starting together migrate once, in turn.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // Spares the log a notice that the table exists on every start.
+    sqlx::raw_sql("SET LOCAL client_min_messages = warning")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations \
+         (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await
+    .context("creating the schema version table")?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+    if current > MIGRATIONS.len() as i64 {
+        anyhow::bail!(
+            "the database has schema version {current}, newer than this herald knows ({}); \
+             upgrade herald",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("applying migration {}", i + 1))?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(i as i64 + 1)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+trait SqlResult<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> SqlResult<T> for Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| StoreError::Internal(e.into()))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+fn now_micros() -> i64 {
+    to_micros(Utc::now())
+}
+
+async fn bump(conn: &mut PgConnection, kind: &str) -> Result<()> {
+    sqlx::query("UPDATE revisions SET rev = rev + 1 WHERE kind = $1")
+        .bind(kind)
+        .execute(conn)
+        .await
+        .db()?;
+    Ok(())
+}
+
+fn bad_value(column: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(anyhow::anyhow!("column {column}: {detail}"))
+}
+
+fn parse_col<T: FromStr>(row: &PgRow, column: &str) -> Result<T> {
+    let text: String = row.try_get(column).db()?;
+    text.parse()
+        .map_err(|_| bad_value(column, format_args!("unexpected value {text:?}")))
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &PgRow, column: &str) -> Result<T> {
+    let text: String = row.try_get(column).db()?;
+    serde_json::from_str(&text).map_err(|e| bad_value(column, e))
+}
+
+fn opt_json_col(row: &PgRow, column: &str) -> Result<Option<serde_json::Value>> {
+    let text: Option<String> = row.try_get(column).db()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| bad_value(column, e)))
+        .transpose()
+}
+
+/// The model's versions and counts are `u32`; the schema keeps them as BIGINT.
+fn u32_col(row: &PgRow, column: &str) -> Result<u32> {
+    let n: i64 = row.try_get(column).db()?;
+    u32::try_from(n).map_err(|e| bad_value(column, e))
+}
+
+fn opt_u32_col(row: &PgRow, column: &str) -> Result<Option<u32>> {
+    let n: Option<i64> = row.try_get(column).db()?;
+    n.map(u32::try_from)
+        .transpose()
+        .map_err(|e| bad_value(column, e))
+}
+
+fn time_col(row: &PgRow, column: &str) -> Result<DateTime<Utc>> {
+    Ok(from_micros(row.try_get(column).db()?))
+}
+
+fn hash_col(row: &PgRow, column: &str) -> Result<[u8; 32]> {
+    let hash: Vec<u8> = row.try_get(column).db()?;
+    Ok(hash.try_into().unwrap_or([0; 32]))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
+}
+
+const AGENT_COLUMNS: &str = "agent_id, account_id, name, channel, number, region, flow, \
+                             current_version, created_at, updated_at";
+
+fn agent_from_row(row: &PgRow) -> Result<Agent> {
+    Ok(Agent {
+        agent_id: parse_col(row, "agent_id")?,
+        account_id: row.try_get("account_id").db()?,
+        name: row.try_get("name").db()?,
+        channel: parse_col(row, "channel")?,
+        number: row.try_get("number").db()?,
+        region: parse_col(row, "region")?,
+        flow: json_col::<FlowDefinition>(row, "flow")?,
+        current_version: opt_u32_col(row, "current_version")?,
+        created_at: time_col(row, "created_at")?,
+        updated_at: time_col(row, "updated_at")?,
+    })
+}
+
+/// A live agent of the account. `lock` holds its row to the end of the
+/// transaction, so that a read-modify-write of the draft is not interleaved
+/// with another.
+async fn agent_in<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    account: AccountId,
+    id: &AgentId,
+    lock: bool,
+) -> Result<Option<Agent>> {
+    let sql = format!(
+        "SELECT {AGENT_COLUMNS} FROM agents \
+         WHERE agent_id = $1 AND account_id = $2 AND deleted_at IS NULL{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(&sql)
+        .bind(id.as_str())
+        .bind(account)
+        .fetch_optional(conn)
+        .await
+        .db()?
+        .map(|row| agent_from_row(&row))
+        .transpose()
+}
+
+const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
+     from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
+     conversation_uuid, created_at, ended_at";
+
+fn session_from_row(row: &PgRow) -> Result<SessionRecord> {
+    let outcome: Option<String> = row.try_get("outcome").db()?;
+    let ended_at: Option<i64> = row.try_get("ended_at").db()?;
+    Ok(SessionRecord {
+        id: parse_col(row, "id")?,
+        account_id: row.try_get("account_id").db()?,
+        agent_id: parse_col(row, "agent_id")?,
+        agent_version: u32_col(row, "agent_version")?,
+        channel: parse_col(row, "channel")?,
+        to: row.try_get("to_addr").db()?,
+        from: row.try_get("from_number").db()?,
+        status: parse_col(row, "status")?,
+        outcome: outcome.and_then(|o| o.parse::<Outcome>().ok()),
+        status_url: row.try_get("status_url").db()?,
+        hangup_on_machine: row.try_get("hangup_on_machine").db()?,
+        parameters: json_col(row, "parameters")?,
+        whatsapp: opt_json_col(row, "whatsapp")?,
+        conversation_uuid: row.try_get("conversation_uuid").db()?,
+        created_at: time_col(row, "created_at")?,
+        ended_at: ended_at.map(from_micros),
+        events: Vec::new(),
+    })
+}
+
+fn template_from_row(row: &PgRow) -> Result<Template> {
+    Ok(Template {
+        namespace: row.try_get("namespace").db()?,
+        name: row.try_get("name").db()?,
+        locale: row.try_get("locale").db()?,
+        header: row.try_get("header").db()?,
+        body: row.try_get("body").db()?,
+        created_at: time_col(row, "created_at")?,
+    })
+}
+
+const TEMPLATE_COLUMNS: &str = "namespace, name, locale, header, body, created_at";
+
+fn idempotent_from_row(row: &PgRow) -> Result<IdempotentResponse> {
+    Ok(IdempotentResponse {
+        request_hash: hash_col(row, "request_hash")?,
+        response: row.try_get("response").db()?,
+    })
+}
+
+async fn insert_event(conn: &mut PgConnection, session: &str, event: &NewEvent) -> Result<()> {
+    let data = event.data.as_ref().map(to_json).transpose()?;
+    sqlx::query(
+        "INSERT INTO session_events (session_id, key, type, at, data) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, key) DO NOTHING",
+    )
+    .bind(session)
+    .bind(&event.key)
+    .bind(&event.kind)
+    .bind(to_micros(event.at))
+    .bind(data)
+    .execute(conn)
+    .await
+    .db()?;
+    Ok(())
+}
+
+/// The bodies of the writes that take more than one statement. The trait's
+/// methods run them through [`detached`].
+impl PostgresStore {
+    async fn add_key_now(&self, account: &str, hash: KeyHash) -> Result<AccountId> {
+        let mut tx = self.pool.begin().await.db()?;
+        let now = now_micros();
+        // A concurrent creator of the same account makes this wait for its
+        // commit and then do nothing; the SELECT that follows sees its row.
+        sqlx::query(
+            "INSERT INTO accounts (name, webhook_secret, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(account)
+        .bind(generate_webhook_secret())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        let id: AccountId = sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1")
+            .bind(account)
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+        sqlx::query("INSERT INTO api_keys (hash, account_id, created_at) VALUES ($1, $2, $3)")
+            .bind(&hash[..])
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        bump(&mut tx, "keys").await?;
+        tx.commit().await.db()?;
+        Ok(id)
+    }
+
+    async fn revoke_key_now(&self, hash: KeyHash) -> Result<bool> {
+        let mut tx = self.pool.begin().await.db()?;
+        let n = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected();
+        bump(&mut tx, "keys").await?;
+        tx.commit().await.db()?;
+        Ok(n > 0)
+    }
+
+    async fn create_agent_now(&self, agent: NewAgent) -> Result<Agent> {
+        let mut tx = self.pool.begin().await.db()?;
+        let now = now_micros();
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO agents ({AGENT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $8) RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(AgentId::generate().as_str())
+        .bind(agent.account_id)
+        .bind(&agent.name)
+        .bind(agent.channel.as_str())
+        .bind(&agent.number)
+        .bind(agent.region.as_str())
+        .bind(to_json(&agent.flow)?)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(number_taken(
+                    &agent.number,
+                    agent.channel,
+                )))
+            }
+            other => other.db()?,
+        };
+        bump(&mut tx, "agents").await?;
+        tx.commit().await.db()?;
+        agent_from_row(&row)
+    }
+
+    async fn update_agent_now(
+        &self,
+        account: AccountId,
+        id: &AgentId,
+        patch: AgentPatch,
+    ) -> Result<Option<Agent>> {
+        let mut tx = self.pool.begin().await.db()?;
+        let Some(current) = agent_in(&mut *tx, account, id, true).await? else {
+            return Ok(None);
+        };
+        let name = patch.name.unwrap_or(current.name);
+        let number = patch.number.unwrap_or(current.number);
+        let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
+        let updated = sqlx::query(&format!(
+            "UPDATE agents SET name = $2, number = $3, flow = $4, updated_at = $5 \
+             WHERE agent_id = $1 RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(&name)
+        .bind(&number)
+        .bind(flow)
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match updated {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(number_taken(&number, current.channel)))
+            }
+            other => other.db()?,
+        };
+        bump(&mut tx, "agents").await?;
+        tx.commit().await.db()?;
+        agent_from_row(&row).map(Some)
+    }
+
+    async fn delete_agent_now(&self, account: AccountId, id: &AgentId) -> Result<bool> {
+        let mut tx = self.pool.begin().await.db()?;
+        let n = sqlx::query(
+            "UPDATE agents SET deleted_at = $3 \
+             WHERE agent_id = $1 AND account_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(account)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected();
+        bump(&mut tx, "agents").await?;
+        tx.commit().await.db()?;
+        Ok(n > 0)
+    }
+
+    async fn publish_agent_now(&self, account: AccountId, id: &AgentId) -> Result<Option<u32>> {
+        let mut tx = self.pool.begin().await.db()?;
+        // Locked, so that two publishes number their versions in turn.
+        let Some(agent) = agent_in(&mut *tx, account, id, true).await? else {
+            return Ok(None);
+        };
+        let version = agent.current_version.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO agent_versions \
+             (agent_id, version, name, channel, number, region, flow, published_at) \
+             SELECT agent_id, $2, name, channel, number, region, flow, $3 \
+             FROM agents WHERE agent_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(version))
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        sqlx::query("UPDATE agents SET current_version = $2 WHERE agent_id = $1")
+            .bind(id.as_str())
+            .bind(i64::from(version))
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        bump(&mut tx, "agents").await?;
+        tx.commit().await.db()?;
+        Ok(Some(version))
+    }
+
+    async fn set_rate_now(&self, id: &AgentId, rate: u32) -> Result<bool> {
+        let mut tx = self.pool.begin().await.db()?;
+        // Shared-locked, so that a concurrent delete lands before (and this
+        // answers false) or after (and the rate is set while it was live).
+        let live = sqlx::query(
+            "SELECT 1 FROM agents WHERE agent_id = $1 AND deleted_at IS NULL FOR SHARE",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .db()?
+        .is_some();
+        if !live {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO agent_limits (agent_id, rate) VALUES ($1, $2) \
+             ON CONFLICT (agent_id) DO UPDATE SET rate = EXCLUDED.rate",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(rate))
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        bump(&mut tx, "limits").await?;
+        tx.commit().await.db()?;
+        Ok(true)
+    }
+
+    async fn create_session_now(&self, s: NewSession) -> Result<Created> {
+        let parameters = to_json(&s.parameters)?;
+        let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
+        let id = s.id.to_string();
+        let created = to_micros(s.created_at);
+        let mut tx = self.pool.begin().await.db()?;
+        if let Some(idem) = &s.idempotency {
+            // Requests with one key queue on its row: the first inserts it,
+            // each later one waits for that commit and, finding the key
+            // still within its window, updates nothing. A key older than the
+            // window is taken over, as if it had been purged.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys \
+                 (account_id, key, request_hash, response, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (account_id, key) DO UPDATE SET \
+                   request_hash = EXCLUDED.request_hash, response = EXCLUDED.response, \
+                   created_at = EXCLUDED.created_at \
+                 WHERE idempotency_keys.created_at <= $6 \
+                 RETURNING 1",
+            )
+            .bind(s.account_id)
+            .bind(&idem.key)
+            .bind(&idem.request_hash[..])
+            .bind(&idem.response)
+            .bind(created)
+            .bind(created - IDEMPOTENCY_WINDOW.as_micros() as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?
+            .is_some();
+            if !claimed {
+                // The conflicting row stays locked by this transaction, so
+                // it is still there to read; nothing was written.
+                let row = sqlx::query(
+                    "SELECT request_hash, response FROM idempotency_keys \
+                     WHERE account_id = $1 AND key = $2",
+                )
+                .bind(s.account_id)
+                .bind(&idem.key)
+                .fetch_one(&mut *tx)
+                .await
+                .db()?;
+                return idempotent_from_row(&row).map(Created::Duplicate);
+            }
+        }
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, 'queued', NULL, $8, $9, $10, $11, NULL, $12, NULL)"
+        ))
+        .bind(&id)
+        .bind(s.account_id)
+        .bind(s.agent_id.as_str())
+        .bind(i64::from(s.agent_version))
+        .bind(s.channel.as_str())
+        .bind(&s.to)
+        .bind(&s.from)
+        .bind(&s.status_url)
+        .bind(s.hangup_on_machine)
+        .bind(parameters)
+        .bind(whatsapp)
+        .bind(created)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        insert_event(
+            &mut tx,
+            &id,
+            &NewEvent {
+                key: Some("queued".into()),
+                kind: "queued".into(),
+                at: s.created_at,
+                data: None,
+            },
+        )
+        .await?;
+        sqlx::query("INSERT INTO dispatch_jobs (session_id, run_at) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(created)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        tx.commit().await.db()?;
+        Ok(Created::Stored)
+    }
+
+    async fn update_session_now(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
+        let sid = id.to_string();
+        let mut tx = self.pool.begin().await.db()?;
+        if let Some(token) = u.lease {
+            // Locked to the commit: the job cannot be claimed again (nor
+            // its lease checked by another write) until this update lands.
+            let held = sqlx::query(
+                "SELECT 1 FROM dispatch_jobs \
+                 WHERE session_id = $1 AND lease_token = $2 FOR UPDATE",
+            )
+            .bind(&sid)
+            .bind(token.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?
+            .is_some();
+            if !held {
+                return Err(StoreError::LeaseLost);
+            }
+        }
+        if u.status.is_some()
+            || u.outcome.is_some()
+            || u.ended_at.is_some()
+            || u.conversation_uuid.is_some()
+        {
+            sqlx::query(
+                "UPDATE sessions SET status = COALESCE($2, status), \
+                 outcome = COALESCE($3, outcome), ended_at = COALESCE($4, ended_at), \
+                 conversation_uuid = COALESCE(conversation_uuid, $5) WHERE id = $1",
+            )
+            .bind(&sid)
+            .bind(u.status.map(SessionStatus::as_str))
+            .bind(u.outcome.map(Outcome::as_str))
+            .bind(u.ended_at.map(to_micros))
+            .bind(&u.conversation_uuid)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        }
+        for event in &u.events {
+            insert_event(&mut tx, &sid, event).await?;
+        }
+        for cb in &u.callbacks {
+            // Any conflict, as SQLite's INSERT OR IGNORE: re-enqueueing a
+            // callback (same dedupe key, or same webhook id) is a no-op.
+            sqlx::query(
+                "INSERT INTO callbacks \
+                 (webhook_id, session_id, account_id, dedupe_key, url, body, \
+                  next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&cb.webhook_id)
+            .bind(&sid)
+            .bind(cb.account_id)
+            .bind(&cb.dedupe_key)
+            .bind(&cb.url)
+            .bind(&cb.body)
+            .bind(to_micros(cb.created_at))
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        }
+        if u.finish_dispatch {
+            sqlx::query("DELETE FROM dispatch_jobs WHERE session_id = $1")
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        }
+        tx.commit().await.db()?;
+        Ok(())
+    }
+
+    async fn settle_callbacks_now(&self, settlements: Vec<Settlement>) -> Result<()> {
+        let mut tx = self.pool.begin().await.db()?;
+        for s in &settlements {
+            let (state, next_at, error) = match &s.verdict {
+                Verdict::Delivered => ("delivered", None, None),
+                Verdict::Retry { next_at, error } => {
+                    ("pending", Some(to_micros(*next_at)), Some(error))
+                }
+                Verdict::Failed { error } => ("failed", None, Some(error)),
+            };
+            let settled_at = (state != "pending").then(|| to_micros(s.at));
+            let failed: Option<(String, String)> = sqlx::query_as(
+                "UPDATE callbacks SET state = $3, attempts = $4, \
+                 next_attempt_at = COALESCE($5, next_attempt_at), \
+                 last_error = COALESCE($6, last_error), settled_at = $7, \
+                 lease_until = 0 \
+                 WHERE id = $1 AND lease_token = $2 AND state = 'pending' \
+                 RETURNING session_id, webhook_id",
+            )
+            .bind(s.id)
+            .bind(s.lease.0)
+            .bind(state)
+            .bind(i64::from(s.attempts))
+            .bind(next_at)
+            .bind(error)
+            .bind(settled_at)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+            // A settlement whose lease was lost changes nothing.
+            if let (Some((session, webhook_id)), Verdict::Failed { error }) = (failed, &s.verdict) {
+                insert_event(
+                    &mut tx,
+                    &session,
+                    &callback_failed_event(&webhook_id, s.attempts, error, s.at),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.db()?;
+        Ok(())
+    }
+}
+
+/// Runs a transaction on a task of its own. A caller that stops waiting (a
+/// client that hangs up, a worker that lost its lease) drops its future; a
+/// transaction dropped half-way would keep its row locks until its
+/// connection was next used, and a claim's SKIP LOCKED would pass over those
+/// rows all that time. On its own task it commits or rolls back regardless.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("a store task failed: {e}")))?
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId> {
+        let (this, account) = (self.clone(), account.to_owned());
+        detached(async move { this.add_key_now(&account, hash).await }).await
+    }
+
+    async fn revoke_key(&self, hash: KeyHash) -> Result<bool> {
+        let this = self.clone();
+        detached(async move { this.revoke_key_now(hash).await }).await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRow>> {
+        sqlx::query("SELECT hash, account_id, revoked_at IS NOT NULL AS revoked FROM api_keys")
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(|row| {
+                Ok(KeyRow {
+                    hash: hash_col(row, "hash")?,
+                    account_id: row.try_get("account_id").db()?,
+                    revoked: row.try_get("revoked").db()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn accounts(&self) -> Result<Vec<AccountRow>> {
+        sqlx::query("SELECT id, name, webhook_secret FROM accounts")
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(|row| {
+                Ok(AccountRow {
+                    id: row.try_get("id").db()?,
+                    name: row.try_get("name").db()?,
+                    webhook_secret: row.try_get("webhook_secret").db()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revisions(&self) -> Result<Revisions> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT kind, rev FROM revisions")
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+        let mut revs = Revisions::default();
+        for (kind, rev) in rows {
+            match kind.as_str() {
+                "keys" => revs.keys = rev,
+                "agents" => revs.agents = rev,
+                "limits" => revs.limits = rev,
+                _ => {}
+            }
+        }
+        Ok(revs)
+    }
+
+    async fn create_agent(&self, agent: NewAgent) -> Result<Agent> {
+        let this = self.clone();
+        detached(async move { this.create_agent_now(agent).await }).await
+    }
+
+    async fn agents(&self, account: AccountId) -> Result<Vec<Agent>> {
+        sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents \
+             WHERE account_id = $1 AND deleted_at IS NULL ORDER BY created_at, agent_id"
+        ))
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(agent_from_row)
+        .collect()
+    }
+
+    async fn agent(&self, account: AccountId, id: &AgentId) -> Result<Option<Agent>> {
+        agent_in(&self.pool, account, id, false).await
+    }
+
+    async fn update_agent(
+        &self,
+        account: AccountId,
+        id: &AgentId,
+        patch: AgentPatch,
+    ) -> Result<Option<Agent>> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move { this.update_agent_now(account, &id, patch).await }).await
+    }
+
+    async fn delete_agent(&self, account: AccountId, id: &AgentId) -> Result<bool> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move { this.delete_agent_now(account, &id).await }).await
+    }
+
+    async fn publish_agent(&self, account: AccountId, id: &AgentId) -> Result<Option<u32>> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move { this.publish_agent_now(account, &id).await }).await
+    }
+
+    async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>> {
+        let row = sqlx::query(
+            "SELECT agent_id, version, name, channel, number, region, flow, published_at \
+             FROM agent_versions WHERE agent_id = $1 AND version = $2",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(version))
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.map(|row| {
+            Ok(AgentVersion {
+                agent_id: parse_col(&row, "agent_id")?,
+                version: u32_col(&row, "version")?,
+                name: row.try_get("name").db()?,
+                channel: parse_col(&row, "channel")?,
+                number: row.try_get("number").db()?,
+                region: parse_col(&row, "region")?,
+                flow: json_col(&row, "flow")?,
+                published_at: time_col(&row, "published_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn agent_index(&self) -> Result<Vec<AgentIndexRow>> {
+        sqlx::query(
+            "SELECT a.agent_id, a.account_id, a.channel, a.region, v.version, v.number \
+             FROM agents a LEFT JOIN agent_versions v \
+               ON v.agent_id = a.agent_id AND v.version = a.current_version \
+             WHERE a.deleted_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            let version = opt_u32_col(row, "version")?;
+            let number: Option<String> = row.try_get("number").db()?;
+            Ok(AgentIndexRow {
+                agent_id: parse_col(row, "agent_id")?,
+                account_id: row.try_get("account_id").db()?,
+                channel: parse_col(row, "channel")?,
+                region: parse_col(row, "region")?,
+                published: version.zip(number),
+            })
+        })
+        .collect()
+    }
+
+    async fn set_rate(&self, id: &AgentId, rate: u32) -> Result<bool> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move { this.set_rate_now(&id, rate).await }).await
+    }
+
+    async fn rates(&self) -> Result<Vec<(AgentId, u32)>> {
+        sqlx::query("SELECT agent_id, rate FROM agent_limits")
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(|row| Ok((parse_col(row, "agent_id")?, u32_col(row, "rate")?)))
+            .collect()
+    }
+
+    async fn create_template(&self, account: AccountId, t: Template) -> Result<()> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO whatsapp_templates (account_id, {TEMPLATE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(account)
+        .bind(&t.namespace)
+        .bind(&t.name)
+        .bind(&t.locale)
+        .bind(&t.header)
+        .bind(&t.body)
+        .bind(to_micros(t.created_at))
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(template_taken(&t))),
+            other => other.db().map(|_| ()),
+        }
+    }
+
+    async fn templates(&self, account: AccountId) -> Result<Vec<Template>> {
+        sqlx::query(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM whatsapp_templates WHERE account_id = $1 \
+             ORDER BY namespace, name, locale"
+        ))
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(template_from_row)
+        .collect()
+    }
+
+    async fn template(
+        &self,
+        account: AccountId,
+        namespace: &str,
+        name: &str,
+        locale: &str,
+    ) -> Result<Option<Template>> {
+        sqlx::query(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM whatsapp_templates \
+             WHERE account_id = $1 AND namespace = $2 AND name = $3 AND locale = $4"
+        ))
+        .bind(account)
+        .bind(namespace)
+        .bind(name)
+        .bind(locale)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| template_from_row(&row))
+        .transpose()
+    }
+
+    async fn create_session(&self, s: NewSession) -> Result<Created> {
+        let this = self.clone();
+        detached(async move { this.create_session_now(s).await }).await
+    }
+
+    async fn idempotent_response(
+        &self,
+        account: AccountId,
+        key: &str,
+        max_age: Duration,
+    ) -> Result<Option<IdempotentResponse>> {
+        sqlx::query(
+            "SELECT request_hash, response FROM idempotency_keys \
+             WHERE account_id = $1 AND key = $2 AND created_at > $3",
+        )
+        .bind(account)
+        .bind(key)
+        .bind(now_micros() - max_age.as_micros() as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| idempotent_from_row(&row))
+        .transpose()
+    }
+
+    async fn purge_idempotency(&self, max_age: Duration) -> Result<usize> {
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at <= $1")
+            .bind(now_micros() - max_age.as_micros() as i64)
+            .execute(&self.pool)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(n as usize)
+    }
+
+    async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>> {
+        let sid = id.to_string();
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(&sid)
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        else {
+            return Ok(None);
+        };
+        let mut session = session_from_row(&row)?;
+        session.events = sqlx::query(
+            "SELECT type, at, data FROM session_events WHERE session_id = $1 ORDER BY id",
+        )
+        .bind(&sid)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(SessionEvent {
+                kind: row.try_get("type").db()?,
+                at: time_col(row, "at")?,
+                data: opt_json_col(row, "data")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+        Ok(Some(session))
+    }
+
+    async fn sessions(&self, account: AccountId, f: SessionFilter) -> Result<Vec<SessionRecord>> {
+        let mut query = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = "
+        ));
+        query.push_bind(account);
+        if let Some(agent) = &f.agent_id {
+            query.push(" AND agent_id = ").push_bind(agent.as_str());
+        }
+        if let Some(status) = f.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = f.before {
+            query.push(" AND id < ").push_bind(before.to_string());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(f.limit as i64);
+        query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| session_from_row(&row))
+        .transpose()
+    }
+
+    async fn claim_dispatches(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<DispatchLease>> {
+        let now = to_micros(now);
+        let token = LeaseToken::generate();
+        // SKIP LOCKED passes over jobs another claimer (or a fenced update)
+        // holds; a job that a concurrent claim leased and committed is
+        // re-checked once locked, and its new lease keeps it out.
+        sqlx::query(
+            "UPDATE dispatch_jobs \
+             SET lease_until = $2, lease_token = $4, attempts = attempts + 1 \
+             WHERE session_id IN (SELECT session_id FROM dispatch_jobs \
+                WHERE run_at <= $1 AND lease_until <= $1 ORDER BY run_at LIMIT $3 \
+                FOR UPDATE SKIP LOCKED) \
+             RETURNING session_id",
+        )
+        .bind(now)
+        .bind(now + lease.as_micros() as i64)
+        .bind(limit as i64)
+        .bind(token.0)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(DispatchLease {
+                session_id: parse_col(row, "session_id")?,
+                token,
+            })
+        })
+        .collect()
+    }
+
+    async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE dispatch_jobs SET lease_until = $3 \
+             WHERE session_id = $1 AND lease_token = $2",
+        )
+        .bind(lease.session_id.to_string())
+        .bind(lease.token.0)
+        .bind(to_micros(until))
+        .execute(&self.pool)
+        .await
+        .db()?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn release_dispatches(&self, leases: Vec<DispatchLease>) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let (ids, tokens): (Vec<String>, Vec<i64>) = leases
+            .iter()
+            .map(|l| (l.session_id.to_string(), l.token.0))
+            .unzip();
+        sqlx::query(
+            "UPDATE dispatch_jobs j SET lease_until = 0 \
+             FROM UNNEST($1::text[], $2::bigint[]) AS r(session_id, token) \
+             WHERE j.session_id = r.session_id AND j.lease_token = r.token",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
+        let this = self.clone();
+        detached(async move { this.update_session_now(id, u).await }).await
+    }
+
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>> {
+        let now = to_micros(now);
+        let token = LeaseToken::generate();
+        // Only the oldest pending callback of each session is eligible, so
+        // that a session's statuses arrive in the order they happened.
+        sqlx::query(
+            "UPDATE callbacks SET lease_until = $2, lease_token = $4 WHERE id IN ( \
+                SELECT c.id FROM callbacks c \
+                WHERE c.state = 'pending' AND c.next_attempt_at <= $1 \
+                  AND c.lease_until <= $1 \
+                  AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                              WHERE p.session_id = c.session_id AND p.state = 'pending') \
+                ORDER BY c.next_attempt_at LIMIT $3 \
+                FOR UPDATE OF c SKIP LOCKED) \
+             RETURNING id, webhook_id, session_id, account_id, url, body, attempts",
+        )
+        .bind(now)
+        .bind(now + lease.as_micros() as i64)
+        .bind(limit as i64)
+        .bind(token.0)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(DueCallback {
+                id: row.try_get("id").db()?,
+                lease: token,
+                webhook_id: row.try_get("webhook_id").db()?,
+                session_id: parse_col(row, "session_id")?,
+                account_id: row.try_get("account_id").db()?,
+                url: row.try_get("url").db()?,
+                body: row.try_get("body").db()?,
+                attempts: u32_col(row, "attempts")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()> {
+        let this = self.clone();
+        detached(async move { this.settle_callbacks_now(settlements).await }).await
+    }
+
+    async fn release_callbacks(&self, leases: Vec<(i64, LeaseToken)>) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let (ids, tokens): (Vec<i64>, Vec<i64>) =
+            leases.iter().map(|(id, token)| (*id, token.0)).unzip();
+        sqlx::query(
+            "UPDATE callbacks c SET lease_until = 0 \
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS r(id, token) \
+             WHERE c.id = r.id AND c.lease_token = r.token",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            // Only each session's oldest pending callback can be sent next;
+            // the others wait behind it.
+            "SELECT MIN(GREATEST(c.next_attempt_at, c.lease_until)) FROM callbacks c \
+             WHERE c.state = 'pending' \
+               AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                           WHERE p.session_id = c.session_id AND p.state = 'pending')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .db()?;
+        Ok(next.map(from_micros))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // The behaviour every backend shares is checked in tests/conformance.rs.
+    use super::*;
+    use crate::testing::scratch_postgres_url;
+
+    async fn open(url: &str, durable: bool) -> anyhow::Result<PostgresStore> {
+        PostgresStore::open(url, &StoreOptions { durable }).await
+    }
+
+    fn schema_of(url: &str) -> &str {
+        url.rsplit_once("search_path%3D").unwrap().1
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let url = scratch_postgres_url().await;
+        let store = open(&url, true).await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let err = open(&url, true).await.err().unwrap();
+        assert!(
+            format!("{err:#}").contains("newer than this herald knows"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stores_opening_a_fresh_schema_together_migrate_once() {
+        let url = scratch_postgres_url().await;
+        let (a, b, c) = tokio::join!(open(&url, true), open(&url, true), open(&url, true));
+        let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&a.pool)
+                .await
+                .unwrap();
+        assert_eq!(applied, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_scratch_url_keeps_the_tables_in_its_own_schema() {
+        let url = scratch_postgres_url().await;
+        let store = open(&url, true).await.unwrap();
+        let home: String = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = 'sessions'::regclass",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(home, schema_of(&url));
+        // A second scratch schema starts empty.
+        let other = open(&scratch_postgres_url().await, true).await.unwrap();
+        store.add_key("acme", [1; 32]).await.unwrap();
+        assert_eq!(store.keys().await.unwrap().len(), 1);
+        assert!(other.keys().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn relaxed_commits_turn_synchronous_commit_off() {
+        let url = scratch_postgres_url().await;
+        for (durable, setting) in [(true, "on"), (false, "off")] {
+            let store = open(&url, durable).await.unwrap();
+            let shown: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(shown, setting);
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_server_but_never_the_password() {
+        for (url, named) in [
+            // Nothing listens on port 1.
+            (
+                "postgres://herald:s3cret@127.0.0.1:1/app",
+                "127.0.0.1:1/app",
+            ),
+            (
+                "postgres://herald:s3cret@127.0.0.1:5432/app?sslmode=bogus",
+                "127.0.0.1:5432/app",
+            ),
+        ] {
+            let err = format!("{:#}", open(url, true).await.err().unwrap());
+
+            assert!(err.contains(named), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+}
