@@ -105,23 +105,27 @@ fn is_lease_lost(e: &anyhow::Error) -> bool {
 /// lease is lost all the same (this worker stalled past it and another took
 /// the job), the run stops: its writes would be refused anyway.
 async fn run_holding_lease(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+    // The run and the renewals are polled side by side: a renewal waiting on
+    // the store never holds the run up, nor the other way round.
+    tokio::select! {
+        result = run_session(app, lease) => result,
+        lost = keep_renewing(app, lease) => Err(lost.into()),
+    }
+}
+
+/// Renews the lease every third of its length; returns once it is lost.
+async fn keep_renewing(app: &AppState, lease: DispatchLease) -> StoreError {
     let length = app.config.dispatch_lease;
-    let run = run_session(app, lease);
-    tokio::pin!(run);
     let mut renew = tokio::time::interval(length / 3);
     renew.tick().await; // the first tick is immediate; the claim just set the lease
     loop {
-        tokio::select! {
-            result = &mut run => return result,
-            _ = renew.tick() => {
-                let until = Utc::now() + chrono::Duration::from_std(length).unwrap_or_default();
-                match app.store.renew_dispatch(lease, until).await {
-                    Ok(true) => {}
-                    Ok(false) => return Err(StoreError::LeaseLost.into()),
-                    Err(e) => {
-                        tracing::warn!(session_id = %lease.session_id, error = %format!("{e:#}"), "could not renew a lease");
-                    }
-                }
+        renew.tick().await;
+        let until = Utc::now() + chrono::Duration::from_std(length).unwrap_or_default();
+        match app.store.renew_dispatch(lease, until).await {
+            Ok(true) => {}
+            Ok(false) => return StoreError::LeaseLost,
+            Err(e) => {
+                tracing::warn!(session_id = %lease.session_id, error = %format!("{e:#}"), "could not renew a lease");
             }
         }
     }
