@@ -24,8 +24,6 @@ use crate::{AppState, Shutdown};
 
 /// Callbacks in flight at once.
 const MAX_IN_FLIGHT: usize = 256;
-/// A leased callback not settled in this time is taken again.
-const LEASE_MARGIN: Duration = Duration::from_secs(15);
 
 /// Why a callback is not sent at all.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +70,10 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         app.config.callback_timeout,
     );
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let lease = app.config.callback_timeout + LEASE_MARGIN;
+    // An attempt is cut off at the timeout; the lease lasts as long again,
+    // so that recording the attempt fits well inside it. A callback whose
+    // sender died is taken up by another once the lease runs out.
+    let lease = app.config.callback_timeout * 2;
     let mut work = LeasedWork::default();
     loop {
         work.reap();

@@ -120,7 +120,11 @@ struct ServeArgs {
     max_rate: u32,
     /// Seconds before each callback retry, comma-separated.
     #[arg(long, env = "HERALD_CALLBACK_RETRY_SCHEDULE", value_parser = parse_schedule)]
-    callback_retry_schedule: Option<Vec<Duration>>,
+    callback_retry_schedule: Option<Schedule>,
+    /// Seconds a callback attempt may take before it counts as failed.
+    /// Twice this is how long a dead server's callbacks wait for another.
+    #[arg(long, env = "HERALD_CALLBACK_TIMEOUT_SECS", default_value_t = 15.0, value_parser = parse_seconds)]
+    callback_timeout_secs: f64,
     /// The simulator's pause before each step, in milliseconds.
     #[arg(long, env = "HERALD_SIMULATOR_DELAY_MS", default_value_t = 20)]
     simulator_delay_ms: u64,
@@ -146,8 +150,13 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{text:?} is not a number of seconds between 0.1 and 86400"))
 }
 
-fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
-    parse_retry_schedule(text)
+/// A whole retry schedule as one value: clap would take a bare
+/// `Vec<Duration>` for a flag given once per delay.
+#[derive(Clone)]
+struct Schedule(Vec<Duration>);
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    parse_retry_schedule(text).map(Schedule)
 }
 
 impl ServeArgs {
@@ -171,7 +180,8 @@ impl ServeArgs {
             max_rate: self.max_rate,
             callback_retry_schedule: self
                 .callback_retry_schedule
-                .unwrap_or(defaults.callback_retry_schedule),
+                .map_or(defaults.callback_retry_schedule, |s| s.0),
+            callback_timeout: Duration::from_secs_f64(self.callback_timeout_secs),
             simulator_delay: Duration::from_millis(self.simulator_delay_ms),
             dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
             durable_commits: !self.relaxed_commits,
@@ -280,4 +290,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Openapi => print!("{}", herald_server::openapi::document()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_config(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(["herald", "serve"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Serve(args) => args.config().unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_flags_reach_the_config() {
+        let config = serve_config(&[
+            "--callback-retry-schedule",
+            "0.5,2",
+            "--callback-timeout-secs",
+            "3",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--database",
+            "postgres://herald@db/herald",
+        ]);
+        assert_eq!(
+            config.callback_retry_schedule,
+            [Duration::from_millis(500), Duration::from_secs(2)]
+        );
+        assert_eq!(config.callback_timeout, Duration::from_secs(3));
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.database_url, "postgres://herald@db/herald");
+    }
 }
