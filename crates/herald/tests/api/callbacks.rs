@@ -263,14 +263,14 @@ async fn pending_callbacks_survive_a_restart() {
     let before = receiver.wait_for_attempts(1).await;
     app.stop().await;
     receiver.fail_with(None);
-    let pending: i64 = app
-        .sqlite()
-        .query_row(
+    let pending = app
+        .db()
+        .await
+        .count(
             "SELECT COUNT(*) FROM callbacks WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
+            &[],
         )
-        .unwrap();
+        .await;
     assert_eq!(pending, 1, "the callback waits in the outbox");
     app.restart().await;
     let got = receiver.wait_for(1).await;

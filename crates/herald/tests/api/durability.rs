@@ -11,8 +11,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("crash.db");
-    let database = format!("sqlite://{}", db_path.display());
+    let database = crate::BACKEND.fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -78,17 +77,21 @@ async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
     }
     server.kill();
 
-    // Everything acknowledged is on disk, with its dispatch job.
-    let db = rusqlite::Connection::open(&db_path).unwrap();
+    // Everything acknowledged is stored, with its dispatch job.
+    let db = TestDb::connect(&database).await;
     for id in &acknowledged {
-        let (sessions, jobs): (i64, i64) = db
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM sessions WHERE id = ?1), \
-                        (SELECT COUNT(*) FROM dispatch_jobs WHERE session_id = ?1)",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+        let sessions = db
+            .count(
+                "SELECT COUNT(*) FROM sessions WHERE CAST(id AS TEXT) = $1",
+                &[id],
             )
-            .unwrap();
+            .await;
+        let jobs = db
+            .count(
+                "SELECT COUNT(*) FROM dispatch_jobs WHERE CAST(session_id AS TEXT) = $1",
+                &[id],
+            )
+            .await;
         assert_eq!((sessions, jobs), (1, 1), "session {id}");
     }
 

@@ -1,7 +1,6 @@
 //! The test harness: spawn herald, make accounts and agents, receive
 //! callbacks.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,26 +13,45 @@ use herald_server::{Config, Server};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-/// One herald server on a temporary SQLite file.
+/// The stores and limiter a copy of the suite runs on: `tests/api` on the
+/// embedded default, `tests/scaleout` on PostgreSQL and Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each copy of the suite names one
+pub enum Backend {
+    /// A SQLite file and the in-process limiter.
+    Embedded,
+    /// A fresh PostgreSQL schema per server and a shared Redis.
+    ScaleOut,
+}
+
+impl Backend {
+    /// A new, empty database; `dir` holds it if it is a file.
+    pub async fn fresh_database(self, dir: &std::path::Path) -> String {
+        match self {
+            Backend::Embedded => format!("sqlite://{}", dir.join("herald.db").display()),
+            Backend::ScaleOut => herald_store::testing::scratch_postgres_url().await,
+        }
+    }
+
+    pub fn redis_url(self) -> Option<String> {
+        match self {
+            Backend::Embedded => None,
+            Backend::ScaleOut => Some(
+                std::env::var("HERALD_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            ),
+        }
+    }
+}
+
+/// One herald server on a database of its own.
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub server: Option<Server>,
     pub config: Config,
-    pub db_path: PathBuf,
-    _dir: Arc<tempfile::TempDir>,
-}
-
-pub fn test_config(db_path: &std::path::Path) -> Config {
-    Config {
-        listen: ([127, 0, 0, 1], 0).into(),
-        database_url: format!("sqlite://{}", db_path.display()),
-        // The test receiver is on loopback.
-        allow_private_callbacks: true,
-        callback_retry_schedule: vec![Duration::from_millis(200); 3],
-        simulator_delay: Duration::from_millis(5),
-        ..Config::default()
-    }
+    /// Where a SQLite database keeps its files.
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -43,8 +61,16 @@ impl TestApp {
 
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("a temporary directory"));
-        let db_path = dir.path().join("herald.db");
-        let mut config = test_config(&db_path);
+        let mut config = Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            database_url: crate::BACKEND.fresh_database(dir.path()).await,
+            redis_url: crate::BACKEND.redis_url(),
+            // The test receiver is on loopback.
+            allow_private_callbacks: true,
+            callback_retry_schedule: vec![Duration::from_millis(200); 3],
+            simulator_delay: Duration::from_millis(5),
+            ..Config::default()
+        };
         configure(&mut config);
         let server = start(config.clone()).await;
         TestApp {
@@ -52,9 +78,13 @@ impl TestApp {
             client: reqwest::Client::new(),
             server: Some(server),
             config,
-            db_path,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The server's database, opened directly, as an operator would.
+    pub async fn db(&self) -> TestDb {
+        TestDb::connect(&self.config.database_url).await
     }
 
     pub fn server(&self) -> &Server {
@@ -210,12 +240,140 @@ impl TestApp {
         }
         panic!("session {id} recorded no {kind} event");
     }
+}
 
-    /// Opens the database directly, as an operator (or a failure) would.
-    pub fn sqlite(&self) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn
+/// Direct access to a test server's database, whichever backend it is, for
+/// what the API does not show. SQL is written once for both: the same
+/// tables, `$1` parameters (SQLite numbers them the same way).
+pub enum TestDb {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgPool),
+}
+
+impl TestDb {
+    pub async fn connect(url: &str) -> Self {
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                TestDb::Sqlite(conn)
+            }
+            None => TestDb::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}")),
+            ),
+        }
+    }
+
+    /// The one number `sql` selects (a `COUNT(*)`), with text arguments.
+    pub async fn count(&self, sql: &str, args: &[&str]) -> i64 {
+        match self {
+            TestDb::Sqlite(conn) => conn
+                .query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            TestDb::Postgres(pool) => {
+                let mut query = sqlx::query_scalar::<_, i64>(sql);
+                for arg in args {
+                    query = query.bind(*arg);
+                }
+                query
+                    .fetch_one(pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    /// The hashes of every stored key.
+    pub async fn key_hashes(&self) -> Vec<Vec<u8>> {
+        let sql = "SELECT hash FROM api_keys";
+        match self {
+            TestDb::Sqlite(conn) => {
+                let mut stmt = conn.prepare(sql).unwrap();
+                let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+                rows.collect::<Result<_, _>>().unwrap()
+            }
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        }
+    }
+
+    /// Makes every insert into `table` fail inside its transaction: a real
+    /// failure of the store, part-way through a write.
+    pub async fn fail_inserts_into(&self, table: &str) {
+        self.batch(&match self {
+            TestDb::Sqlite(_) => format!(
+                "CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;"
+            ),
+            TestDb::Postgres(_) => format!(
+                "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$; \
+                 CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION fail_insert();"
+            ),
+        })
+        .await;
+    }
+
+    pub async fn allow_inserts_into(&self, table: &str) {
+        self.batch(&match self {
+            TestDb::Sqlite(_) => format!("DROP TRIGGER fail_{table}"),
+            TestDb::Postgres(_) => {
+                format!("DROP TRIGGER fail_{table} ON {table}; DROP FUNCTION fail_insert();")
+            }
+        })
+        .await;
+    }
+
+    async fn batch(&self, sql: &str) {
+        match self {
+            TestDb::Sqlite(conn) => conn.execute_batch(sql).unwrap(),
+            TestDb::Postgres(pool) => {
+                sqlx::raw_sql(sql).execute(pool).await.unwrap();
+            }
+        }
+    }
+
+    /// Every row of every herald table, as text, for searching.
+    pub async fn dump(&self) -> String {
+        let tables = [
+            "accounts",
+            "api_keys",
+            "agents",
+            "agent_versions",
+            "sessions",
+            "session_events",
+            "callbacks",
+            "idempotency_keys",
+        ];
+        let mut out = String::new();
+        for table in tables {
+            match self {
+                TestDb::Sqlite(conn) => {
+                    let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+                    let columns = stmt.column_count();
+                    let mut rows = stmt.query([]).unwrap();
+                    while let Some(row) = rows.next().unwrap() {
+                        for i in 0..columns {
+                            let value: rusqlite::types::Value = row.get(i).unwrap();
+                            out += &format!("{value:?}\n");
+                        }
+                    }
+                }
+                TestDb::Postgres(pool) => {
+                    let rows: Vec<String> =
+                        sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+                            .fetch_all(pool)
+                            .await
+                            .unwrap();
+                    out += &rows.join("\n");
+                }
+            }
+        }
+        out
     }
 }
 
@@ -387,8 +545,9 @@ pub fn unique_number() -> String {
     format!("4477009{:05}", n % 100_000)
 }
 
-/// `herald serve` as a child process on a free loopback port, killed
-/// (SIGKILL) when dropped.
+/// `herald serve` as a child process on a free loopback port, on the
+/// suite's backend (`args` name the database), killed (SIGKILL) when
+/// dropped.
 pub struct ServeProcess {
     pub base: String,
     child: std::process::Child,
@@ -407,6 +566,11 @@ impl ServeProcess {
             .arg("serve")
             .args(args)
             .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .envs(
+                crate::BACKEND
+                    .redis_url()
+                    .map(|url| ("HERALD_REDIS_URL", url)),
+            )
             .envs(envs.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1,6 +1,9 @@
-//! herald's black-box test suite: the real server on port 0, a temporary
-//! SQLite file, a local callback receiver, and HTTP. Each module covers
-//! sections of CONTRACT.md, named in its doc comment.
+//! herald's black-box test suite: the real server on port 0, a database of
+//! its own, a local callback receiver, and HTTP. Each module covers sections
+//! of CONTRACT.md, named in its doc comment.
+//!
+//! This copy runs on the embedded default (a SQLite file, the in-process
+//! limiter); `tests/scaleout` runs the same modules on PostgreSQL and Redis.
 
 mod helpers;
 
@@ -14,3 +17,5 @@ mod messaging;
 mod operator;
 mod rate_limits;
 mod sessions;
+
+const BACKEND: helpers::Backend = helpers::Backend::Embedded;

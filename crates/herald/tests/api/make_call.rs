@@ -391,14 +391,10 @@ async fn unknown_fields_are_ignored() {
 async fn a_store_failure_answers_500_and_leaves_nothing() {
     let app = TestApp::spawn().await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
-    let db = app.sqlite();
+    let db = app.db().await;
     // A real failure inside the session's transaction, after the session
     // row itself is written: the dispatch job cannot be inserted.
-    db.execute_batch(
-        "CREATE TRIGGER fail_dispatch BEFORE INSERT ON dispatch_jobs \
-         BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
-    )
-    .unwrap();
+    db.fail_inserts_into("dispatch_jobs").await;
     let body = json!({"agent_id": agent, "to": "447700900123"});
     let response = app.post(CALL, &key, body.clone()).await;
     assert_error(
@@ -408,12 +404,12 @@ async fn a_store_failure_answers_500_and_leaves_nothing() {
     )
     .await;
     for table in ["sessions", "session_events", "dispatch_jobs"] {
-        let count: i64 = db
-            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
+        let count = db
+            .count(&format!("SELECT COUNT(*) FROM {table}"), &[])
+            .await;
         assert_eq!(count, 0, "{table} is empty");
     }
-    db.execute_batch("DROP TRIGGER fail_dispatch").unwrap();
+    db.allow_inserts_into("dispatch_jobs").await;
     // The failed request did not use the agent's one session per second.
     let response = app.post(CALL, &key, body).await;
     assert_eq!(response.status(), 200);
@@ -436,14 +432,14 @@ async fn an_accepted_session_survives_a_restart_before_dispatch() {
         .unwrap()
         .to_owned();
     app.stop().await;
-    let stored: i64 = app
-        .sqlite()
-        .query_row(
-            "SELECT COUNT(*) FROM dispatch_jobs WHERE session_id = ?1",
-            [&id],
-            |r| r.get(0),
+    let stored = app
+        .db()
+        .await
+        .count(
+            "SELECT COUNT(*) FROM dispatch_jobs WHERE CAST(session_id AS TEXT) = $1",
+            &[&id],
         )
-        .unwrap();
+        .await;
     assert_eq!(stored, 1, "the dispatch job was stored with the session");
     app.config.simulator_delay = std::time::Duration::from_millis(5);
     // The stopped server gave its lease back, so the new one starts at once.

@@ -35,7 +35,7 @@ async fn herald(app: &TestApp, args: &[&str]) -> Output {
 }
 
 fn database_url(app: &TestApp) -> String {
-    format!("sqlite://{}", app.db_path.display())
+    app.config.database_url.clone()
 }
 
 fn stdout(output: &Output) -> String {

@@ -92,14 +92,14 @@ fn assert_limited(status: u16, retry_after: Option<&str>, body: &Value) {
     assert!(seconds >= 1, "Retry-After is at least 1, got {seconds}");
 }
 
-fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
-    app.sqlite()
-        .query_row(
-            "SELECT COUNT(*) FROM sessions WHERE agent_id = ?1",
-            [agent],
-            |row| row.get(0),
+async fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
+    app.db()
+        .await
+        .count(
+            "SELECT COUNT(*) FROM sessions WHERE agent_id = $1",
+            &[agent],
         )
-        .unwrap()
+        .await
 }
 
 /// Runs the real `herald` binary against the test server's database.
@@ -108,7 +108,7 @@ async fn herald(app: &TestApp, args: &[&str], envs: &[(&str, &str)]) -> Output {
     command
         .args(args)
         .arg("--database")
-        .arg(format!("sqlite://{}", app.db_path.display()))
+        .arg(&app.config.database_url)
         .env_remove("HERALD_MAX_RATE")
         .env_remove("HERALD_DATABASE_URL");
     for (name, value) in envs {
@@ -147,7 +147,7 @@ async fn at_the_default_rate_of_one_two_requests_at_once_get_200_then_429_with_r
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
     let (status, retry_after, body) = answers.iter().find(|(s, _, _)| *s == 429).unwrap();
     assert_limited(*status, retry_after.as_deref(), body);
-    assert_eq!(stored_sessions(&app, &agent), 1);
+    assert_eq!(stored_sessions(&app, &agent).await, 1);
 }
 
 #[tokio::test]
@@ -168,7 +168,7 @@ async fn after_a_second_the_next_request_is_accepted() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let response = app.post("/telephony/make-call", &key, call(&agent)).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    assert_eq!(stored_sessions(&app, &agent), 2);
+    assert_eq!(stored_sessions(&app, &agent).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,7 +182,7 @@ async fn at_rate_three_a_burst_of_three_is_accepted_and_the_fourth_refused() {
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
     let (status, retry_after, body) = answers.iter().find(|(s, _, _)| *s == 429).unwrap();
     assert_limited(*status, retry_after.as_deref(), body);
-    assert_eq!(stored_sessions(&app, &agent), 3);
+    assert_eq!(stored_sessions(&app, &agent).await, 3);
 }
 
 #[tokio::test]
@@ -219,7 +219,7 @@ async fn the_messaging_endpoint_is_limited_too() {
         .map(|v| v.to_str().unwrap().to_owned());
     let body: Value = refused.json().await.unwrap();
     assert_limited(status, retry_after.as_deref(), &body);
-    assert_eq!(stored_sessions(&app, &agent), 1);
+    assert_eq!(stored_sessions(&app, &agent).await, 1);
 }
 
 #[tokio::test]
@@ -426,7 +426,7 @@ async fn an_agent_of_region_us_on_an_eu_server_gets_404() {
         &format!("Agent {agent} is deployed in region us"),
     )
     .await;
-    assert_eq!(stored_sessions(&app, &agent), 0);
+    assert_eq!(stored_sessions(&app, &agent).await, 0);
 }
 
 #[tokio::test]
@@ -490,15 +490,15 @@ async fn a_refused_request_leaves_no_session() {
         .await;
     assert_eq!(refused.status(), 429);
 
-    assert_eq!(stored_sessions(&app, &agent), 1);
-    let pending: i64 = app
-        .sqlite()
-        .query_row(
+    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    let pending = app
+        .db()
+        .await
+        .count(
             "SELECT COUNT(*) FROM sessions WHERE to_addr = '447700900124'",
-            [],
-            |row| row.get(0),
+            &[],
         )
-        .unwrap();
+        .await;
     assert_eq!(pending, 0);
     let listed: Value = app
         .get(&format!("/sessions?agent_id={agent}"), &key)
@@ -519,5 +519,30 @@ async fn the_default_rate_setting_is_honoured() {
     let answers = burst(&app, &key, "/telephony/make-call", &call(&agent), 3).await;
     assert_eq!(count(&answers, 200), 2, "{answers:?}");
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
-    assert_eq!(stored_sessions(&app, &agent), 2);
+    assert_eq!(stored_sessions(&app, &agent).await, 2);
+}
+
+/// With its limits shared through a Redis that cannot be reached, a server
+/// admits nothing rather than admit without a limit: 503 with Retry-After,
+/// no session; everything else keeps working.
+#[tokio::test]
+async fn an_unreachable_shared_limiter_answers_503_and_stores_nothing() {
+    // A loopback port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app =
+        TestApp::spawn_with(|c| c.redis_url = Some(format!("redis://127.0.0.1:{port}"))).await;
+    let (key, agent) = account_with_agent(&app, Channel::Voice).await;
+    let response = app.post("/telephony/make-call", &key, call(&agent)).await;
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_error(response, 503, "Rate limiter unavailable, try again shortly").await;
+    assert_eq!(stored_sessions(&app, &agent).await, 0);
+    assert_eq!(app.get("/account", &key).await.status(), 200);
 }

@@ -1,0 +1,35 @@
+//! The black-box suite of `tests/api` once more, on the scale-out backends:
+//! every server on a fresh PostgreSQL schema, rate limits in a shared Redis.
+//! Then what only several servers can show ([`instances`]): one global rate
+//! limit, each session dispatched once, and nothing lost when one dies.
+//!
+//! PostgreSQL and Redis are found at `HERALD_TEST_POSTGRES_URL` and
+//! `HERALD_TEST_REDIS_URL` (by default on 127.0.0.1, as `.ci/run` starts them).
+
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+#[path = "../api/agents.rs"]
+mod agents;
+#[path = "../api/callbacks.rs"]
+mod callbacks;
+#[path = "../api/conventions.rs"]
+mod conventions;
+#[path = "../api/durability.rs"]
+mod durability;
+#[path = "../api/idempotency.rs"]
+mod idempotency;
+#[path = "../api/make_call.rs"]
+mod make_call;
+#[path = "../api/messaging.rs"]
+mod messaging;
+#[path = "../api/operator.rs"]
+mod operator;
+#[path = "../api/rate_limits.rs"]
+mod rate_limits;
+#[path = "../api/sessions.rs"]
+mod sessions;
+
+mod instances;
+
+const BACKEND: helpers::Backend = helpers::Backend::ScaleOut;
