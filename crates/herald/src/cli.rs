@@ -52,6 +52,10 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Measure herald on this machine: start a server on a fresh database,
+    /// load it, and print throughput, latency, callback and memory figures
+    /// against the targets (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +145,9 @@ struct ServeArgs {
     /// which is exact only while it is the one server.
     #[arg(long, env = "HERALD_REDIS_URL")]
     redis: Option<String>,
+    /// Serve `POST /bench/noop`, the baseline route of `herald bench`.
+    #[arg(long, env = "HERALD_BENCH_ROUTES")]
+    bench_routes: bool,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -186,6 +193,7 @@ impl ServeArgs {
             dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
             durable_commits: !self.relaxed_commits,
             redis_url: self.redis,
+            bench_routes: self.bench_routes,
             ..defaults
         })
     }
@@ -288,6 +296,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Openapi => print!("{}", herald_server::openapi::document()),
+        Command::Bench(args) => crate::bench::run(args).await?,
     }
     Ok(())
 }

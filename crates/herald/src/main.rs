@@ -1,5 +1,6 @@
 //! The `herald` command: parses arguments and calls into the libraries.
 
+mod bench;
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -1,0 +1,550 @@
+//! `herald bench`: starts `herald serve` on a fresh database and measures,
+//! in one run and against that one server, what DESIGN.md sets targets for:
+//!
+//! 1. a no-op JSON route, the baseline every other figure is a ratio of;
+//! 2. accepted triggers (many agents with high limits), durable commits;
+//! 3. rejected triggers (one agent at one session a second: the 429 path);
+//! 4. accepted triggers at a quarter of the most the server took, open
+//!    loop, for their latency;
+//! 5. callbacks to a local receiver: throughput, and the time from a status
+//!    change to its delivery;
+//! 6. a second server's memory as more and more sessions wait in it.
+//!
+//! The server is a separate process, as in production, so its memory can
+//! be read on its own; the load generator ([`load`]) shares the machine
+//! with it, which is what the ratios to the baseline allow for.
+
+mod load;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use load::{Run, Stop, Target};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds each measurement lasts.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Connections of the closed-loop runs.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Agents the accepted triggers are spread over.
+    #[arg(long, default_value_t = 64)]
+    agents: usize,
+    /// SMS sessions whose callbacks are measured (two callbacks each).
+    #[arg(long, default_value_t = 5_000)]
+    callback_sessions: usize,
+    /// Sessions left waiting in the memory measurement, in four steps.
+    #[arg(long, default_value_t = 40_000)]
+    waiting_sessions: usize,
+}
+
+/// A `herald serve` child process, killed when dropped.
+struct Server {
+    addr: SocketAddr,
+    key: String,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Makes a database with a key in `dir` and serves it with `args`.
+    async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("finding the herald executable")?;
+        let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        let output = Command::new(&exe)
+            .args([
+                "keys",
+                "create",
+                "--account",
+                "bench",
+                "--database",
+                &database,
+            ])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "herald keys create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let key = String::from_utf8(output.stdout)?.trim().to_owned();
+        let addr = free_port()?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = Command::new(&exe)
+            .arg("serve")
+            .args([
+                "--database",
+                &database,
+                "--listen",
+                &addr.to_string(),
+                "--bench-routes",
+            ])
+            .args(["--default-rate", "1000000", "--max-rate", "1000000"])
+            .args(args)
+            .env("HERALD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting herald serve")?;
+        let server = Server { addr, key, child };
+        for _ in 0..200 {
+            if let Ok((200, _)) = server.call("GET", "/healthz", None).await {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!(
+            "herald serve did not start; see {}",
+            dir.join(format!("{name}.log")).display()
+        )
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        load::call(self.addr, method, path, &self.key, body).await
+    }
+
+    /// Creates and publishes an agent; returns its id.
+    async fn agent(&self, channel: &str, number: u32) -> anyhow::Result<String> {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/agents",
+                Some(json!({"name": "bench", "type": channel, "number": format!("4477009{number:05}")})),
+            )
+            .await?;
+        if status != 201 {
+            bail!(
+                "creating an agent: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let id = serde_json::from_slice::<Value>(&body)?["agent_id"]
+            .as_str()
+            .context("an agent id")?
+            .to_owned();
+        let (status, _) = self
+            .call("POST", &format!("/agents/{id}/publish"), Some(json!({})))
+            .await?;
+        if status != 200 {
+            bail!("publishing {id}: {status}");
+        }
+        Ok(id)
+    }
+
+    fn target(&self, path: &str, bodies: Vec<Value>) -> Target {
+        Target {
+            addr: self.addr,
+            path: path.to_owned(),
+            key: self.key.clone(),
+            bodies: Arc::new(
+                bodies
+                    .into_iter()
+                    .map(|b| Bytes::from(b.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The sum of a counter's series in `/metrics`.
+    async fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        let (_, body) = self.call("GET", "/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// Waits until every accepted session has ended; how long that took.
+    async fn drain(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let accepted = self.metric("herald_sessions_accepted_total").await?;
+            let ended = self.metric("herald_sessions_ended_total").await?;
+            if ended >= accepted {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "{} sessions did not end within 10 minutes",
+                    accepted - ended
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The server's resident memory, in MiB.
+    fn rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS in /proc")?;
+        Ok(kib / 1024.0)
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn call_body(agent: &str) -> Value {
+    json!({"agent_id": agent, "to": "447700900123"})
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let c = args.connections;
+    print_machine();
+
+    let server = Server::start(dir.path(), "bench", &["--allow-private-callbacks"]).await?;
+    eprintln!("setting up {} agents...", args.agents + 2);
+    let mut voice = Vec::new();
+    for n in 0..args.agents {
+        voice.push(server.agent("voice", n as u32).await?);
+    }
+    let limited = server.agent("voice", 90_000).await?;
+    let sms = server.agent("sms", 90_001).await?;
+    set_rate(&server, dir.path(), &limited, 1).await?;
+
+    let noop = server.target("/bench/noop", voice.iter().map(|a| call_body(a)).collect());
+    let accepted = server.target(
+        "/telephony/make-call",
+        voice.iter().map(|a| call_body(a)).collect(),
+    );
+    let rejected = server.target("/telephony/make-call", vec![call_body(&limited)]);
+
+    eprintln!("warming up...");
+    load::closed_loop(&noop, c, Stop::After(Duration::from_secs(1))).await?;
+
+    let mut rows = Vec::new();
+    eprintln!("no-op route...");
+    let base = load::closed_loop(&noop, c, Stop::After(seconds)).await?;
+    expect_only(&base, 200, "the no-op route")?;
+    rows.push(("no-op JSON route (baseline)".to_owned(), base));
+
+    eprintln!("accepted triggers...");
+    let ok = load::closed_loop(&accepted, c, Stop::After(seconds)).await?;
+    expect_only(&ok, 200, "accepted triggers")?;
+    let max_accepted = ok.throughput();
+    rows.push(("accepted triggers (durable)".to_owned(), ok));
+    let drained = server.drain().await?;
+
+    eprintln!("rejected triggers...");
+    let limited_run = load::closed_loop(&rejected, c, Stop::After(seconds)).await?;
+    if limited_run.count(429) + limited_run.count(200) != limited_run.latencies.len() as u64 {
+        bail!(
+            "rejected triggers got other answers: {:?}",
+            limited_run.statuses
+        );
+    }
+    rows.push(("rejected triggers (429)".to_owned(), limited_run));
+
+    let quarter = max_accepted / 4.0;
+    eprintln!("accepted triggers at {quarter:.0}/s, open loop...");
+    server.drain().await?;
+    let paced = load::open_loop(&accepted, quarter, c, seconds).await?;
+    expect_only(&paced, 200, "paced triggers")?;
+    rows.push((
+        format!("accepted at 1/4 load ({quarter:.0}/s, open loop)"),
+        paced,
+    ));
+    server.drain().await?;
+
+    eprintln!("callbacks...");
+    let callbacks = measure_callbacks(&server, &sms, args.callback_sessions, c).await?;
+
+    drop(server);
+    eprintln!("memory with waiting sessions...");
+    let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
+
+    print_report(&rows, drained, &callbacks, &memory);
+    Ok(())
+}
+
+async fn set_rate(server: &Server, dir: &Path, agent: &str, rate: u32) -> anyhow::Result<()> {
+    let database = format!("sqlite://{}", dir.join("bench.db").display());
+    let output = Command::new(std::env::current_exe()?)
+        .args([
+            "limits",
+            "set",
+            "--agent",
+            agent,
+            "--rate",
+            &rate.to_string(),
+            "--database",
+            &database,
+        ])
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "herald limits set failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The server obeys within 2 s: wait until a second call is refused.
+    for _ in 0..100 {
+        let first = server
+            .call("POST", "/telephony/make-call", Some(call_body(agent)))
+            .await?
+            .0;
+        let second = server
+            .call("POST", "/telephony/make-call", Some(call_body(agent)))
+            .await?
+            .0;
+        if (first, second) == (200, 429) || (first, second) == (429, 429) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the rate of {agent} was not obeyed")
+}
+
+fn expect_only(run: &Run, status: u16, what: &str) -> anyhow::Result<()> {
+    if run.count(status) != run.latencies.len() as u64 || run.errors > 0 {
+        bail!(
+            "{what}: expected only {status}, got {:?} and {} errors",
+            run.statuses,
+            run.errors
+        );
+    }
+    Ok(())
+}
+
+struct Callbacks {
+    delivered: usize,
+    elapsed: Duration,
+    /// From the status change (the callback's timestamp) to its receipt, ms.
+    latencies: Vec<f64>,
+}
+
+async fn measure_callbacks(
+    server: &Server,
+    agent: &str,
+    sessions: usize,
+    connections: usize,
+) -> anyhow::Result<Callbacks> {
+    let received: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/callbacks", listener.local_addr()?);
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/callbacks",
+        axum::routing::post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let now = chrono::Utc::now();
+                let lag = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|b| {
+                        chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str()?).ok()
+                    })
+                    .map(|t| {
+                        (now - t.with_timezone(&chrono::Utc))
+                            .num_microseconds()
+                            .unwrap_or(0) as f64
+                            / 1000.0
+                    })
+                    .unwrap_or(f64::NAN);
+                sink.lock().unwrap().push((Instant::now(), lag));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let target = server.target(
+        "/messaging/conversation",
+        vec![json!({"agent_id": agent, "to": "447700900123", "channel": "sms", "status_url": url})],
+    );
+    let started = Instant::now();
+    let triggered = load::closed_loop(&target, connections, Stop::Count(sessions)).await?;
+    expect_only(&triggered, 200, "callback sessions")?;
+    let expected = 2 * sessions;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received.lock().unwrap().len() < expected {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {expected} callbacks arrived",
+                received.lock().unwrap().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.abort();
+    let got = received.lock().unwrap().clone();
+    let last = got.iter().map(|(at, _)| *at).max().unwrap_or(started);
+    let mut latencies: Vec<f64> = got
+        .iter()
+        .map(|(_, lag)| *lag)
+        .filter(|l| l.is_finite())
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Callbacks {
+        delivered: got.len(),
+        elapsed: last - started,
+        latencies,
+    })
+}
+
+/// The server's resident memory as sessions pile up waiting: a simulator
+/// that takes an hour per step keeps every session in flight.
+async fn measure_memory(
+    dir: &Path,
+    sessions: usize,
+    connections: usize,
+) -> anyhow::Result<Vec<(usize, f64)>> {
+    let server = Server::start(dir, "memory", &["--simulator-delay-ms", "3600000"]).await?;
+    let agents: Vec<String> = {
+        let mut v = Vec::new();
+        for n in 0..16 {
+            v.push(server.agent("voice", 50_000 + n).await?);
+        }
+        v
+    };
+    let target = server.target(
+        "/telephony/make-call",
+        agents.iter().map(|a| call_body(a)).collect(),
+    );
+    let mut points = vec![(0, server.rss_mib()?)];
+    let step = sessions / 4;
+    for i in 1..=4 {
+        let run = load::closed_loop(&target, connections, Stop::Count(step)).await?;
+        expect_only(&run, 200, "waiting sessions")?;
+        // Let the dispatcher take up what it will before reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        points.push((i * step, server.rss_mib()?));
+    }
+    Ok(points)
+}
+
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "herald bench {}: {cores} cores, {cpu}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+fn print_report(
+    rows: &[(String, Run)],
+    drained: Duration,
+    callbacks: &Callbacks,
+    memory: &[(usize, f64)],
+) {
+    let base = rows[0].1.throughput();
+    println!();
+    println!("| scenario | requests/s | p50 ms | p99 ms | p99.9 ms | vs baseline |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, run) in rows {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            run.throughput(),
+            run.quantile_ms(0.5),
+            run.quantile_ms(0.99),
+            run.quantile_ms(0.999),
+            run.throughput() / base
+        );
+    }
+    let accepted = &rows[1].1;
+    println!();
+    println!(
+        "after the accepted run, the dispatcher finished its {} sessions {:.1} s later",
+        accepted.latencies.len(),
+        drained.as_secs_f64()
+    );
+    let q = |v: &[f64], q: f64| {
+        v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "callbacks: {} delivered in {:.2} s = {:.0}/s; status change to delivery p50 {:.1} ms, p99 {:.1} ms",
+        callbacks.delivered,
+        callbacks.elapsed.as_secs_f64(),
+        callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64(),
+        q(&callbacks.latencies, 0.5),
+        q(&callbacks.latencies, 0.99),
+    );
+    let memory_line: Vec<String> = memory
+        .iter()
+        .map(|(n, mib)| format!("{n}: {mib:.1} MiB"))
+        .collect();
+    println!(
+        "server memory with sessions waiting: {}",
+        memory_line.join(", ")
+    );
+
+    println!();
+    println!("targets (DESIGN.md):");
+    let paced = &rows[3].1;
+    let checks = [
+        (
+            "accepted triggers >= 50% of the baseline",
+            accepted.throughput() / base >= 0.5,
+            format!("{:.0}%", 100.0 * accepted.throughput() / base),
+        ),
+        (
+            "429 path >= 80% of the baseline",
+            rows[2].1.throughput() / base >= 0.8,
+            format!("{:.0}%", 100.0 * rows[2].1.throughput() / base),
+        ),
+        (
+            "p99 of accepted triggers at 1/4 load <= 5 ms",
+            paced.quantile_ms(0.99) <= 5.0,
+            format!("{:.2} ms", paced.quantile_ms(0.99)),
+        ),
+        (
+            "callbacks >= 10k/s",
+            callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64() >= 10_000.0,
+            format!(
+                "{:.0}/s",
+                callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64()
+            ),
+        ),
+    ];
+    for (what, met, value) in checks {
+        println!(
+            "  {} {what}: {value}",
+            if met { "met   " } else { "MISSED" }
+        );
+    }
+    let (first, last) = (memory[1].1, memory[memory.len() - 1].1);
+    println!(
+        "  memory from {} to {} waiting sessions: {:+.1} MiB",
+        memory[1].0,
+        memory[memory.len() - 1].0,
+        last - first
+    );
+}

@@ -1,0 +1,38 @@
+//! `herald bench` runs end to end: a tiny run (far too short for figures
+//! worth quoting) still starts its servers, drives every scenario and
+//! prints every line of the report.
+
+#[test]
+fn a_short_benchmark_run_reports_every_scenario() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "bench",
+            "--seconds",
+            "0.3",
+            "--connections",
+            "4",
+            "--agents",
+            "2",
+        ])
+        .args(["--callback-sessions", "20", "--waiting-sessions", "40"])
+        .env("HERALD_LOG", "warn")
+        .output()
+        .expect("herald bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "| no-op JSON route (baseline) |",
+        "| accepted triggers (durable) |",
+        "| rejected triggers (429) |",
+        "| accepted at 1/4 load (",
+        "callbacks: 40 delivered in",
+        "server memory with sessions waiting: 0: ",
+        "accepted triggers >= 50% of the baseline",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
