@@ -13,6 +13,7 @@ pub mod keys;
 pub mod net;
 pub mod session;
 pub mod time;
+pub mod trigger;
 pub mod webhook;
 pub mod whatsapp;
 

@@ -4,20 +4,24 @@
 //! One pipeline serves both, running the checks of §2.2 in the contract's
 //! order so that the first failure is the one answered:
 //! authentication, JSON, mandatory fields, field types, destination,
-//! `status_url`, agent, (WhatsApp template), rate limit, store.
+//! `status_url`, agent, (WhatsApp template), rate limit, store. The body's
+//! own checks (mandatory fields to `status_url`) are
+//! [`herald_core::trigger`]'s; this module adds those that need the service.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use herald_core::session::SessionParameters;
+use herald_core::trigger::{
+    parse_messaging, parse_voice, AgentRef, StatusUrl, TemplateMessage, TriggerBody,
+};
 use herald_core::whatsapp::{self, Component, ComponentType};
-use herald_core::{AccountId, AgentId, Channel, Destination, SessionId};
+use herald_core::{AccountId, AgentId, SessionId};
 use herald_limit::Decision;
 use herald_store::{AgentIndexRow, Created, NewIdempotency, NewSession, IDEMPOTENCY_WINDOW};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{authenticate, read_body};
@@ -27,7 +31,6 @@ use crate::AppState;
 /// The contract's text for any failure to store a session (CONTRACT §2.2 step 9).
 const STORE_FAILED: &str = "Failed to fetch preconfigured session information";
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-const MAX_STATUS_URL: usize = 2048;
 
 /// A session accepted.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,7 +48,12 @@ pub struct TriggerResponse {
 #[allow(dead_code)]
 struct IdempotencyKey {
     #[doc = "Makes retries safe: the same key and body within 24 hours answers with the first response"]
-    #[param(rename = "Idempotency-Key")]
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -75,13 +83,13 @@ enum TriggerResponses {
     #[response(status = 422)]
     KeyReused(ErrorBody),
     /// Over the agent's rate
-    #[response(status = 429)]
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Whole seconds to wait, at least 1")))]
     RateLimited(ErrorBody),
     /// The session could not be stored
     #[response(status = 500)]
     NotStored(ErrorBody),
     /// The shared rate limiter (Redis) could not be reached; nothing was stored
-    #[response(status = 503)]
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Whole seconds to wait")))]
     LimiterUnavailable(ErrorBody),
 }
 
@@ -90,18 +98,24 @@ enum TriggerResponses {
 #[allow(dead_code)]
 pub struct MakeCallRequest {
     /// The voice agent to run. One of `agent_id` and `from` is required.
-    #[schema(example = "60c09d70e6a68858f4220848")]
+    #[schema(example = "60c09d70e6a68858f4220848", pattern = "^[0-9a-f]{24}$")]
     agent_id: Option<String>,
     /// Legacy: the published number of an agent; wins over `agent_id`.
+    #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$")]
     from: Option<String>,
     /// A phone number with country code (digits only, one leading `+` allowed) or a SIP URI.
-    #[schema(example = "9725411116037")]
+    #[schema(
+        example = "9725411116037",
+        pattern = r"^(\+?[1-9][0-9]{6,14}|[sS][iI][pP][sS]?:[^@]+@.+)$"
+    )]
     to: String,
-    /// Where status callbacks go.
+    /// Where status callbacks go: an absolute http or https URL.
+    #[schema(pattern = r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+", max_length = 2048)]
     status_url: Option<String>,
     /// Hang up when an answering machine picks up.
     #[schema(default = false)]
     hangup_on_answer_machine: Option<bool>,
+    #[schema(max_items = 100)]
     session_parameters: Option<Vec<herald_core::session::SessionParameter>>,
 }
 
@@ -110,16 +124,20 @@ pub struct MakeCallRequest {
 #[allow(dead_code)]
 pub struct ConversationRequest {
     /// The agent to run. One of `agent_id` and `from` is required.
+    #[schema(example = "60c09d70e6a68858f4220848", pattern = "^[0-9a-f]{24}$")]
     agent_id: Option<String>,
     /// Legacy: the published number of an agent; wins over `agent_id`.
+    #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$")]
     from: Option<String>,
-    /// A phone number with country code.
+    /// A phone number with country code (digits only, one leading `+` allowed).
+    #[schema(example = "447700900123", pattern = r"^\+?[1-9][0-9]{6,14}$")]
     to: String,
-    /// `sms` or `whatsapp`.
-    #[schema(example = "sms")]
+    #[schema(value_type = crate::openapi::MessagingChannel)]
     channel: String,
-    /// Where status callbacks go; required on WhatsApp.
+    /// Where status callbacks go: an absolute http or https URL; required on WhatsApp.
+    #[schema(pattern = r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+", max_length = 2048)]
     status_url: Option<String>,
+    #[schema(max_items = 100)]
     session_parameters: Option<Vec<herald_core::session::SessionParameter>>,
     /// WhatsApp: the template's namespace.
     namespace: Option<String>,
@@ -167,29 +185,6 @@ enum Endpoint {
     Messaging,
 }
 
-/// A trigger that passed every check of the body (steps 2 to 6).
-struct Trigger {
-    agent: AgentRef,
-    channel: Channel,
-    to: Destination,
-    status_url: Option<String>,
-    hangup_on_machine: bool,
-    parameters: SessionParameters,
-    whatsapp: Option<WhatsappMessage>,
-}
-
-enum AgentRef {
-    Id(String),
-    Number(String),
-}
-
-struct WhatsappMessage {
-    namespace: String,
-    template: String,
-    locale: String,
-    components: Vec<Component>,
-}
-
 async fn trigger(
     app: &AppState,
     headers: &HeaderMap,
@@ -230,13 +225,14 @@ async fn trigger(
     };
     let request_hash = idempotency.as_ref().map(|(_, hash)| *hash);
 
-    // 3 to 6: the body's own checks.
+    // 3 to 6: the body's own checks, then whether status_url is us.
     let trigger = match endpoint {
-        Endpoint::Voice => parse_voice(obj)?,
-        Endpoint::Messaging => parse_messaging(obj)?,
-    };
+        Endpoint::Voice => parse_voice(obj),
+        Endpoint::Messaging => parse_messaging(obj),
+    }
+    .map_err(|e| ApiError::bad_request(e.0))?;
     if let Some(url) = &trigger.status_url {
-        check_status_url(app, headers, url)?;
+        check_not_us(app, headers, url)?;
     }
 
     // 7. The agent.
@@ -300,7 +296,7 @@ async fn trigger(
         channel: trigger.channel,
         to: trigger.to.as_str().to_owned(),
         from,
-        status_url: trigger.status_url,
+        status_url: trigger.status_url.map(|url| url.as_str().to_owned()),
         hangup_on_machine: trigger.hangup_on_machine,
         parameters: trigger.parameters,
         whatsapp,
@@ -444,175 +440,9 @@ impl Drop for InFlight {
     }
 }
 
-/// A field's value, or `None` when it is absent or `null` (both count as
-/// missing, CONTRACT §2.2 step 3).
-fn present<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    obj.get(name).filter(|v| !v.is_null())
-}
-
-fn string<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match present(obj, name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
-    }
-}
-
-fn missing(fields: &[&str]) -> Result<(), ApiError> {
-    if fields.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "Missing mandatory field(s): {}",
-            fields.join(", ")
-        )))
-    }
-}
-
-fn agent_ref(agent_id: Option<&str>, from: Option<&str>) -> AgentRef {
-    match (from, agent_id) {
-        (Some(number), _) => AgentRef::Number(number.to_owned()),
-        (None, Some(id)) => AgentRef::Id(id.to_owned()),
-        (None, None) => unreachable!("mandatory fields are checked first"),
-    }
-}
-
-fn parameters(obj: &Map<String, Value>) -> Result<SessionParameters, ApiError> {
-    match present(obj, "session_parameters") {
-        None => Ok(SessionParameters::default()),
-        Some(v) => SessionParameters::from_json(v).map_err(ApiError::bad_request),
-    }
-}
-
-fn parse_voice(obj: &Map<String, Value>) -> Result<Trigger, ApiError> {
-    // 3. Mandatory fields, in the order of the contract's table.
-    let mut absent = Vec::new();
-    if present(obj, "agent_id").is_none() && present(obj, "from").is_none() {
-        absent.push("agent_id");
-    }
-    if present(obj, "to").is_none() {
-        absent.push("to");
-    }
-    missing(&absent)?;
-
-    // 4. Types and shapes.
-    let agent_id = string(obj, "agent_id")?;
-    let from = string(obj, "from")?;
-    let to = string(obj, "to")?.unwrap_or_default();
-    let status_url = string(obj, "status_url")?;
-    let hangup_on_machine = match present(obj, "hangup_on_answer_machine") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "hangup_on_answer_machine must be a boolean",
-            ))
-        }
-    };
-    let parameters = parameters(obj)?;
-
-    // 5. The destination.
-    let to = Destination::parse_voice(to).map_err(|e| ApiError::bad_request(e.to_string()))?;
-
-    Ok(Trigger {
-        agent: agent_ref(agent_id, from),
-        channel: Channel::Voice,
-        to,
-        status_url: status_url.map(str::to_owned),
-        hangup_on_machine,
-        parameters,
-        whatsapp: None,
-    })
-}
-
-fn parse_messaging(obj: &Map<String, Value>) -> Result<Trigger, ApiError> {
-    let whatsapp = matches!(present(obj, "channel"), Some(Value::String(c)) if c == "whatsapp");
-
-    // 3. Mandatory fields, in the seed's order.
-    let mut absent = Vec::new();
-    if whatsapp {
-        for name in ["namespace", "template", "locale"] {
-            if present(obj, name).is_none() {
-                absent.push(name);
-            }
-        }
-    }
-    if present(obj, "to").is_none() {
-        absent.push("to");
-    }
-    if present(obj, "agent_id").is_none() && present(obj, "from").is_none() {
-        absent.push("agent_id");
-    }
-    if present(obj, "channel").is_none() {
-        absent.push("channel");
-    }
-    if whatsapp && present(obj, "status_url").is_none() {
-        absent.push("status_url");
-    }
-    missing(&absent)?;
-
-    // 4. Types and shapes.
-    let to = string(obj, "to")?.unwrap_or_default();
-    let agent_id = string(obj, "agent_id")?;
-    let from = string(obj, "from")?;
-    let channel = match string(obj, "channel")?.unwrap_or_default() {
-        "sms" => Channel::Sms,
-        "whatsapp" => Channel::Whatsapp,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Unsupported channel: {other}"
-            )))
-        }
-    };
-    let status_url = string(obj, "status_url")?;
-    let parameters = parameters(obj)?;
-    let whatsapp = if channel == Channel::Whatsapp {
-        let components = match present(obj, "components") {
-            None => Vec::new(),
-            Some(v) => {
-                whatsapp::parse_components(v).map_err(|e| ApiError::bad_request(e.to_string()))?
-            }
-        };
-        Some(WhatsappMessage {
-            namespace: string(obj, "namespace")?.unwrap_or_default().to_owned(),
-            template: string(obj, "template")?.unwrap_or_default().to_owned(),
-            locale: string(obj, "locale")?.unwrap_or_default().to_owned(),
-            components,
-        })
-    } else {
-        None
-    };
-
-    // 5. The destination: phone numbers only.
-    let to = Destination::parse_messaging(to).map_err(|e| ApiError::bad_request(e.to_string()))?;
-
-    Ok(Trigger {
-        agent: agent_ref(agent_id, from),
-        channel,
-        to,
-        status_url: status_url.map(str::to_owned),
-        hangup_on_machine: false,
-        parameters,
-        whatsapp,
-    })
-}
-
-/// Step 6, `status_url`: an absolute http(s) URL that is not this service.
-fn check_status_url(app: &AppState, headers: &HeaderMap, raw: &str) -> Result<(), ApiError> {
-    let invalid = || ApiError::bad_request("Invalid status_url");
-    // The URL parser quietly drops tabs and newlines; a URL that contains
-    // them (or any control character or space) is refused instead.
-    if raw.is_empty()
-        || raw.len() > MAX_STATUS_URL
-        || raw.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid());
-    }
-    let url = url::Url::parse(raw).map_err(|_| invalid())?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid());
-    }
-    if points_at_us(app, headers, &url) {
+/// The rest of step 6: `status_url` must not point at this service.
+fn check_not_us(app: &AppState, headers: &HeaderMap, url: &StatusUrl) -> Result<(), ApiError> {
+    if points_at_us(app, headers, url.url()) {
         return Err(ApiError::bad_request(
             "status_url must not point at this service",
         ));
@@ -666,7 +496,7 @@ fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
 fn resolve_agent(
     app: &AppState,
     account: AccountId,
-    trigger: &Trigger,
+    trigger: &TriggerBody,
 ) -> Result<AgentIndexRow, ApiError> {
     let agent = match &trigger.agent {
         AgentRef::Id(raw) => {
@@ -718,7 +548,7 @@ fn resolve_agent(
 async fn check_template(
     app: &AppState,
     account: AccountId,
-    message: &WhatsappMessage,
+    message: &TemplateMessage,
 ) -> Result<Value, ApiError> {
     let template = app
         .store
