@@ -45,6 +45,17 @@ use crate::routes::{account, agents, ops, sessions, templates, trigger};
 )]
 struct ApiDoc;
 
+/// The channels of `POST /messaging/conversation`; any other is refused with
+/// 400 "Unsupported channel". The handler reads the field as a string, so
+/// this type exists for the document only.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase", example = "sms")]
+#[allow(dead_code)]
+pub enum MessagingChannel {
+    Sms,
+    Whatsapp,
+}
+
 struct Security;
 
 impl Modify for Security {

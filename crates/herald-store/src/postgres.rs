@@ -947,6 +947,11 @@ impl Store for PostgresStore {
         name: &str,
         locale: &str,
     ) -> Result<Option<Template>> {
+        // PostgreSQL text cannot hold U+0000, so no stored template has it;
+        // asking would be an error rather than the "not found" it is.
+        if [namespace, name, locale].iter().any(|s| s.contains('\0')) {
+            return Ok(None);
+        }
         sqlx::query(&format!(
             "SELECT {TEMPLATE_COLUMNS} FROM whatsapp_templates \
              WHERE account_id = $1 AND namespace = $2 AND name = $3 AND locale = $4"

@@ -56,10 +56,12 @@ impl From<Agent> for AgentView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct CreateAgent {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     #[serde(rename = "type")]
     kind: Channel,
     /// Digits with country code; one leading `+` is accepted.
+    #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$", example = "447700900000")]
     number: String,
     /// Defaults to the server's region.
     region: Option<Region>,
@@ -71,7 +73,10 @@ pub struct CreateAgent {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct EditAgent {
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Digits with country code; one leading `+` is accepted.
+    #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$", example = "447700900000")]
     number: Option<String>,
     flow: Option<FlowDefinition>,
 }
@@ -92,6 +97,14 @@ fn name(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     if let Some(n) = &name {
         if n.trim().is_empty() || n.chars().count() > MAX_NAME {
             return Err(ApiError::bad_request("name must be 1 to 200 characters"));
+        }
+        // As for templates' fields: a name is shown to people, and control
+        // characters (NUL among them, which PostgreSQL cannot store) have no
+        // place in one.
+        if n.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "name must not contain control characters",
+            ));
         }
     }
     Ok(name)
@@ -137,7 +150,8 @@ async fn reload(app: &AppState) {
 
 #[utoipa::path(post, path = "/agents", tag = "agents", request_body = CreateAgent,
     responses((status = 201, body = AgentView), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -223,7 +237,8 @@ pub async fn read(
 #[utoipa::path(patch, path = "/agents/{agent_id}", tag = "agents", request_body = EditAgent,
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn edit(
     State(app): State<AppState>,

@@ -28,8 +28,11 @@ pub async fn healthz(State(app): State<AppState>) -> Result<Json<Health>, ApiErr
     Ok(Json(Health { status: "ok" }))
 }
 
+// The body is the OpenMetrics text format, which Prometheus scrapes; the
+// content type says so, as the document does.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format",
+        body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(

@@ -126,8 +126,10 @@ pub async fn read(
     params(
         ("agent_id" = Option<String>, Query, description = "Only this agent's sessions"),
         ("status" = Option<SessionStatus>, Query, description = "queued, active or ended"),
-        ("limit" = Option<usize>, Query, description = "1 to 100, default 20"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query,
+            pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+            description = "next_cursor of the previous page"),
     ),
     responses((status = 200, body = SessionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]

@@ -53,10 +53,24 @@ impl From<Template> for TemplateView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct CreateTemplate {
+    /// 1 to 512 bytes, no control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
     namespace: String,
+    /// 1 to 512 bytes, no control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
     name: String,
+    /// 1 to 512 bytes, no control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", example = "en")]
     locale: String,
+    /// Text with numbered placeholders `{{1}}`, `{{2}}`…
+    #[schema(min_length = 1, max_length = 1024)]
     header: Option<String>,
+    /// Text with numbered placeholders `{{1}}`, `{{2}}`…
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        example = "Hello {{1}}, your appointment is on {{2}}."
+    )]
     body: String,
 }
 
@@ -67,7 +81,8 @@ pub struct TemplateList {
 
 #[utoipa::path(post, path = "/whatsapp/templates", tag = "templates", request_body = CreateTemplate,
     responses((status = 201, body = TemplateView), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 409, description = "Already registered", body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 409, description = "Already registered", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
