@@ -62,11 +62,12 @@ async fn unanswered_calls_report_the_seed_payload() {
         ("447700900193", "failed"),
         ("447700900194", "cancelled"),
     ];
-    for (to, status) in cases {
+    for (i, (to, status)) in cases.into_iter().enumerate() {
         let id = call(&app, &key, &agent, to, &receiver.url, false).await;
         let session = app.ended_session(&key, &id).await;
         assert_eq!(session["outcome"], status);
-        let got = receiver.wait_for(1).await;
+        // One callback per call so far; this call's may still be on its way.
+        let got = receiver.wait_for(i + 1).await;
         let callback = got
             .iter()
             .find(|c| c.body["to"] == to)

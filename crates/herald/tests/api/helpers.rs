@@ -434,6 +434,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Value,
     pub raw: Bytes,
+    /// When the receiver got it.
+    pub at: std::time::Instant,
 }
 
 /// A local HTTP receiver for callbacks that records what it gets and can be
@@ -444,17 +446,32 @@ pub struct TestReceiver {
     received: Arc<Mutex<Vec<Received>>>,
     attempts: Arc<Mutex<Vec<Received>>>,
     failing: Arc<Mutex<Option<StatusCode>>>,
+    answer_delay: Arc<Mutex<Duration>>,
 }
 
 impl TestReceiver {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// A receiver on a given loopback port: one that callbacks were already
+    /// pointed at while nothing listened there.
+    pub async fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("binding 127.0.0.1:{port}: {e}"));
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> Self {
         let url = format!("http://{}/callbacks", listener.local_addr().unwrap());
         let receiver = TestReceiver {
             url,
             received: Default::default(),
             attempts: Default::default(),
             failing: Default::default(),
+            answer_delay: Default::default(),
         };
         let state = receiver.clone();
         let app = axum::Router::new().route(
@@ -463,12 +480,22 @@ impl TestReceiver {
                 let state = state.clone();
                 async move {
                     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-                    let item = Received { headers, body, raw };
+                    let at = std::time::Instant::now();
+                    let item = Received {
+                        headers,
+                        body,
+                        raw,
+                        at,
+                    };
                     state.attempts.lock().unwrap().push(item.clone());
                     if let Some(status) = *state.failing.lock().unwrap() {
                         return status;
                     }
                     state.received.lock().unwrap().push(item);
+                    let delay = *state.answer_delay.lock().unwrap();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     StatusCode::OK
                 }
             }),
@@ -480,6 +507,12 @@ impl TestReceiver {
     /// Answer every callback with `status` (None: accept them again).
     pub fn fail_with(&self, status: Option<StatusCode>) {
         *self.failing.lock().unwrap() = status;
+    }
+
+    /// Answer each accepted callback only after `delay`; it counts as
+    /// received as soon as it arrives.
+    pub fn answer_after(&self, delay: Duration) {
+        *self.answer_delay.lock().unwrap() = delay;
     }
 
     /// Callbacks accepted with 2xx.

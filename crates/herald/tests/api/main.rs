@@ -10,11 +10,14 @@ mod helpers;
 mod agents;
 mod callbacks;
 mod conventions;
+mod crash;
 mod durability;
+mod hostile;
 mod idempotency;
 mod make_call;
 mod messaging;
 mod operator;
+mod outage;
 mod rate_limits;
 mod sessions;
 

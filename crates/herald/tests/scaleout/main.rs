@@ -15,8 +15,12 @@ mod agents;
 mod callbacks;
 #[path = "../api/conventions.rs"]
 mod conventions;
+#[path = "../api/crash.rs"]
+mod crash;
 #[path = "../api/durability.rs"]
 mod durability;
+#[path = "../api/hostile.rs"]
+mod hostile;
 #[path = "../api/idempotency.rs"]
 mod idempotency;
 #[path = "../api/make_call.rs"]
@@ -25,6 +29,8 @@ mod make_call;
 mod messaging;
 #[path = "../api/operator.rs"]
 mod operator;
+#[path = "../api/outage.rs"]
+mod outage;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;
 #[path = "../api/sessions.rs"]
