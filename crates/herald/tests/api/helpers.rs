@@ -87,6 +87,17 @@ impl TestApp {
         TestDb::connect(&self.config.database_url).await
     }
 
+    /// The sessions stored for `agent`, straight from the database.
+    pub async fn stored_sessions(&self, agent: &str) -> i64 {
+        self.db()
+            .await
+            .count(
+                "SELECT COUNT(*) FROM sessions WHERE agent_id = $1",
+                &[agent],
+            )
+            .await
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("the server is running")
     }

@@ -78,17 +78,6 @@ async fn listed_sessions(app: &TestApp, key: &str, agent: &str) -> Vec<Value> {
         .clone()
 }
 
-/// The sessions stored for `agent`, straight from the database.
-async fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
-    app.db()
-        .await
-        .count(
-            "SELECT COUNT(*) FROM sessions WHERE agent_id = $1",
-            &[agent],
-        )
-        .await
-}
-
 #[tokio::test]
 async fn same_key_and_body_answers_the_first_response_and_starts_one_session() {
     let app = TestApp::spawn().await;
@@ -108,7 +97,7 @@ async fn same_key_and_body_answers_the_first_response_and_starts_one_session() {
     let listed = listed_sessions(&app, &key, &agent).await;
     assert_eq!(listed.len(), 1, "one session only: {listed:?}");
     assert_eq!(listed[0]["session_id"], first["session_id"]);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -144,7 +133,7 @@ async fn same_body_with_keys_reordered_and_whitespace_changed_counts_as_the_same
 
     assert_eq!(again, first);
     assert_eq!(listed_sessions(&app, &key, &agent).await.len(), 1);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -240,7 +229,7 @@ async fn concurrent_duplicates_start_one_session_and_the_others_get_409_or_the_f
     }
 
     assert_eq!(
-        stored_sessions(&app, &agent).await,
+        app.stored_sessions(&agent).await,
         1,
         "exactly one session is stored"
     );
@@ -262,7 +251,7 @@ async fn a_replay_consumes_no_quota_so_it_is_not_refused_with_429() {
     // The quota really is spent: a new request in the same second is refused.
     let response = make_call(&app, &key, "quota-other", &call(&agent)).await;
     assert_eq!(response.status(), 429);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -280,7 +269,7 @@ async fn replays_leave_the_quota_to_new_requests() {
     // Had the replays counted, this would be over the rate of 1.
     let fresh = accepted(make_call(&app, &key, "late", &call(&agent)).await).await;
     assert_ne!(fresh["session_id"], first["session_id"]);
-    assert_eq!(stored_sessions(&app, &agent).await, 2);
+    assert_eq!(app.stored_sessions(&agent).await, 2);
 }
 
 #[tokio::test]
@@ -303,11 +292,7 @@ async fn an_idempotency_key_longer_than_255_characters_gets_400() {
         2,
         "only status and message: {body}"
     );
-    assert_eq!(
-        stored_sessions(&app, &agent).await,
-        0,
-        "nothing was started"
-    );
+    assert_eq!(app.stored_sessions(&agent).await, 0, "nothing was started");
 
     // 255 characters is within the limit.
     let longest = "k".repeat(255);
@@ -369,7 +354,7 @@ async fn idempotency_keys_work_on_the_messaging_endpoint() {
     let listed = listed_sessions(&app, &key, &agent).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["session_id"], first["session_id"]);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -382,5 +367,5 @@ async fn a_replay_after_a_restart_answers_the_first_response() {
     let again = accepted(make_call(&app, &key, "durable", &call(&agent)).await).await;
 
     assert_eq!(again, first);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }

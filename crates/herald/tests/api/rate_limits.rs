@@ -92,16 +92,6 @@ fn assert_limited(status: u16, retry_after: Option<&str>, body: &Value) {
     assert!(seconds >= 1, "Retry-After is at least 1, got {seconds}");
 }
 
-async fn stored_sessions(app: &TestApp, agent: &str) -> i64 {
-    app.db()
-        .await
-        .count(
-            "SELECT COUNT(*) FROM sessions WHERE agent_id = $1",
-            &[agent],
-        )
-        .await
-}
-
 /// Runs the real `herald` binary against the test server's database.
 async fn herald(app: &TestApp, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -147,7 +137,7 @@ async fn at_the_default_rate_of_one_two_requests_at_once_get_200_then_429_with_r
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
     let (status, retry_after, body) = answers.iter().find(|(s, _, _)| *s == 429).unwrap();
     assert_limited(*status, retry_after.as_deref(), body);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -168,7 +158,7 @@ async fn after_a_second_the_next_request_is_accepted() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let response = app.post("/telephony/make-call", &key, call(&agent)).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    assert_eq!(stored_sessions(&app, &agent).await, 2);
+    assert_eq!(app.stored_sessions(&agent).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,7 +172,7 @@ async fn at_rate_three_a_burst_of_three_is_accepted_and_the_fourth_refused() {
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
     let (status, retry_after, body) = answers.iter().find(|(s, _, _)| *s == 429).unwrap();
     assert_limited(*status, retry_after.as_deref(), body);
-    assert_eq!(stored_sessions(&app, &agent).await, 3);
+    assert_eq!(app.stored_sessions(&agent).await, 3);
 }
 
 #[tokio::test]
@@ -219,7 +209,7 @@ async fn the_messaging_endpoint_is_limited_too() {
         .map(|v| v.to_str().unwrap().to_owned());
     let body: Value = refused.json().await.unwrap();
     assert_limited(status, retry_after.as_deref(), &body);
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
 }
 
 #[tokio::test]
@@ -426,7 +416,7 @@ async fn an_agent_of_region_us_on_an_eu_server_gets_404() {
         &format!("Agent {agent} is deployed in region us"),
     )
     .await;
-    assert_eq!(stored_sessions(&app, &agent).await, 0);
+    assert_eq!(app.stored_sessions(&agent).await, 0);
 }
 
 #[tokio::test]
@@ -490,7 +480,7 @@ async fn a_refused_request_leaves_no_session() {
         .await;
     assert_eq!(refused.status(), 429);
 
-    assert_eq!(stored_sessions(&app, &agent).await, 1);
+    assert_eq!(app.stored_sessions(&agent).await, 1);
     let pending = app
         .db()
         .await
@@ -519,7 +509,7 @@ async fn the_default_rate_setting_is_honoured() {
     let answers = burst(&app, &key, "/telephony/make-call", &call(&agent), 3).await;
     assert_eq!(count(&answers, 200), 2, "{answers:?}");
     assert_eq!(count(&answers, 429), 1, "{answers:?}");
-    assert_eq!(stored_sessions(&app, &agent).await, 2);
+    assert_eq!(app.stored_sessions(&agent).await, 2);
 }
 
 /// With its limits shared through a Redis that cannot be reached, a server
@@ -543,6 +533,6 @@ async fn an_unreachable_shared_limiter_answers_503_and_stores_nothing() {
         .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_error(response, 503, "Rate limiter unavailable, try again shortly").await;
-    assert_eq!(stored_sessions(&app, &agent).await, 0);
+    assert_eq!(app.stored_sessions(&agent).await, 0);
     assert_eq!(app.get("/account", &key).await.status(), 200);
 }
