@@ -151,7 +151,7 @@ pub async fn start_with_store(
         Some(url) => Arc::new(
             RedisLimiter::new(url, RedisOptions::default())
                 .await
-                .with_context(|| format!("the Redis URL {url:?}"))?,
+                .with_context(|| format!("the Redis URL {}", without_password(url)))?,
         ),
         None => Arc::new(MemoryLimiter::default()),
     };
@@ -195,6 +195,18 @@ pub async fn start_with_store(
         stop,
         tasks,
     })
+}
+
+/// A URL fit for a message: any password replaced.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(unparseable)".to_owned(),
+    }
 }
 
 /// Picks up changes made by other processes (CONTRACT §6.2: within 2 s).
