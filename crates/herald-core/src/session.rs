@@ -188,6 +188,46 @@ impl SessionParameters {
         Ok(params)
     }
 
+    /// Puts back the text the client wrote for the numbers among the
+    /// values, from the raw request `body`: a parsed JSON number has lost
+    /// it (an integer beyond 64 bits comes back rounded through a float,
+    /// `1e2` as `100.0`), and CONTRACT §2.1 keeps a number as its text.
+    /// Call it on parameters [`Self::from_json`] accepted from that body.
+    /// A body this reading cannot follow (a key given twice) keeps the
+    /// parsed values.
+    pub fn keep_number_text(&mut self, body: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            session_parameters: Option<Vec<Entry<'a>>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry<'a> {
+            name: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            value: &'a serde_json::value::RawValue,
+        }
+        let Ok(Body {
+            session_parameters: Some(entries),
+        }) = serde_json::from_slice::<Body>(body)
+        else {
+            return;
+        };
+        // As in from_json, a later entry of the same name wins.
+        let mut texts: Vec<(&str, Option<&str>)> = Vec::new();
+        for entry in &entries {
+            let raw = entry.value.get();
+            let number = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+            texts.retain(|(name, _)| *name != entry.name);
+            texts.push((&entry.name, number.then_some(raw)));
+        }
+        for parameter in &mut self.0 {
+            if let Some((_, Some(text))) = texts.iter().find(|(n, _)| *n == parameter.name) {
+                parameter.value = (*text).to_owned();
+            }
+        }
+    }
+
     pub fn set(&mut self, name: String, value: String) {
         match self.0.iter_mut().find(|p| p.name == name) {
             Some(p) => p.value = value,
@@ -279,5 +319,36 @@ mod tests {
             .map(|i| json!({"name": format!("P{i}"), "value": "x"}))
             .collect();
         assert!(SessionParameters::from_json(&json!(too_many)).is_err());
+    }
+
+    #[test]
+    fn numbers_keep_the_text_the_client_wrote() {
+        let body = br#"{"session_parameters": [
+            {"name": "big", "value": 98765432109876543210},
+            {"name": "exp", "value": 1e2},
+            {"name": "text", "value": "1e2"},
+            {"name": "flag", "value": true},
+            {"name": "twice", "value": 1.0},
+            {"name": "twice", "value": 2.50}
+        ]}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let mut params = SessionParameters::from_json(&value["session_parameters"]).unwrap();
+        assert_eq!(params.get("big"), Some("9.876543210987654e+19"));
+        params.keep_number_text(body);
+        assert_eq!(params.get("big"), Some("98765432109876543210"));
+        assert_eq!(params.get("exp"), Some("1e2"));
+        assert_eq!(params.get("text"), Some("1e2"));
+        assert_eq!(params.get("flag"), Some("true"));
+        assert_eq!(params.get("twice"), Some("2.50"));
+    }
+
+    #[test]
+    fn a_body_with_a_repeated_key_keeps_the_parsed_values() {
+        let body = br#"{"session_parameters": [{"name": "n", "value": 1e2}],
+                        "session_parameters": [{"name": "n", "value": 1e2}]}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let mut params = SessionParameters::from_json(&value["session_parameters"]).unwrap();
+        params.keep_number_text(body);
+        assert_eq!(params.get("n"), Some("100.0"));
     }
 }

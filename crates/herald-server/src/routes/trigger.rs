@@ -226,11 +226,12 @@ async fn trigger(
     let request_hash = idempotency.as_ref().map(|(_, hash)| *hash);
 
     // 3 to 6: the body's own checks, then whether status_url is us.
-    let trigger = match endpoint {
+    let mut trigger = match endpoint {
         Endpoint::Voice => parse_voice(obj),
         Endpoint::Messaging => parse_messaging(obj),
     }
     .map_err(|e| ApiError::bad_request(e.0))?;
+    trigger.parameters.keep_number_text(&bytes);
     if let Some(url) = &trigger.status_url {
         check_not_us(app, headers, url)?;
     }

@@ -554,6 +554,36 @@ async fn numbers_out_of_any_range_are_refused() {
     f.refuse_all(cases).await;
 }
 
+/// CONTRACT §2.1: a session parameter's number "is accepted and kept as its
+/// text", also when it does not fit 64 bits: rounding it through a float
+/// would quietly change an account or order number.
+#[tokio::test]
+async fn session_parameter_integers_beyond_64_bits_are_kept_digit_for_digit() {
+    let f = Fixture::new().await;
+    let numbers = [
+        ("u64_max", "18446744073709551615"),
+        ("i64_min", "-9223372036854775808"),
+        ("over_u64", "98765432109876543210"),
+        ("under_i64", "-98765432109876543210"),
+        ("thirty_digits", "123456789012345678901234567890"),
+    ];
+    let raw: Vec<String> = numbers
+        .iter()
+        .map(|(name, n)| format!(r#"{{"name":"{name}","value":{n}}}"#))
+        .collect();
+    let body = with_raw(
+        &f.sms(),
+        "session_parameters",
+        format!("[{}]", raw.join(",")),
+    );
+    let session = f.accepted("long integers", MESSAGE, body).await;
+    let expected: Vec<Value> = numbers
+        .iter()
+        .map(|(name, n)| json!({"name": name, "value": n}))
+        .collect();
+    assert_eq!(session["session_parameters"], Value::from(expected));
+}
+
 /// Bytes that are not UTF-8, and escapes that name no character (lone
 /// surrogates), are not JSON text (RFC 8259 §8.1): step 2 refuses them.
 #[tokio::test]
