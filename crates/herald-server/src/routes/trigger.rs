@@ -231,7 +231,17 @@ async fn trigger(
         Endpoint::Messaging => parse_messaging(obj),
     }
     .map_err(|e| ApiError::bad_request(e.0))?;
-    trigger.parameters.keep_number_text(&bytes);
+    // Reading the body again is needed only for numbers' text.
+    let numbers = obj
+        .get("session_parameters")
+        .and_then(Value::as_array)
+        .is_some_and(|all| {
+            all.iter()
+                .any(|p| p.get("value").is_some_and(Value::is_number))
+        });
+    if numbers {
+        trigger.parameters.keep_number_text(&bytes);
+    }
     if let Some(url) = &trigger.status_url {
         check_not_us(app, headers, url)?;
     }
