@@ -24,23 +24,6 @@ const ACKNOWLEDGED_BEFORE_CRASH: usize = 60;
 const DELIVERED_BEFORE_CRASH: usize = 20;
 const STATUSES: [&str; 2] = ["sent", "delivered"];
 
-/// `herald keys create` on `database`; answers the key.
-fn create_key(database: &str) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "keys",
-            "create",
-            "--account",
-            "acme",
-            "--database",
-            database,
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 /// Polls `GET /sessions/{id}` until the session has ended.
 async fn ended(client: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -107,24 +90,7 @@ async fn a_server_killed_under_load_loses_no_acknowledged_session_or_callback() 
     ];
     let server = ServeProcess::start(&args, &[]).await;
 
-    let created: Value = client
-        .post(format!("{}/agents", server.base))
-        .header("X-Vgai-Key", &key)
-        .json(&json!({"name": "load", "type": "sms", "number": unique_number()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = created["agent_id"].as_str().unwrap().to_owned();
-    let published = client
-        .post(format!("{}/agents/{agent}/publish", server.base))
-        .header("X-Vgai-Key", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(published.status(), 200);
+    let agent = server.published_agent(&key, "sms", &unique_number()).await;
 
     // Clients keep triggering until the server is gone; each keeps what it
     // was answered other than a 200.

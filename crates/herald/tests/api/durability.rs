@@ -14,19 +14,7 @@ async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
     let database = crate::BACKEND.fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "keys",
-            "create",
-            "--account",
-            "acme",
-            "--database",
-            &database,
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let key = create_key(&database);
 
     // The simulator takes a minute per step, so every session is still in
     // flight when the server dies.
@@ -44,24 +32,7 @@ async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
         &[],
     )
     .await;
-    let created: Value = client
-        .post(format!("{}/agents", server.base))
-        .header("X-Vgai-Key", &key)
-        .json(&json!({"name": "a", "type": "voice", "number": "447700900001"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = created["agent_id"].as_str().unwrap().to_owned();
-    let published = client
-        .post(format!("{}/agents/{agent}/publish", server.base))
-        .header("X-Vgai-Key", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(published.status(), 200);
+    let agent = server.published_agent(&key, "voice", "447700900001").await;
     let mut acknowledged = Vec::new();
     for _ in 0..20 {
         let response = client

@@ -589,6 +589,23 @@ pub fn unique_number() -> String {
     format!("4477009{:05}", n % 100_000)
 }
 
+/// `herald keys create` on `database`, as an operator runs it; the new key.
+pub fn create_key(database: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--database",
+            database,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// `herald serve` as a child process on a free loopback port, on the
 /// suite's backend (`args` name the database), killed (SIGKILL) when
 /// dropped.
@@ -633,6 +650,33 @@ impl ServeProcess {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("herald serve did not answer /healthz");
+    }
+
+    /// Creates and publishes an agent through this server; returns its id.
+    pub async fn published_agent(&self, key: &str, channel: &str, number: &str) -> String {
+        let client = reqwest::Client::new();
+        let created: Value = client
+            .post(format!("{}/agents", self.base))
+            .header("X-Vgai-Key", key)
+            .json(&json!({"name": channel, "type": channel, "number": number}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let agent = created["agent_id"]
+            .as_str()
+            .expect("an agent id")
+            .to_owned();
+        let published = client
+            .post(format!("{}/agents/{agent}/publish", self.base))
+            .header("X-Vgai-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), 200, "publishing {agent}");
+        agent
     }
 
     /// Kills the process at once, as a crash would.
