@@ -24,30 +24,6 @@ const ACKNOWLEDGED_BEFORE_CRASH: usize = 60;
 const DELIVERED_BEFORE_CRASH: usize = 20;
 const STATUSES: [&str; 2] = ["sent", "delivered"];
 
-/// Polls `GET /sessions/{id}` until the session has ended.
-async fn ended(client: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let session: Value = client
-            .get(format!("{base}/sessions/{id}"))
-            .header("X-Vgai-Key", key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if session["status"] == "ended" {
-            return session;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "session {id} did not end: {session}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Polls until `sql` counts zero rows.
 async fn until_none(db: &TestDb, sql: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -171,7 +147,7 @@ async fn a_server_killed_under_load_loses_no_acknowledged_session_or_callback() 
 
     let server = ServeProcess::start(&args, &[]).await;
     for id in &acknowledged {
-        let session = ended(&client, &server.base, &key, id).await;
+        let session = server.ended(&key, id).await;
         assert_eq!(session["outcome"], "completed", "{session}");
         let dispatched = session["events"]
             .as_array()

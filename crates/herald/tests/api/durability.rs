@@ -2,8 +2,6 @@
 //! are durably stored, so a crash after the 200 loses nothing. The server
 //! here is a real `herald serve` process, killed with SIGKILL.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -80,23 +78,7 @@ async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
     )
     .await;
     for id in &acknowledged {
-        let mut outcome = Value::Null;
-        for _ in 0..400 {
-            let session: Value = client
-                .get(format!("{}/sessions/{id}", server.base))
-                .header("X-Vgai-Key", &key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if session["status"] == "ended" {
-                outcome = session["outcome"].clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert_eq!(outcome, "completed", "session {id}");
+        let session = server.ended(&key, id).await;
+        assert_eq!(session["outcome"], "completed", "session {id}");
     }
 }

@@ -652,6 +652,29 @@ impl ServeProcess {
         panic!("herald serve did not answer /healthz");
     }
 
+    /// Polls `GET /sessions/{id}` until the session has ended (20 s at
+    /// most); returns it.
+    pub async fn ended(&self, key: &str, id: &str) -> Value {
+        let client = reqwest::Client::new();
+        let mut session = Value::Null;
+        for _ in 0..800 {
+            session = client
+                .get(format!("{}/sessions/{id}", self.base))
+                .header("X-Vgai-Key", key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if session["status"] == "ended" {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("session {id} did not end: {session}");
+    }
+
     /// Creates and publishes an agent through this server; returns its id.
     pub async fn published_agent(&self, key: &str, channel: &str, number: &str) -> String {
         let client = reqwest::Client::new();
