@@ -12,6 +12,7 @@ pub mod ids;
 pub mod keys;
 pub mod net;
 pub mod session;
+pub mod template;
 pub mod time;
 pub mod trigger;
 pub mod webhook;
