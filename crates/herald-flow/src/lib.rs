@@ -5,9 +5,31 @@
 //! store or the clock: the driver (in `herald-server`) feeds in events and
 //! time, performs the actions and persists the state after every step. That
 //! keeps the conversation logic deterministic and testable without sockets.
+//!
+//! A conversation that waits (for the person's reply, a webhook's answer or
+//! a live agent) returns with [`FlowState::waiting`] set and, where a
+//! deadline applies, [`FlowState::next_deadline`]; the driver stores the
+//! state and holds nothing in memory until an event or the deadline comes.
+//!
+//! The pieces: `machine` (private) walks the nodes and handles each event;
+//! [`entities`] reads values out of what the person said; [`classifier`]
+//! scores their words against intents; [`conditions`] evaluates the rules
+//! of Conditions nodes; [`webhook`] builds a Webhook node's request and
+//! reads its answer. Times are Unix milliseconds, taken only from the `now`
+//! each step is given.
 
-use herald_core::flow::{FlowDefinition, NodeKind};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use herald_core::flow::FlowDefinition;
+use herald_core::Channel;
 use serde::{Deserialize, Serialize};
+
+pub mod classifier;
+pub mod conditions;
+pub mod entities;
+mod machine;
+pub mod webhook;
 
 /// Where a conversation is. Small and serialisable: the driver stores it
 /// after every step, so a waiting session holds nothing in memory.
@@ -15,140 +37,230 @@ use serde::{Deserialize, Serialize};
 pub struct FlowState {
     /// The node the conversation is at, or `None` before it starts.
     pub node: Option<String>,
+    /// The channel, fixed at the start: prompts are spoken on voice and
+    /// sent as messages elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    /// Where each running sub-flow returns to, innermost last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
+    /// Every parameter that is set: the trigger's, the system's and those
+    /// the flow set.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// What the conversation is waiting for, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Wait>,
+    /// Answers not understood so far at the current Collect Input node.
+    #[serde(default)]
+    pub retries: u32,
+    /// When the session's lifetime runs out (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Steps taken so far; the driver keys what it records by it, so that
+    /// a step run twice (after a crash) is recorded once.
+    #[serde(default)]
+    pub seq: u64,
+    /// Whether the conversation is over; an ended state ignores every
+    /// event.
+    #[serde(default)]
     pub ended: bool,
+}
+
+/// What a waiting conversation waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum Wait {
+    /// The person's answer to a Collect Input or Classification node.
+    Input {
+        /// When to give up and leave by `no_input` (Unix milliseconds).
+        until: u64,
+    },
+    /// The answer to a webhook call the driver is making.
+    Webhook,
+    /// A live agent holds the conversation.
+    LiveAgent {
+        /// When to end the hand-over (Unix milliseconds).
+        until: u64,
+    },
+}
+
+impl FlowState {
+    /// The earliest time the driver must step the conversation with
+    /// [`Event::Timer`] even if nothing else happens.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        if self.ended {
+            return None;
+        }
+        let wait = match self.waiting {
+            Some(Wait::Input { until }) | Some(Wait::LiveAgent { until }) => Some(until),
+            _ => None,
+        };
+        [wait, self.expires_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
 }
 
 /// What happened to the conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The person is reachable: the call was answered, or the messaging
-    /// session opened.
-    Started,
+    /// session opened. `parameters` holds the trigger's session parameters
+    /// and the system parameters (`SESSION_ID`, `AGENT_ID`, `AGENT_NUMBER`,
+    /// `RECIPIENT`, `CHANNEL`, `DIRECTION`, and for an inbound session
+    /// `LAST_INPUT`, the person's first message); the flow's declared
+    /// defaults fill what is missing.
+    Started {
+        channel: Channel,
+        parameters: BTreeMap<String, String>,
+    },
+    /// The person said, typed or keyed something.
+    Input(Input),
+    /// A deadline passed ([`FlowState::next_deadline`]).
+    Timer,
+    /// The answer to [`Action::CallWebhook`].
+    WebhookAnswered { status: u16, body: String },
+    /// [`Action::CallWebhook`] got no answer (refused, timed out, failed).
+    WebhookFailed { error: String },
+    /// The live agent said something to the person.
+    LiveAgentMessage { text: String },
+    /// The live agent gave the conversation back to the flow.
+    LiveAgentHandBack,
+    /// The live agent ended the conversation.
+    LiveAgentEnd,
 }
 
-/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub kind: InputKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// A message (SMS, WhatsApp).
+    Text,
+    /// Keypad digits on a call.
+    Dtmf,
+    /// A spoken phrase on a call, as recognised text.
+    Speech,
+}
+
+/// What the driver must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A node was entered (recorded in the session's events).
     Entered {
         node: String,
     },
+    /// Voice: say this on the call.
     Speak {
         text: String,
     },
+    /// Messaging: send this to the person.
     SendMessage {
         text: String,
     },
+    /// A parameter changed (recorded in the session's events).
+    ParameterSet {
+        name: String,
+        value: String,
+    },
+    /// Make this HTTP call and step again with its answer.
+    CallWebhook(WebhookRequest),
+    SendSms {
+        to: String,
+        text: String,
+    },
+    SendEmail {
+        to: String,
+        subject: String,
+        body: String,
+    },
+    /// Voice: hand the call over to a number or SIP URI.
+    Transfer {
+        to: String,
+    },
+    /// Hand the conversation to the live agent at `url`: send it the
+    /// transcript so far.
+    LiveAgentStart {
+        url: String,
+    },
+    /// Pass the person's message on to the live agent at `url`.
+    LiveAgentForward {
+        url: String,
+        text: String,
+    },
+    /// The live agent handed the conversation back.
+    LiveAgentStop,
     /// The conversation is over; hang up or close the session.
-    End,
+    End {
+        reason: EndReason,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// An end node, or a flow that ran out of nodes.
+    Completed,
+    /// A Call Routing node handed the call over.
+    Transferred,
+    /// The live agent ended the conversation.
+    LiveAgentEnded,
+    /// The session's maximum lifetime ran out.
+    Expired,
+    /// The step bound was reached (a loop validation could not rule out).
+    Looped,
 }
 
 /// The most nodes one step may pass through. Validation rejects flows that
-/// could loop without waiting, this bound makes sure a step always returns.
-const MAX_NODES_PER_STEP: usize = 1000;
+/// could loop without waiting; this bound makes sure a step always returns.
+pub const MAX_NODES_PER_STEP: usize = 1000;
+
+/// The most sub-flows that may run inside one another. A sub-flow that
+/// calls itself across waits would otherwise grow the stored state without
+/// end; a `flow` node beyond this depth ends the conversation with
+/// [`EndReason::Looped`].
+pub const MAX_SUBFLOW_DEPTH: usize = 32;
+
+/// The parameter that holds the person's last input.
+pub const LAST_INPUT: &str = "LAST_INPUT";
 
 /// Advances the conversation by one event.
+///
+/// An event that does not apply (any event once the conversation ended, a
+/// second `Started`, an input before the start, a webhook answer nobody
+/// waits for, a live agent's event when no live agent holds the
+/// conversation, a timer with nothing due) is ignored: the state comes back
+/// unchanged, `seq` included, with no actions. Every other event adds one
+/// to `seq`. The comment of the (private) `machine` module tells what
+/// each node and event does.
 pub fn step(
     flow: &FlowDefinition,
-    mut state: FlowState,
+    state: FlowState,
     event: Event,
-    _now: std::time::SystemTime,
+    now: SystemTime,
 ) -> (FlowState, Vec<Action>) {
-    let mut actions = Vec::new();
-    if state.ended {
-        return (state, actions);
-    }
-    let mut current = match (event, state.node.take()) {
-        (Event::Started, None) => flow.start.clone(),
-        // A repeated start (a redelivered event) changes nothing.
-        (Event::Started, Some(node)) => {
-            state.node = Some(node);
-            return (state, actions);
-        }
-    };
-    for _ in 0..MAX_NODES_PER_STEP {
-        let Some(node) = flow.node(&current) else {
-            break;
-        };
-        actions.push(Action::Entered {
-            node: node.id.clone(),
-        });
-        match &node.kind {
-            NodeKind::Speak { text, next } => {
-                actions.push(Action::Speak { text: text.clone() });
-                current = next.clone();
-            }
-            NodeKind::SendMessage { text, next } => {
-                actions.push(Action::SendMessage { text: text.clone() });
-                current = next.clone();
-            }
-            NodeKind::End {} => break,
-        }
-    }
-    // Reaching an end node, a missing node (which validation rules out) or
-    // the step bound all end the conversation rather than leave it hanging.
-    actions.push(Action::End);
-    state.node = Some(current);
-    state.ended = true;
-    (state, actions)
+    machine::step(flow, state, event, now)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use herald_core::Channel;
-    use std::time::SystemTime;
-
-    #[test]
-    fn default_voice_flow_greets_and_ends() {
-        let flow = FlowDefinition::default_for(Channel::Voice);
-        let (state, actions) = step(
-            &flow,
-            FlowState::default(),
-            Event::Started,
-            SystemTime::UNIX_EPOCH,
-        );
-        assert!(state.ended);
-        assert_eq!(actions.len(), 4);
-        assert_eq!(
-            actions[0],
-            Action::Entered {
-                node: "greet".into()
-            }
-        );
-        assert!(matches!(&actions[1], Action::Speak { text } if text.starts_with("Hello")));
-        assert_eq!(actions[2], Action::Entered { node: "end".into() });
-        assert_eq!(actions[3], Action::End);
-    }
-
-    #[test]
-    fn default_sms_flow_sends_one_message() {
-        let flow = FlowDefinition::default_for(Channel::Sms);
-        let (_, actions) = step(
-            &flow,
-            FlowState::default(),
-            Event::Started,
-            SystemTime::UNIX_EPOCH,
-        );
-        let sends = actions
-            .iter()
-            .filter(|a| matches!(a, Action::SendMessage { .. }))
-            .count();
-        assert_eq!(sends, 1);
-        assert_eq!(actions.last(), Some(&Action::End));
-    }
-
-    #[test]
-    fn an_ended_conversation_ignores_events() {
-        let flow = FlowDefinition::default_for(Channel::Whatsapp);
-        let (state, _) = step(
-            &flow,
-            FlowState::default(),
-            Event::Started,
-            SystemTime::UNIX_EPOCH,
-        );
-        let (again, actions) = step(&flow, state.clone(), Event::Started, SystemTime::UNIX_EPOCH);
-        assert_eq!(again, state);
-        assert!(actions.is_empty());
-    }
+/// Fills a template in with the conversation's parameters; an unset
+/// parameter reads as `""`.
+pub(crate) fn render(template: &str, parameters: &BTreeMap<String, String>) -> String {
+    herald_core::template::render(template, |name| parameters.get(name).map(String::as_str))
+        .into_owned()
 }
