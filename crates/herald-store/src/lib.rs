@@ -200,6 +200,21 @@ pub trait Store: Send + Sync + 'static {
     /// a lease that is no longer held, none of it).
     async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;
 
+    /// Stores an input for a session that is still open (its job exists)
+    /// and makes the job due at once, in one transaction. `None` when the
+    /// session has ended (nothing is stored).
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>>;
+    /// The session's inputs with an id above `after`, oldest first.
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>>;
+    /// The newest session of `channel` that is not over, between the
+    /// person `to` and the agent number `from`.
+    async fn open_session(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Option<SessionId>>;
+
     /// Leases up to `limit` due callbacks, at most one per session (the
     /// oldest pending), so that a session's callbacks go out in order.
     async fn claim_callbacks(

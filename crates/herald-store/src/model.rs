@@ -110,6 +110,11 @@ pub struct NewSession {
     pub whatsapp: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub idempotency: Option<NewIdempotency>,
+    /// Started by the person's message rather than by a trigger.
+    pub inbound: bool,
+    /// The message that started an inbound session, stored as the
+    /// session's first input in the same transaction.
+    pub first_input: Option<NewInput>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +156,11 @@ pub struct SessionRecord {
     pub conversation_uuid: Option<String>,
     pub created_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Started by the person's message rather than by a trigger.
+    pub inbound: bool,
+    /// The flow runtime's state as of the last step, `None` before the
+    /// session's first step. The store keeps it as opaque JSON.
+    pub flow_state: Option<serde_json::Value>,
     /// Filled by [`crate::Store::session`]; empty in listings.
     pub events: Vec<SessionEvent>,
 }
@@ -201,6 +211,17 @@ pub struct SessionUpdate {
     pub callbacks: Vec<NewCallback>,
     /// Remove the session's dispatch job: its work is done.
     pub finish_dispatch: bool,
+    /// The flow runtime's state after this step.
+    pub flow_state: Option<serde_json::Value>,
+    /// The id of the last input this step consumed: inputs up to it are
+    /// done with.
+    pub inputs_consumed: Option<i64>,
+    /// Put the session's job to sleep until this time and give up its
+    /// lease (the session waits; [`crate::Store::deliver_input`] wakes it
+    /// sooner). If an input newer than `inputs_consumed` has arrived
+    /// meanwhile, the job is due at once instead, so no input is left
+    /// unhandled.
+    pub wake_at: Option<DateTime<Utc>>,
     /// The dispatch lease the update is made under. When given, nothing is
     /// written unless the job still carries this lease
     /// ([`crate::StoreError::LeaseLost`]).
@@ -217,8 +238,22 @@ pub struct LeaseToken(pub i64);
 impl LeaseToken {
     pub fn generate() -> Self {
         // The low half of a random UUID: 64 random bits but for six fixed
-        // ones, plenty to tell claims apart.
+        // ones, plenty to tell claims apart. Its top bits are the variant
+        // (0b10), so it is negative: never 0, the token of a job that no
+        // worker holds (a new job, or one put to sleep).
         LeaseToken(uuid::Uuid::new_v4().as_u64_pair().1 as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drawn_lease_token_is_never_that_of_an_unheld_job() {
+        for _ in 0..10_000 {
+            assert!(LeaseToken::generate().0 < 0);
+        }
     }
 }
 
@@ -266,4 +301,23 @@ pub enum Verdict {
     Failed {
         error: String,
     },
+}
+
+/// Something the person (or a live agent) said to an open session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInput {
+    /// `text`, `dtmf`, `speech`, `live_agent_message`,
+    /// `live_agent_hand_back` or `live_agent_end`.
+    pub kind: String,
+    pub text: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A stored input; ids grow in arrival order within a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRow {
+    pub id: i64,
+    pub kind: String,
+    pub text: String,
+    pub at: DateTime<Utc>,
 }

@@ -29,7 +29,10 @@ use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::*;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_conversations.sql"),
+];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
 /// locks are per database, so stores in different schemas of one database
@@ -264,7 +267,7 @@ async fn agent_in<'c>(
 
 const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
      from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
-     conversation_uuid, created_at, ended_at";
+     conversation_uuid, created_at, ended_at, inbound";
 
 fn session_from_row(row: &PgRow) -> Result<SessionRecord> {
     let outcome: Option<String> = row.try_get("outcome").db()?;
@@ -287,6 +290,17 @@ fn session_from_row(row: &PgRow) -> Result<SessionRecord> {
         created_at: time_col(row, "created_at")?,
         ended_at: ended_at.map(from_micros),
         events: Vec::new(),
+        inbound: row.try_get("inbound").db()?,
+        flow_state: None,
+    })
+}
+
+/// A row of `{SESSION_COLUMNS}, flow_state`: a session read on its own
+/// (listings leave the state out).
+fn session_with_state_from_row(row: &PgRow) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        flow_state: opt_json_col(row, "flow_state")?,
+        ..session_from_row(row)?
     })
 }
 
@@ -308,6 +322,21 @@ fn idempotent_from_row(row: &PgRow) -> Result<IdempotentResponse> {
         request_hash: hash_col(row, "request_hash")?,
         response: row.try_get("response").db()?,
     })
+}
+
+/// Stores an input; returns its id.
+async fn insert_input(conn: &mut PgConnection, session: &str, input: &NewInput) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO session_inputs (session_id, kind, text, at) VALUES ($1, $2, $3, $4) \
+         RETURNING id",
+    )
+    .bind(session)
+    .bind(&input.kind)
+    .bind(&input.text)
+    .bind(to_micros(input.at))
+    .fetch_one(conn)
+    .await
+    .db()
 }
 
 async fn insert_event(conn: &mut PgConnection, session: &str, event: &NewEvent) -> Result<()> {
@@ -569,7 +598,7 @@ impl PostgresStore {
         }
         sqlx::query(&format!(
             "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, 'queued', NULL, $8, $9, $10, $11, NULL, $12, NULL)"
+             ($1, $2, $3, $4, $5, $6, $7, 'queued', NULL, $8, $9, $10, $11, NULL, $12, NULL, $13)"
         ))
         .bind(&id)
         .bind(s.account_id)
@@ -583,9 +612,13 @@ impl PostgresStore {
         .bind(parameters)
         .bind(whatsapp)
         .bind(created)
+        .bind(s.inbound)
         .execute(&mut *tx)
         .await
         .db()?;
+        if let Some(input) = &s.first_input {
+            insert_input(&mut tx, &id, input).await?;
+        }
         insert_event(
             &mut tx,
             &id,
@@ -612,7 +645,8 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await.db()?;
         if let Some(token) = u.lease {
             // Locked to the commit: the job cannot be claimed again (nor
-            // its lease checked by another write) until this update lands.
+            // its lease checked by another write, nor an input delivered)
+            // until this update lands.
             let held = sqlx::query(
                 "SELECT 1 FROM dispatch_jobs \
                  WHERE session_id = $1 AND lease_token = $2 FOR UPDATE",
@@ -626,22 +660,36 @@ impl PostgresStore {
             if !held {
                 return Err(StoreError::LeaseLost);
             }
+        } else if u.wake_at.is_some() && !u.finish_dispatch {
+            // Putting the job to sleep needs its lock all the same (below).
+            sqlx::query("SELECT 1 FROM dispatch_jobs WHERE session_id = $1 FOR UPDATE")
+                .bind(&sid)
+                .fetch_optional(&mut *tx)
+                .await
+                .db()?;
         }
         if u.status.is_some()
             || u.outcome.is_some()
             || u.ended_at.is_some()
             || u.conversation_uuid.is_some()
+            || u.flow_state.is_some()
+            || u.inputs_consumed.is_some()
         {
+            let flow_state = u.flow_state.as_ref().map(to_json).transpose()?;
             sqlx::query(
                 "UPDATE sessions SET status = COALESCE($2, status), \
                  outcome = COALESCE($3, outcome), ended_at = COALESCE($4, ended_at), \
-                 conversation_uuid = COALESCE(conversation_uuid, $5) WHERE id = $1",
+                 conversation_uuid = COALESCE(conversation_uuid, $5), \
+                 flow_state = COALESCE($6, flow_state), \
+                 inputs_consumed = GREATEST(inputs_consumed, COALESCE($7, 0)) WHERE id = $1",
             )
             .bind(&sid)
             .bind(u.status.map(SessionStatus::as_str))
             .bind(u.outcome.map(Outcome::as_str))
             .bind(u.ended_at.map(to_micros))
             .bind(&u.conversation_uuid)
+            .bind(flow_state)
+            .bind(u.inputs_consumed)
             .execute(&mut *tx)
             .await
             .db()?;
@@ -675,9 +723,60 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .db()?;
+        } else if let Some(wake_at) = u.wake_at {
+            // The job's row has been locked since this transaction's first
+            // statement, and a delivery locks it before storing its input.
+            // So a delivery either committed before that lock was granted,
+            // and this statement (a snapshot newer than the lock) sees its
+            // input, or it waits for this commit and then makes the job due
+            // itself. Checking in a statement that ran before the lock was
+            // held could put the job to sleep over an input. Token 0 is
+            // never drawn (a claim's token is negative): the lease is given
+            // up for good, and writes under the old token are refused.
+            sqlx::query(
+                "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, \
+                 run_at = CASE WHEN EXISTS (SELECT 1 FROM session_inputs i \
+                     JOIN sessions s ON s.id = i.session_id \
+                     WHERE i.session_id = $1 AND i.id > s.inputs_consumed) \
+                   THEN $3 ELSE $2 END \
+                 WHERE session_id = $1",
+            )
+            .bind(&sid)
+            .bind(to_micros(wake_at))
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .db()?;
         }
         tx.commit().await.db()?;
         Ok(())
+    }
+
+    async fn deliver_input_now(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
+        let sid = session.to_string();
+        let mut tx = self.pool.begin().await.db()?;
+        // The job's row first, locked to the commit: a worker putting the
+        // session to sleep meanwhile either sees this input or is seen by
+        // this update (see update_session_now). Deliveries to one session
+        // take turns, so its input ids grow in commit order. The lease is
+        // left alone: its holder finds the input when it goes to sleep.
+        let open = sqlx::query(
+            "UPDATE dispatch_jobs SET run_at = LEAST(run_at, $2) WHERE session_id = $1",
+        )
+        .bind(&sid)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected()
+            > 0;
+        if !open {
+            // Nothing was written (and no row locked).
+            return Ok(None);
+        }
+        let id = insert_input(&mut tx, &sid, &input).await?;
+        tx.commit().await.db()?;
+        Ok(Some(id))
     }
 
     async fn settle_callbacks_now(&self, settlements: Vec<Settlement>) -> Result<()> {
@@ -1005,7 +1104,7 @@ impl Store for PostgresStore {
     async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>> {
         let sid = id.to_string();
         let Some(row) = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND account_id = $2"
+            "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = $1 AND account_id = $2"
         ))
         .bind(&sid)
         .bind(account)
@@ -1015,7 +1114,7 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let mut session = session_from_row(&row)?;
+        let mut session = session_with_state_from_row(&row)?;
         session.events = sqlx::query(
             "SELECT type, at, data FROM session_events WHERE session_id = $1 ORDER BY id",
         )
@@ -1064,13 +1163,13 @@ impl Store for PostgresStore {
 
     async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
         sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+            "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = $1"
         ))
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await
         .db()?
-        .map(|row| session_from_row(&row))
+        .map(|row| session_with_state_from_row(&row))
         .transpose()
     }
 
@@ -1217,6 +1316,59 @@ impl Store for PostgresStore {
         .await
         .db()?;
         Ok(())
+    }
+
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
+        let this = self.clone();
+        detached(async move { this.deliver_input_now(session, input).await }).await
+    }
+
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
+        sqlx::query(
+            "SELECT id, kind, text, at FROM session_inputs \
+             WHERE session_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(session.to_string())
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(InputRow {
+                id: row.try_get("id").db()?,
+                kind: row.try_get("kind").db()?,
+                text: row.try_get("text").db()?,
+                at: time_col(row, "at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn open_session(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Option<SessionId>> {
+        // No stored address holds U+0000 (PostgreSQL text cannot).
+        if to.contains('\0') || from.contains('\0') {
+            return Ok(None);
+        }
+        // `status <> 'ended'` as the index has it, so that it serves.
+        sqlx::query(
+            "SELECT id FROM sessions \
+             WHERE channel = $1 AND to_addr = $2 AND from_number = $3 AND status <> 'ended' \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(channel.as_str())
+        .bind(to)
+        .bind(from)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| parse_col(&row, "id"))
+        .transpose()
     }
 
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {

@@ -30,6 +30,7 @@ use crate::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_lease_tokens.sql"),
+    include_str!("../migrations/sqlite/0003_conversations.sql"),
 ];
 
 /// Most writes one transaction takes; bounds the latency a big batch adds.
@@ -308,7 +309,7 @@ fn agent_in(conn: &Connection, account: AccountId, id: &AgentId) -> Result<Optio
 
 const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
      from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
-     conversation_uuid, created_at, ended_at";
+     conversation_uuid, created_at, ended_at, inbound";
 
 fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
     let outcome: Option<String> = row.get(8)?;
@@ -330,6 +331,17 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
         created_at: from_micros(row.get(14)?),
         ended_at: row.get::<_, Option<i64>>(15)?.map(from_micros),
         events: Vec::new(),
+        inbound: row.get(16)?,
+        flow_state: None,
+    })
+}
+
+/// A row of `{SESSION_COLUMNS}, flow_state`: a session read on its own
+/// (listings leave the state out).
+fn session_with_state_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        flow_state: opt_json_col(row, 17)?,
+        ..session_from_row(row)?
     })
 }
 
@@ -378,6 +390,20 @@ fn insert_event(conn: &Connection, session: &str, event: &NewEvent) -> Result<()
     ])
     .db()?;
     Ok(())
+}
+
+/// Stores an input; returns its id.
+fn insert_input(conn: &Connection, session: &str, input: &NewInput) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO session_inputs (session_id, kind, text, at) VALUES (?1, ?2, ?3, ?4) \
+         RETURNING id",
+    )
+    .db()?
+    .query_row(
+        params![session, input.kind, input.text, to_micros(input.at)],
+        |r| r.get(0),
+    )
+    .db()
 }
 
 #[async_trait]
@@ -809,7 +835,8 @@ impl Store for SqliteStore {
             }
             conn.prepare_cached(&format!(
                 "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', NULL, ?8, ?9, ?10, ?11, NULL, ?12, NULL)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', NULL, ?8, ?9, ?10, ?11, NULL, ?12, NULL, \
+                  ?13)"
             ))
             .db()?
             .execute(params![
@@ -824,9 +851,13 @@ impl Store for SqliteStore {
                 s.hangup_on_machine,
                 parameters,
                 whatsapp,
-                created
+                created,
+                s.inbound
             ])
             .db()?;
+            if let Some(input) = &s.first_input {
+                insert_input(conn, &id, input)?;
+            }
             insert_event(
                 conn,
                 &id,
@@ -889,10 +920,14 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let found = conn
                 .prepare_cached(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND account_id = ?2"
+                    "SELECT {SESSION_COLUMNS}, flow_state FROM sessions \
+                     WHERE id = ?1 AND account_id = ?2"
                 ))
                 .db()?
-                .query_row(params![id.to_string(), account], session_from_row)
+                .query_row(
+                    params![id.to_string(), account],
+                    session_with_state_from_row,
+                )
                 .optional()
                 .db()?;
             match found {
@@ -936,10 +971,10 @@ impl Store for SqliteStore {
     async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
         self.read(move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+                "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = ?1"
             ))
             .db()?
-            .query_row([id.to_string()], session_from_row)
+            .query_row([id.to_string()], session_with_state_from_row)
             .optional()
             .db()
         })
@@ -1033,11 +1068,16 @@ impl Store for SqliteStore {
                 || u.outcome.is_some()
                 || u.ended_at.is_some()
                 || u.conversation_uuid.is_some()
+                || u.flow_state.is_some()
+                || u.inputs_consumed.is_some()
             {
+                let flow_state = u.flow_state.as_ref().map(to_json).transpose()?;
                 conn.prepare_cached(
                     "UPDATE sessions SET status = COALESCE(?2, status), \
                      outcome = COALESCE(?3, outcome), ended_at = COALESCE(?4, ended_at), \
-                     conversation_uuid = COALESCE(conversation_uuid, ?5) WHERE id = ?1",
+                     conversation_uuid = COALESCE(conversation_uuid, ?5), \
+                     flow_state = COALESCE(?6, flow_state), \
+                     inputs_consumed = MAX(inputs_consumed, COALESCE(?7, 0)) WHERE id = ?1",
                 )
                 .db()?
                 .execute(params![
@@ -1045,7 +1085,9 @@ impl Store for SqliteStore {
                     u.status.map(SessionStatus::as_str),
                     u.outcome.map(Outcome::as_str),
                     u.ended_at.map(to_micros),
-                    u.conversation_uuid
+                    u.conversation_uuid,
+                    flow_state,
+                    u.inputs_consumed
                 ])
                 .db()?;
             }
@@ -1075,6 +1117,21 @@ impl Store for SqliteStore {
                     .db()?
                     .execute([&sid])
                     .db()?;
+            } else if let Some(wake_at) = u.wake_at {
+                // The one writer runs this and every delivery in turn, so an
+                // input either is seen here or makes the job due after it.
+                // Token 0 is never drawn (a claim's token is negative), so
+                // the lease is given up for good.
+                conn.prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, \
+                     run_at = CASE WHEN EXISTS (SELECT 1 FROM session_inputs i, sessions s \
+                         WHERE s.id = ?1 AND i.session_id = ?1 AND i.id > s.inputs_consumed) \
+                       THEN ?3 ELSE ?2 END \
+                     WHERE session_id = ?1",
+                )
+                .db()?
+                .execute(params![sid, to_micros(wake_at), now_micros()])
+                .db()?;
             }
             Ok(())
         })
@@ -1178,6 +1235,73 @@ impl Store for SqliteStore {
                 stmt.execute(params![id, token.0]).db()?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
+        self.write(move |conn| {
+            let sid = session.to_string();
+            // The lease is left alone: a worker holding it sees the input
+            // when it next puts the session to sleep.
+            let open = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET run_at = MIN(run_at, ?2) WHERE session_id = ?1",
+                )
+                .db()?
+                .execute(params![sid, now_micros()])
+                .db()?
+                > 0;
+            if !open {
+                return Ok(None);
+            }
+            insert_input(conn, &sid, &input).map(Some)
+        })
+        .await
+    }
+
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, kind, text, at FROM session_inputs \
+                     WHERE session_id = ?1 AND id > ?2 ORDER BY id",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![session.to_string(), after], |row| {
+                    Ok(InputRow {
+                        id: row.get(0)?,
+                        kind: row.get(1)?,
+                        text: row.get(2)?,
+                        at: from_micros(row.get(3)?),
+                    })
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+
+    async fn open_session(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Option<SessionId>> {
+        let (to, from) = (to.to_owned(), from.to_owned());
+        self.read(move |conn| {
+            // `status <> 'ended'` as the index has it, so that it serves.
+            conn.prepare_cached(
+                "SELECT id FROM sessions \
+                 WHERE channel = ?1 AND to_addr = ?2 AND from_number = ?3 \
+                   AND status <> 'ended' \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .db()?
+            .query_row(params![channel.as_str(), to, from], |row| parse_col(row, 0))
+            .optional()
+            .db()
         })
         .await
     }

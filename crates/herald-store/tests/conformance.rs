@@ -50,6 +50,12 @@ conformance!(
     concurrent_claimers_never_share_a_job,
     finished_sessions_leave_the_queue,
     a_write_whose_caller_stops_waiting_leaves_no_lock_behind,
+    inputs_reach_an_open_session_and_wake_it,
+    a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease,
+    a_sleep_over_an_unhandled_input_leaves_the_job_due,
+    a_delivery_racing_a_sleep_is_never_lost,
+    flow_state_and_inbound_first_inputs_are_stored,
+    an_inbound_message_finds_the_newest_open_session,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -90,6 +96,8 @@ fn session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSession {
         whatsapp: None,
         created_at: Utc::now(),
         idempotency: None,
+        inbound: false,
+        first_input: None,
     }
 }
 
@@ -648,4 +656,680 @@ async fn claim_soon(store: &dyn Store, now: chrono::DateTime<Utc>) -> DispatchLe
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the job is not claimable");
+}
+
+// ---- conversations that wait ------------------------------------------------
+
+/// An input made now, to the microsecond (as the store keeps times).
+fn input(text: &str) -> NewInput {
+    NewInput {
+        kind: "text".into(),
+        text: text.into(),
+        at: herald_core::time::from_micros(Utc::now().timestamp_micros()),
+    }
+}
+
+async fn claim_now(store: &dyn Store) -> Vec<DispatchLease> {
+    store.claim_dispatches(Utc::now(), LEASE, 10).await.unwrap()
+}
+
+/// The update a worker makes when its session waits for the person.
+fn sleep(
+    lease: DispatchLease,
+    consumed: Option<i64>,
+    wake_at: chrono::DateTime<Utc>,
+) -> SessionUpdate {
+    SessionUpdate {
+        inputs_consumed: consumed,
+        wake_at: Some(wake_at),
+        lease: Some(lease.token),
+        ..Default::default()
+    }
+}
+
+async fn inputs_reach_an_open_session_and_wake_it(store: Arc<dyn Store>) {
+    let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0];
+    // Delivered while a worker holds the job: stored, and the lease is left
+    // to its holder.
+    let one = input("one");
+    let first = store.deliver_input(id, one.clone()).await.unwrap().unwrap();
+    assert!(claim_now(store.as_ref()).await.is_empty());
+    assert!(store.renew_dispatch(lease, later(30)).await.unwrap());
+    // The worker handles it and waits an hour for the next.
+    store
+        .update_session(id, sleep(lease, Some(first), later(3600)))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_dispatches(later(60), LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The person answers: the sleeping job is due at once.
+    let (two, three) = (input("two"), input("three"));
+    let second = store.deliver_input(id, two.clone()).await.unwrap().unwrap();
+    let third = store
+        .deliver_input(id, three.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+    // Another session's inputs stay its own.
+    let other = SessionId::generate();
+    let agent = store.agents(account).await.unwrap()[0].agent_id.clone();
+    store
+        .create_session(session(account, &agent, other))
+        .await
+        .unwrap();
+    store
+        .deliver_input(other, input("else"))
+        .await
+        .unwrap()
+        .unwrap();
+    let woken = claim_now(store.as_ref()).await;
+    let mine: Vec<_> = woken.iter().filter(|l| l.session_id == id).collect();
+    assert_eq!(mine.len(), 1, "{woken:?}");
+    let row = |id, i: &NewInput| InputRow {
+        id,
+        kind: i.kind.clone(),
+        text: i.text.clone(),
+        at: i.at,
+    };
+    assert_eq!(
+        store.pending_inputs(id, 0).await.unwrap(),
+        vec![row(first, &one), row(second, &two), row(third, &three)]
+    );
+    assert_eq!(
+        store.pending_inputs(id, first).await.unwrap(),
+        vec![row(second, &two), row(third, &three)]
+    );
+    assert!(store.pending_inputs(id, third).await.unwrap().is_empty());
+    // Once the session is over, an input is refused and nothing is stored.
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                status: Some(herald_core::session::SessionStatus::Ended),
+                finish_dispatch: true,
+                lease: Some(mine[0].token),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.deliver_input(id, input("late")).await.unwrap(), None);
+    assert!(store.pending_inputs(id, third).await.unwrap().is_empty());
+    assert!(store
+        .claim_dispatches(later(7200), LEASE, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.session_id != id));
+}
+
+async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: Arc<dyn Store>) {
+    let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0];
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                events: vec![NewEvent {
+                    key: Some("asked".into()),
+                    kind: "asked".into(),
+                    at: Utc::now(),
+                    data: None,
+                }],
+                ..sleep(lease, None, later(600))
+            },
+        )
+        .await
+        .unwrap();
+    // Asleep until its time, lease or no lease.
+    assert!(claim_now(store.as_ref()).await.is_empty());
+    assert!(store
+        .claim_dispatches(later(590), LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The lease is given up: the old token holds nothing any more.
+    assert!(!store.renew_dispatch(lease, later(60)).await.unwrap());
+    let refused = store
+        .update_session(
+            id,
+            SessionUpdate {
+                status: Some(herald_core::session::SessionStatus::Ended),
+                finish_dispatch: true,
+                lease: Some(lease.token),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    let refused = store.update_session(id, sleep(lease, None, later(5))).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    let session = store.session(account, id).await.unwrap().unwrap();
+    assert_eq!(session.status, herald_core::session::SessionStatus::Queued);
+    assert!(session.events.iter().any(|e| e.kind == "asked"));
+    // At its time it is taken up again, under a new token.
+    let woken = store.claim_dispatches(later(601), LEASE, 10).await.unwrap();
+    assert_eq!(woken.len(), 1);
+    assert_eq!(woken[0].session_id, id);
+    assert_ne!(woken[0].token, lease.token);
+    assert!(store.renew_dispatch(woken[0], later(700)).await.unwrap());
+}
+
+async fn a_sleep_over_an_unhandled_input_leaves_the_job_due(store: Arc<dyn Store>) {
+    let (_, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0];
+    let a = store.deliver_input(id, input("a")).await.unwrap().unwrap();
+    let b = store.deliver_input(id, input("b")).await.unwrap().unwrap();
+    // The worker read only `a`: `b` is waiting, so the job stays due.
+    store
+        .update_session(id, sleep(lease, Some(a), later(3600)))
+        .await
+        .unwrap();
+    let again = claim_now(store.as_ref()).await;
+    assert_eq!(again.len(), 1, "the job went to sleep over input {b}");
+    assert_ne!(again[0].token, lease.token);
+    // The lease was given up all the same.
+    let refused = store
+        .update_session(id, sleep(lease, Some(b), later(3600)))
+        .await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    // Everything handled: it sleeps.
+    store
+        .update_session(id, sleep(again[0], Some(b), later(3600)))
+        .await
+        .unwrap();
+    assert!(claim_now(store.as_ref()).await.is_empty());
+    // The stored mark counts when an update gives none.
+    let woken = store
+        .claim_dispatches(later(3601), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(woken.len(), 1);
+    store
+        .update_session(id, sleep(woken[0], None, later(7200)))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_dispatches(later(3602), LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The first input of an inbound session is unhandled until marked so.
+    let (account, agent) = {
+        let account = store.accounts().await.unwrap()[0].id;
+        (
+            account,
+            store.agents(account).await.unwrap()[0].agent_id.clone(),
+        )
+    };
+    let inbound = SessionId::generate();
+    store
+        .create_session(NewSession {
+            inbound: true,
+            first_input: Some(input("hi")),
+            ..session(account, &agent, inbound)
+        })
+        .await
+        .unwrap();
+    let lease = store
+        .claim_dispatches(later(3603), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(lease.len(), 1);
+    assert_eq!(lease[0].session_id, inbound);
+    store
+        .update_session(inbound, sleep(lease[0], None, later(3600)))
+        .await
+        .unwrap();
+    assert_eq!(claim_now(store.as_ref()).await.len(), 1);
+}
+
+/// A worker puts its session to sleep while the person's answer arrives. The
+/// worker read the inputs before the answer, so its mark is below it; the
+/// two writes race. Whichever lands first, the job must end up due at once:
+/// otherwise the answer waits for the timer (an hour here, or for ever).
+async fn a_delivery_racing_a_sleep_is_never_lost(store: Arc<dyn Store>) {
+    const SESSIONS: usize = 4;
+    const ROUNDS: usize = 60;
+    let (account, agent) = agent(store.as_ref()).await;
+    for _ in 0..SESSIONS {
+        store
+            .create_session(session(account, &agent, SessionId::generate()))
+            .await
+            .unwrap();
+    }
+    let mut leases = claim_now(store.as_ref()).await;
+    assert_eq!(leases.len(), SESSIONS);
+    let mut marks = vec![0; SESSIONS];
+    for round in 0..ROUNDS {
+        // Every session's pair starts together, so that the two overlap in
+        // the database (and the sessions' pairs with each other).
+        let start = Arc::new(tokio::sync::Barrier::new(2 * SESSIONS));
+        let mut races = Vec::new();
+        for (lease, mark) in leases.iter().zip(&marks) {
+            let (id, lease, mark) = (lease.session_id, *lease, *mark);
+            let deliver = tokio::spawn({
+                let (store, start) = (store.clone(), start.clone());
+                async move {
+                    start.wait().await;
+                    let text = format!("answer {round}");
+                    store.deliver_input(id, input(&text)).await
+                }
+            });
+            let wait = tokio::spawn({
+                let (store, start) = (store.clone(), start.clone());
+                async move {
+                    start.wait().await;
+                    store
+                        .update_session(id, sleep(lease, Some(mark), later(3600)))
+                        .await
+                }
+            });
+            races.push((id, mark, deliver, wait));
+        }
+        let mut delivered = Vec::new();
+        for (id, mark, deliver, wait) in races {
+            let input = deliver
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("the session is open");
+            wait.await.unwrap().unwrap();
+            assert!(input > mark);
+            delivered.push((id, input));
+        }
+        // An input above each stored mark exists, so every job is due.
+        let claimed = store
+            .claim_dispatches(Utc::now(), LEASE, 2 * SESSIONS)
+            .await
+            .unwrap();
+        for (id, input) in &delivered {
+            assert!(
+                claimed.iter().any(|l| l.session_id == *id),
+                "round {round}: session {id} went to sleep over input {input}"
+            );
+        }
+        assert_eq!(claimed.len(), SESSIONS);
+        leases = delivered
+            .iter()
+            .map(|(id, _)| *claimed.iter().find(|l| l.session_id == *id).unwrap())
+            .collect();
+        for (i, (id, input)) in delivered.iter().enumerate() {
+            let pending = store.pending_inputs(*id, marks[i]).await.unwrap();
+            assert_eq!(
+                pending.iter().map(|p| p.id).collect::<Vec<_>>(),
+                vec![*input],
+                "round {round}"
+            );
+            marks[i] = *input;
+        }
+    }
+}
+
+async fn flow_state_and_inbound_first_inputs_are_stored(store: Arc<dyn Store>) {
+    let (account, id) = started(store.as_ref()).await;
+    let fresh = store.session_for_work(id).await.unwrap().unwrap();
+    assert!(!fresh.inbound);
+    assert_eq!(fresh.flow_state, None);
+    assert!(store.pending_inputs(id, 0).await.unwrap().is_empty());
+    let lease = claim_now(store.as_ref()).await[0];
+    let state = serde_json::json!({"node": "ask_name", "vars": {"n": 1, "s": "é\u{0}\""}});
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                flow_state: Some(state.clone()),
+                lease: Some(lease.token),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .session_for_work(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .flow_state,
+        Some(state.clone())
+    );
+    assert_eq!(
+        store
+            .session(account, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .flow_state,
+        Some(state.clone())
+    );
+    // An update without a state keeps the stored one; a new one replaces it.
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                status: Some(herald_core::session::SessionStatus::Active),
+                lease: Some(lease.token),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .session_for_work(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .flow_state,
+        Some(state)
+    );
+    let next = serde_json::json!(["done"]);
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                flow_state: Some(next.clone()),
+                ..sleep(lease, None, later(60))
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .session_for_work(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .flow_state,
+        Some(next)
+    );
+
+    // An inbound session: its first message is its first input, and its
+    // job is due at once.
+    let agent = store.agents(account).await.unwrap()[0].agent_id.clone();
+    let inbound = SessionId::generate();
+    let hello = input("hello");
+    store
+        .create_session(NewSession {
+            inbound: true,
+            first_input: Some(hello.clone()),
+            ..session(account, &agent, inbound)
+        })
+        .await
+        .unwrap();
+    let record = store.session_for_work(inbound).await.unwrap().unwrap();
+    assert!(record.inbound);
+    assert_eq!(record.flow_state, None);
+    assert!(
+        store
+            .session(account, inbound)
+            .await
+            .unwrap()
+            .unwrap()
+            .inbound
+    );
+    let listed = store
+        .sessions(
+            account,
+            SessionFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|s| (s.id, s.inbound)).collect::<Vec<_>>(),
+        vec![(inbound, true), (id, false)]
+    );
+    let pending = store.pending_inputs(inbound, 0).await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (
+            pending[0].kind.as_str(),
+            pending[0].text.as_str(),
+            pending[0].at
+        ),
+        ("text", "hello", hello.at)
+    );
+    assert!(store
+        .pending_inputs(inbound, pending[0].id)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = claim_now(store.as_ref()).await;
+    assert_eq!(
+        due.iter().map(|l| l.session_id).collect::<Vec<_>>(),
+        vec![inbound]
+    );
+}
+
+async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>) {
+    use herald_core::session::SessionStatus;
+    let (account, agent) = agent(store.as_ref()).await;
+    let (person, number) = ("447700900123", "447700900001");
+    let create = |channel: Channel, to: &str| {
+        let (store, agent) = (store.clone(), agent.clone());
+        let to = to.to_owned();
+        async move {
+            let id = SessionId::generate();
+            store
+                .create_session(NewSession {
+                    channel,
+                    to,
+                    ..session(account, &agent, id)
+                })
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let end = |id: SessionId| {
+        let store = store.clone();
+        async move {
+            store
+                .update_session(
+                    id,
+                    SessionUpdate {
+                        status: Some(SessionStatus::Ended),
+                        finish_dispatch: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    assert_eq!(
+        store
+            .open_session(Channel::Sms, person, number)
+            .await
+            .unwrap(),
+        None
+    );
+    let older = create(Channel::Sms, person).await;
+    let newer = create(Channel::Sms, person).await;
+    let whatsapp = create(Channel::Whatsapp, person).await;
+    let someone_else = create(Channel::Sms, "447700900999").await;
+    // An ended session, newer than all: never the answer.
+    let ended = create(Channel::Sms, person).await;
+    end(ended).await;
+    let open = |channel, to: &'static str, from: &'static str| {
+        let store = store.clone();
+        async move { store.open_session(channel, to, from).await.unwrap() }
+    };
+    assert_eq!(open(Channel::Sms, person, number).await, Some(newer));
+    assert_eq!(
+        open(Channel::Whatsapp, person, number).await,
+        Some(whatsapp)
+    );
+    assert_eq!(open(Channel::Voice, person, number).await, None);
+    assert_eq!(
+        open(Channel::Sms, "447700900999", number).await,
+        Some(someone_else)
+    );
+    assert_eq!(open(Channel::Sms, person, "447700900002").await, None);
+    // An active session is open too; once it ends, the older one answers.
+    store
+        .update_session(
+            newer,
+            SessionUpdate {
+                status: Some(SessionStatus::Active),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(open(Channel::Sms, person, number).await, Some(newer));
+    end(newer).await;
+    assert_eq!(open(Channel::Sms, person, number).await, Some(older));
+    end(older).await;
+    assert_eq!(open(Channel::Sms, person, number).await, None);
+    assert_eq!(
+        open(Channel::Whatsapp, person, number).await,
+        Some(whatsapp)
+    );
+}
+
+// ---- upgrades ----------------------------------------------------------------
+
+/// A session as the previous schema stored it, with its dispatch job.
+struct OldSession {
+    account: AccountId,
+    id: SessionId,
+}
+
+impl OldSession {
+    fn new() -> Self {
+        OldSession {
+            account: 1,
+            id: SessionId::generate(),
+        }
+    }
+
+    const INSERT_SESSION: &'static str = "INSERT INTO sessions (id, account_id, agent_id, \
+        agent_version, channel, to_addr, from_number, status, hangup_on_machine, parameters, \
+        created_at) VALUES ($1, $2, '0123456789abcdef01234567', 1, 'sms', '447700900123', \
+        '447700900001', 'queued', FALSE, '[]', 1700000000000000)";
+    const INSERT_JOB: &'static str =
+        "INSERT INTO dispatch_jobs (session_id, run_at) VALUES ($1, 1700000000000000)";
+
+    /// What the upgraded store must make of it.
+    async fn check(&self, store: &dyn Store) {
+        let s = store.session(self.account, self.id).await.unwrap().unwrap();
+        assert!(!s.inbound);
+        assert_eq!(s.flow_state, None);
+        assert_eq!(s.status, herald_core::session::SessionStatus::Queued);
+        let s = store.session_for_work(self.id).await.unwrap().unwrap();
+        assert!(!s.inbound);
+        assert_eq!(s.flow_state, None);
+        assert_eq!(
+            store
+                .open_session(Channel::Sms, "447700900123", "447700900001")
+                .await
+                .unwrap(),
+            Some(self.id)
+        );
+        // It takes inputs, and its job is due for them.
+        let lease = claim_now(store).await;
+        assert_eq!(lease.len(), 1);
+        let first = store
+            .deliver_input(self.id, input("hello"))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .update_session(self.id, sleep(lease[0], None, later(3600)))
+            .await
+            .unwrap();
+        assert_eq!(claim_now(store).await.len(), 1);
+        assert_eq!(store.pending_inputs(self.id, 0).await.unwrap()[0].id, first);
+    }
+}
+
+/// A SQLite database made by the previous release (schema version 2) opens,
+/// upgrades, and keeps its sessions.
+#[tokio::test]
+async fn a_sqlite_database_of_the_previous_schema_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let old = OldSession::new();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0002_lease_tokens.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let sql = OldSession::INSERT_SESSION.replace('$', "?");
+        conn.execute(&sql, rusqlite::params![old.id.to_string(), old.account])
+            .unwrap();
+        conn.execute(
+            &OldSession::INSERT_JOB.replace('$', "?"),
+            [old.id.to_string()],
+        )
+        .unwrap();
+    }
+    let store = open(&format!("sqlite://{}", path.display())).await;
+    old.check(store.as_ref()).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+}
+
+/// A PostgreSQL schema made by the previous release (version 1) opens,
+/// upgrades, and keeps its sessions.
+#[tokio::test]
+async fn a_postgres_schema_of_the_previous_version_upgrades() {
+    use sqlx::Connection;
+    let url = herald_store::testing::scratch_postgres_url().await;
+    let old = OldSession::new();
+    {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        // As the previous release's migrate() left it.
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::raw_sql(include_str!("../migrations/postgres/0001_init.sql"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(OldSession::INSERT_SESSION)
+            .bind(old.id.to_string())
+            .bind(old.account)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(OldSession::INSERT_JOB)
+            .bind(old.id.to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = open(&url).await;
+    old.check(store.as_ref()).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
 }
