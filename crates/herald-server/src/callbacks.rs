@@ -48,6 +48,38 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// Refuses a URL whose host is a literal internal address. Literal
+/// addresses never reach the resolver, so [`http_client`]'s guard does not
+/// see them: check every URL with this first.
+pub fn refuse_internal_literal(url: &reqwest::Url) -> Result<(), InternalAddress> {
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal.filter(|ip| is_internal(*ip)) {
+        Some(ip) => Err(InternalAddress(ip)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal, if a request failed because [`http_client`]'s resolver
+/// found an internal address behind the URL's name.
+pub fn refused_by_resolver(e: &reqwest::Error) -> Option<&InternalAddress> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(internal) = err.downcast_ref::<InternalAddress>() {
+            return Some(internal);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// A client for calls to URLs that customers choose: unless
+/// `allow_private`, names that resolve to internal addresses are refused,
+/// and redirects are never followed. Pair it with
+/// [`refuse_internal_literal`].
 pub fn http_client(allow_private: bool, timeout: Duration) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
@@ -191,15 +223,7 @@ async fn send(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Res
     let url =
         reqwest::Url::parse(&cb.url).map_err(|e| Failure::Refused(format!("invalid URL: {e}")))?;
     if !app.config.allow_private_callbacks {
-        // Literal addresses never reach the resolver.
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal.filter(|ip| is_internal(*ip)) {
-            return Err(Failure::Refused(InternalAddress(ip).to_string()));
-        }
+        refuse_internal_literal(&url).map_err(|e| Failure::Refused(e.to_string()))?;
     }
     let account = app.directory.account(cb.account_id);
     let timestamp = Utc::now().timestamp();
@@ -220,16 +244,10 @@ async fn send(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Res
             "the receiver answered {}",
             response.status()
         ))),
-        Err(e) => {
-            let mut source: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(err) = source {
-                if let Some(internal) = err.downcast_ref::<InternalAddress>() {
-                    return Err(Failure::Refused(internal.to_string()));
-                }
-                source = err.source();
-            }
-            Err(Failure::Retryable(describe(&e)))
-        }
+        Err(e) => match refused_by_resolver(&e) {
+            Some(internal) => Err(Failure::Refused(internal.to_string())),
+            None => Err(Failure::Retryable(describe(&e))),
+        },
     }
 }
 

@@ -34,11 +34,54 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often caches check the store for changes made elsewhere.
     pub cache_refresh: Duration,
+    /// The secret channel providers send in `X-Herald-Inbound-Token` with
+    /// inbound messages; `None` turns `POST /inbound/{channel}` off.
+    pub inbound_token: Option<String>,
     /// Serve `/bench/noop`, the baseline route of the benchmark.
     pub bench_routes: bool,
     /// Wait for the disk on every commit (SQLite `synchronous=FULL`,
     /// PostgreSQL `synchronous_commit=on`).
     pub durable_commits: bool,
+    /// The relay that flows' email nodes send through; `None`: no email.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
+/// by [`crate::email::Mailer::new`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// `smtp://HOST:PORT` (plain, such as a relay on this machine),
+    /// `smtp://USER:PASSWORD@HOST:587?tls=required` (STARTTLS) or
+    /// `smtps://USER:PASSWORD@HOST:465` (TLS from the start).
+    pub url: String,
+    /// The `From` of every email: `herald@example.com` or
+    /// `Herald <herald@example.com>`.
+    pub from: String,
+}
+
+/// The URL's password never prints, so logging the settings is safe.
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("url", &redact_password(&self.url))
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// `url` with its password, if any, replaced by `****`; a URL that does not
+/// parse is hidden whole, since where its password is cannot be told.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Only fails for URLs that cannot have a password.
+                let _ = parsed.set_password(Some("****"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
 }
 
 impl Default for Config {
@@ -57,8 +100,10 @@ impl Default for Config {
             dispatch_lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             cache_refresh: Duration::from_millis(500),
+            inbound_token: None,
             bench_routes: false,
             durable_commits: true,
+            smtp: None,
         }
     }
 }
@@ -107,5 +152,30 @@ mod tests {
         assert!(parse_retry_schedule("1,,2").is_err());
         assert!(parse_retry_schedule("-1").is_err());
         assert!(parse_retry_schedule("soon").is_err());
+    }
+
+    #[test]
+    fn smtp_passwords_never_print() {
+        let settings = SmtpSettings {
+            url: "smtps://mailer:s3cret@mail.example.com:465".into(),
+            from: "herald@example.com".into(),
+        };
+        let printed = format!(
+            "{:?}",
+            Config {
+                smtp: Some(settings),
+                ..Config::default()
+            }
+        );
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("smtps://mailer:****@mail.example.com:465"),
+            "{printed}"
+        );
+        assert_eq!(redact_password("smtp://[bad"), "(not a URL)");
+        assert_eq!(
+            redact_password("smtp://127.0.0.1:25"),
+            "smtp://127.0.0.1:25"
+        );
     }
 }
