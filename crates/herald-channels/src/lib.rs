@@ -85,6 +85,9 @@ pub trait Provider: Send + Sync + 'static {
     /// Says `text` on an answered call and returns when it has been said.
     async fn say(&self, call: &CallRequest, text: &str);
     async fn hang_up(&self, call: &CallRequest);
+    /// Hands an answered call over to `to` (a number or SIP URI); herald's
+    /// part of the call ends there.
+    async fn transfer(&self, call: &CallRequest, to: &str);
     /// Sends a message and returns its statuses as they happen.
     async fn send(&self, message: &OutboundMessage) -> StatusStream;
 }

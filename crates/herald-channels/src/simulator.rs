@@ -73,6 +73,10 @@ impl Provider for Simulator {
 
     async fn hang_up(&self, _call: &CallRequest) {}
 
+    async fn transfer(&self, _call: &CallRequest, _to: &str) {
+        tokio::time::sleep(self.delay).await;
+    }
+
     async fn send(&self, message: &OutboundMessage) -> StatusStream {
         let statuses = Self::message_statuses(message.channel, message.last_two_digits);
         let (tx, rx) = mpsc::channel(statuses.len().max(1));

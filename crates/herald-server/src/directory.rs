@@ -179,6 +179,23 @@ impl Directory {
             .map(|r| (*r).clone())
     }
 
+    /// The published agent of `channel` in `region` with this number,
+    /// whatever its account: where a provider's inbound message goes.
+    pub fn agent_for_number(
+        &self,
+        number: &str,
+        channel: Channel,
+        region: Region,
+    ) -> Option<AgentIndexRow> {
+        let agents = read(&self.agents);
+        agents
+            .by_id
+            .values()
+            .filter(|r| r.channel == channel && r.region == region)
+            .find(|r| r.published.as_ref().is_some_and(|(_, n)| n == number))
+            .cloned()
+    }
+
     pub fn rate(&self, id: &AgentId) -> Option<u32> {
         read(&self.rates).get(id).copied()
     }

@@ -11,10 +11,13 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod dispatcher;
+pub mod email;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod runtime;
+pub mod webhook_call;
 pub mod work;
 
 use std::collections::HashSet;
@@ -46,6 +49,11 @@ pub struct App {
     pub dispatch_wakeup: Notify,
     /// Poked when a callback is written or settled.
     pub callback_wakeup: Notify,
+    /// Makes the calls of flows' webhook nodes and live-agent hand-overs;
+    /// refuses internal addresses unless private callbacks are allowed.
+    pub webhook_client: reqwest::Client,
+    /// Sends the emails of Send Email nodes, when an SMTP relay is set.
+    pub mailer: Option<email::Mailer>,
     /// The address this server answers on (to spot `status_url`s pointing
     /// back at it).
     pub local_addr: SocketAddr,
@@ -155,7 +163,13 @@ pub async fn start_with_store(
         ),
         None => Arc::new(MemoryLimiter::default()),
     };
+    let mailer = match &config.smtp {
+        Some(smtp) => Some(email::Mailer::new(smtp).context("the SMTP settings")?),
+        None => None,
+    };
     let app: AppState = Arc::new(App {
+        webhook_client: webhook_call::http_client(config.allow_private_callbacks),
+        mailer,
         provider: Arc::new(Simulator::new(config.simulator_delay)),
         limiter,
         config,

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{account, agents, ops, sessions, templates, trigger};
+use crate::routes::{account, agents, conversations, ops, sessions, templates, trigger};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,10 @@ use crate::routes::{account, agents, ops, sessions, templates, trigger};
         account::read,
         sessions::read,
         sessions::list,
+        sessions::read_transcript,
+        conversations::simulated,
+        conversations::provider,
+        conversations::live_agent,
         ops::healthz,
         ops::metrics,
         ops::openapi,
@@ -40,6 +44,7 @@ use crate::routes::{account, agents, ops, sessions, templates, trigger};
         (name = "templates", description = "WhatsApp templates"),
         (name = "account", description = "The calling account"),
         (name = "sessions", description = "What happened in each session"),
+        (name = "conversations", description = "Replies from people and live agents"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod agents;
+pub mod conversations;
 pub mod ops;
 pub mod sessions;
 pub mod templates;
@@ -41,6 +42,16 @@ pub fn router(app: AppState) -> Router {
         .route("/account", get(account::read))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{session_id}", get(sessions::read))
+        .route(
+            "/sessions/{session_id}/transcript",
+            get(sessions::read_transcript),
+        )
+        .route(
+            "/sessions/{session_id}/live-agent",
+            post(conversations::live_agent),
+        )
+        .route("/simulator/inbound", post(conversations::simulated))
+        .route("/inbound/{channel}", post(conversations::provider))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));

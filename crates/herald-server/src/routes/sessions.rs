@@ -194,3 +194,121 @@ pub async fn list(
         next_cursor,
     }))
 }
+
+/// One line of a conversation, as `GET /sessions/{id}/transcript` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TranscriptEntry {
+    /// Said or sent to the person (`outbound`), or by them (`inbound`).
+    Message {
+        direction: Direction,
+        text: String,
+        /// Inbound only: `text`, `dtmf` or `speech`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        timestamp: String,
+    },
+    /// The flow entered a node.
+    Node { node: String, timestamp: String },
+    /// A parameter changed.
+    Parameter {
+        name: String,
+        value: String,
+        timestamp: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Transcript {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub outcome: Option<Outcome>,
+    /// The conversation in order.
+    pub transcript: Vec<TranscriptEntry>,
+}
+
+/// The conversation told by a session's events: messages both ways, nodes
+/// entered and parameters changed, in the order they happened.
+pub fn transcript(events: &[herald_store::SessionEvent]) -> Vec<TranscriptEntry> {
+    let text = |e: &herald_store::SessionEvent, path: &str| -> Option<String> {
+        e.data.as_ref()?.pointer(path)?.as_str().map(str::to_owned)
+    };
+    events
+        .iter()
+        .filter_map(|e| {
+            let timestamp = rfc3339(e.at);
+            match e.kind.as_str() {
+                "speak" => Some(TranscriptEntry::Message {
+                    direction: Direction::Outbound,
+                    text: text(e, "/text")?,
+                    input: None,
+                    timestamp,
+                }),
+                // A template's text is filled in by WhatsApp; the transcript
+                // shows text messages only.
+                "message_sent" => Some(TranscriptEntry::Message {
+                    direction: Direction::Outbound,
+                    text: text(e, "/content/text")?,
+                    input: None,
+                    timestamp,
+                }),
+                "input_received" => {
+                    let input = text(e, "/input")?;
+                    // A live agent's words reach the person as a message
+                    // of their own, shown there.
+                    if input.starts_with("live_agent") {
+                        return None;
+                    }
+                    Some(TranscriptEntry::Message {
+                        direction: Direction::Inbound,
+                        text: text(e, "/text")?,
+                        input: Some(input),
+                        timestamp,
+                    })
+                }
+                "node_entered" => Some(TranscriptEntry::Node {
+                    node: text(e, "/node")?,
+                    timestamp,
+                }),
+                "parameter_set" => Some(TranscriptEntry::Parameter {
+                    name: text(e, "/name")?,
+                    value: text(e, "/value")?,
+                    timestamp,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/sessions/{session_id}/transcript", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses((status = 200, body = Transcript), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn read_transcript(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<Transcript>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
+    let id: SessionId = raw.parse().map_err(|_| not_found())?;
+    let session = app
+        .store
+        .session(account, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(Transcript {
+        session_id: session.id.to_string(),
+        status: session.status,
+        outcome: session.outcome,
+        transcript: transcript(&session.events),
+    }))
+}

@@ -300,6 +300,8 @@ async fn trigger(
     };
     let response_body = serde_json::to_string(&response).expect("a response serialises");
     let new = NewSession {
+        inbound: false,
+        first_input: None,
         id,
         account_id: account,
         agent_id: agent.agent_id.clone(),

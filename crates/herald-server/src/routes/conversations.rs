@@ -1,0 +1,348 @@
+//! What people say back: inbound messages and voice input reach the open
+//! session with their number, or start an inbound session of the agent that
+//! owns the number; and a live agent's words and hand-over decisions reach
+//! the session they hold.
+//!
+//! Three doors lead in:
+//! - `POST /inbound/{channel}`, for channel providers, authenticated by the
+//!   operator's inbound token (`--inbound-token`);
+//! - `POST /simulator/inbound`, where an account plays the person to its own
+//!   agents on the simulator (`herald chat` uses it);
+//! - `POST /sessions/{session_id}/live-agent`, for the human a Live Agent
+//!   Routing node handed the conversation to.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use herald_core::{AccountId, Channel, Destination, SessionId};
+use herald_store::{AgentIndexRow, Created, NewInput, NewSession};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use super::{authenticate, opt_string, read_object, req_string};
+use crate::error::{ApiError, ErrorBody};
+use crate::runtime::input_kind;
+use crate::AppState;
+
+/// The longest text one input may carry.
+const MAX_INPUT: usize = 4096;
+
+/// Where an input went.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Delivered {
+    pub session_id: String,
+    /// True when the input started a new (inbound) session.
+    pub started: bool,
+}
+
+/// An input from the person, as the inbound doors take it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; handlers read it field by field
+pub struct InboundMessage {
+    /// The person's number (a SIP URI is allowed on voice).
+    pub from: String,
+    /// The agent's number.
+    pub to: String,
+    /// Messaging: the message; voice: not allowed (use digits or speech).
+    pub text: Option<String>,
+    /// Voice: keypad digits (`0-9`, `*`, `#`).
+    pub digits: Option<String>,
+    /// Voice: a spoken phrase, as recognised text.
+    pub speech: Option<String>,
+}
+
+/// A simulated input: an [`InboundMessage`] with its channel.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SimulatedMessage {
+    pub channel: Channel,
+    pub from: String,
+    pub to: String,
+    pub text: Option<String>,
+    pub digits: Option<String>,
+    pub speech: Option<String>,
+}
+
+#[utoipa::path(post, path = "/simulator/inbound", tag = "conversations",
+    request_body = SimulatedMessage,
+    responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn simulated(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Delivered>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let obj = read_object(body).await?;
+    let channel_text = req_string(&obj, "channel")?;
+    let channel: Channel = channel_text
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("Unsupported channel: {channel_text}")))?;
+    let (person, number, input) = read_input(&obj, channel)?;
+    let agent = app
+        .directory
+        .agent_by_number(account, &number, channel, app.config.region)
+        .filter(|a| a.channel == channel && a.region == app.config.region)
+        .ok_or_else(|| no_agent(channel, &number))?;
+    deliver(&app, agent, channel, person, input).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/inbound/{channel}", tag = "conversations",
+    params(("channel" = Channel, Path), ("x-herald-inbound-token" = String, Header)),
+    request_body = InboundMessage,
+    responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn provider(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(channel_text): Path<String>,
+    body: Body,
+) -> Result<Json<Delivered>, ApiError> {
+    let Some(expected) = &app.config.inbound_token else {
+        return Err(ApiError::not_found(
+            "Inbound messages are not enabled on this server",
+        ));
+    };
+    let given = headers
+        .get("x-herald-inbound-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(expected.as_bytes())) {
+        return Err(ApiError::unauthorised());
+    }
+    let channel: Channel = channel_text
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("Unsupported channel: {channel_text}")))?;
+    let obj = read_object(body).await?;
+    let (person, number, input) = read_input(&obj, channel)?;
+    let agent = app
+        .directory
+        .agent_for_number(&number, channel, app.config.region)
+        .ok_or_else(|| no_agent(channel, &number))?;
+    deliver(&app, agent, channel, person, input).await.map(Json)
+}
+
+fn no_agent(channel: Channel, number: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "No published {channel} agent has the number {number}"
+    ))
+}
+
+/// Reads `from`, `to` and the one input field the channel takes.
+fn read_input(
+    obj: &serde_json::Map<String, Value>,
+    channel: Channel,
+) -> Result<(String, String, NewInput), ApiError> {
+    let from = req_string(obj, "from")?;
+    let to = req_string(obj, "to")?;
+    let person = if channel.is_messaging() {
+        Destination::parse_messaging(&from)
+    } else {
+        Destination::parse_voice(&from)
+    }
+    .map_err(|_| ApiError::bad_request("Bad sender number format"))?;
+    let number = Destination::parse_messaging(&to)
+        .map_err(|_| ApiError::bad_request("Bad destination number format"))?;
+    let fields = [
+        ("text", input_kind::TEXT),
+        ("digits", input_kind::DTMF),
+        ("speech", input_kind::SPEECH),
+    ];
+    let mut given = Vec::new();
+    for (field, kind) in fields {
+        if let Some(value) = opt_string(obj, field)? {
+            given.push((field, kind, value));
+        }
+    }
+    let allowed: &[&str] = if channel.is_messaging() {
+        &["text"]
+    } else {
+        &["digits", "speech"]
+    };
+    let (field, kind, text) = match given.as_slice() {
+        [one] if allowed.contains(&one.0) => one.clone(),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "A {channel} input has exactly one of: {}",
+                allowed.join(", ")
+            )))
+        }
+    };
+    check_text(field, &text)?;
+    if field == "digits"
+        && !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+    {
+        return Err(ApiError::bad_request("digits may hold only 0-9, * and #"));
+    }
+    let input = NewInput {
+        kind: kind.to_owned(),
+        text,
+        at: Utc::now(),
+    };
+    Ok((
+        person.as_str().to_owned(),
+        number.as_str().to_owned(),
+        input,
+    ))
+}
+
+/// What a person or live agent may say: not blank, not too long, and no
+/// control characters but line breaks and tabs (NUL above all, which
+/// PostgreSQL cannot store).
+fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() || text.len() > MAX_INPUT {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be 1 to {MAX_INPUT} bytes and not blank"
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::bad_request(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Hands an input to the open session between the person and the agent's
+/// number, or starts an inbound session with it.
+async fn deliver(
+    app: &AppState,
+    agent: AgentIndexRow,
+    channel: Channel,
+    person: String,
+    input: NewInput,
+) -> Result<Delivered, ApiError> {
+    let Some((version, number)) = agent.published.clone() else {
+        return Err(no_agent(channel, "given"));
+    };
+    if let Some(id) = app.store.open_session(channel, &person, &number).await? {
+        if app.store.deliver_input(id, input.clone()).await?.is_some() {
+            app.dispatch_wakeup.notify_one();
+            return Ok(Delivered {
+                session_id: id.to_string(),
+                started: false,
+            });
+        }
+        // It ended meanwhile: the input starts a session of its own.
+    }
+    if channel == Channel::Voice {
+        return Err(ApiError::not_found(format!(
+            "No call with {person} is open"
+        )));
+    }
+    let id = SessionId::generate();
+    let session = NewSession {
+        id,
+        account_id: agent.account_id,
+        agent_id: agent.agent_id.clone(),
+        agent_version: version,
+        channel,
+        to: person,
+        from: number,
+        status_url: None,
+        hangup_on_machine: false,
+        parameters: Default::default(),
+        whatsapp: None,
+        created_at: Utc::now(),
+        idempotency: None,
+        inbound: true,
+        first_input: Some(input),
+    };
+    match app.store.create_session(session).await? {
+        Created::Stored => {}
+        Created::Duplicate(_) => unreachable!("a session without an idempotency key"),
+    }
+    app.dispatch_wakeup.notify_one();
+    Ok(Delivered {
+        session_id: id.to_string(),
+        started: true,
+    })
+}
+
+/// What a live agent sends: `{"type": "message", "text"}`,
+/// `{"type": "hand_back"}` or `{"type": "end"}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LiveAgentInput {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[utoipa::path(post, path = "/sessions/{session_id}/live-agent", tag = "conversations",
+    params(("session_id" = String, Path)),
+    request_body = LiveAgentInput,
+    responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("vgai_key" = []), ("bearer" = [])))]
+pub async fn live_agent(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Result<Json<Delivered>, ApiError> {
+    let account = authenticate(&app, &headers)?;
+    let obj = read_object(body).await?;
+    let kind = req_string(&obj, "type")?;
+    let (kind, text) = match kind.as_str() {
+        "message" => {
+            let text = req_string(&obj, "text")?;
+            check_text("text", &text)?;
+            (input_kind::LIVE_AGENT_MESSAGE, text)
+        }
+        "hand_back" => (input_kind::LIVE_AGENT_HAND_BACK, String::new()),
+        "end" => (input_kind::LIVE_AGENT_END, String::new()),
+        _ => {
+            return Err(ApiError::bad_request(
+                "type must be one of message, hand_back, end",
+            ))
+        }
+    };
+    let id = session_of(&app, account, &raw).await?;
+    let input = NewInput {
+        kind: kind.to_owned(),
+        text,
+        at: Utc::now(),
+    };
+    match app.store.deliver_input(id, input).await? {
+        Some(_) => {
+            app.dispatch_wakeup.notify_one();
+            Ok(Json(Delivered {
+                session_id: id.to_string(),
+                started: false,
+            }))
+        }
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Session {id} has ended"),
+        )),
+    }
+}
+
+/// The account's session with this id, held by a live agent.
+async fn session_of(app: &AppState, account: AccountId, raw: &str) -> Result<SessionId, ApiError> {
+    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
+    let id: SessionId = raw.parse().map_err(|_| not_found())?;
+    let session = app
+        .store
+        .session(account, id)
+        .await?
+        .ok_or_else(not_found)?;
+    if !crate::runtime::with_live_agent(&session) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Session {id} is not with a live agent"),
+        ));
+    }
+    Ok(id)
+}
