@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod runtime;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod webhook_call;
 pub mod work;
 

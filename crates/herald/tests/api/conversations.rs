@@ -829,3 +829,214 @@ async fn bad_flows_are_refused_at_create_and_publish_with_the_node_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_flow_sends_an_email_and_an_sms_to_others() {
+    let smtp = herald_server::testing::TestSmtp::start();
+    let settings = smtp.settings();
+    let app = TestApp::spawn_with(move |c| c.smtp = Some(settings)).await;
+    let colleague = unique_number();
+    let flow = json!({
+        "format": 1,
+        "start": "ask",
+        "parameters": [{"name": "NAME"}],
+        "nodes": [
+            {"id": "ask", "type": "collect_input", "prompt": "What went wrong, $NAME?",
+             "entity": "any", "parameter": "REASON",
+             "success": "mail", "invalid": "end", "no_input": "end"},
+            {"id": "mail", "type": "send_email", "to": "support@example.com",
+             "subject": "Complaint from $NAME", "body": "$NAME ($RECIPIENT) said: $REASON", "next": "text"},
+            {"id": "text", "type": "send_sms", "to": colleague, "text": "Call $NAME back", "next": "thanks"},
+            {"id": "thanks", "type": "send_message", "text": "Thank you, we will be in touch.", "next": "end"},
+            {"id": "end", "type": "end"}
+        ]
+    });
+    let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
+    let person = unique_number();
+    let id = trigger_sms(
+        &app,
+        &key,
+        &agent,
+        &person,
+        json!([{"name": "NAME", "value": "Ada"}]),
+    )
+    .await;
+    wait_for_agent_lines(&app, &key, &id, 1).await;
+    say(
+        &app,
+        &key,
+        "sms",
+        &person,
+        &number,
+        json!({"text": "The parcel was late"}),
+    )
+    .await;
+
+    let session = app.ended_session(&key, &id).await;
+    let kinds: Vec<&str> = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"email_sent"), "{kinds:?}");
+    let sms = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "sms_status" && e["to"] == colleague.as_str())
+        .map(|e| e["status"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(sms, ["sent", "delivered"]);
+    // The SMS to the colleague is not part of the conversation.
+    assert_eq!(
+        said_by_agent(&transcript(&app, &key, &id).await),
+        ["What went wrong, Ada?", "Thank you, we will be in touch."]
+    );
+
+    let received = smtp.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let email = &received[0];
+    use herald_server::testing::{body, header};
+    assert_eq!(header(email, "X-RcptTo"), Some("support@example.com"));
+    assert_eq!(header(email, "Subject"), Some("Complaint from Ada"));
+    assert!(
+        body(email).contains(&format!("Ada ({person}) said: The parcel was late")),
+        "{email}"
+    );
+}
+
+#[tokio::test]
+async fn without_an_smtp_relay_an_email_node_records_the_failure_and_goes_on() {
+    let app = TestApp::spawn().await;
+    let flow = json!({
+        "format": 1,
+        "start": "mail",
+        "nodes": [
+            {"id": "mail", "type": "send_email", "to": "support@example.com",
+             "subject": "Hello", "body": "Hi", "next": "bye"},
+            {"id": "bye", "type": "send_message", "text": "Bye.", "next": "end"},
+            {"id": "end", "type": "end"}
+        ]
+    });
+    let (key, agent, _) = agent_with_flow(&app, Channel::Sms, flow).await;
+    let id = trigger_sms(&app, &key, &agent, &unique_number(), json!([])).await;
+    let session = app.ended_session(&key, &id).await;
+    assert_eq!(session["outcome"], "completed");
+    let failed = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "email_failed")
+        .expect("an email_failed event");
+    assert_eq!(failed["error"], "no SMTP relay is configured (--smtp-url)");
+    assert_eq!(said_by_agent(&transcript(&app, &key, &id).await), ["Bye."]);
+}
+
+#[tokio::test]
+async fn providers_deliver_inbound_messages_with_the_operators_token() {
+    let app = TestApp::spawn_with(|c| c.inbound_token = Some("s3cret".into())).await;
+    let (key, _, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
+    let message = json!({"from": unique_number(), "to": number, "text": "hello"});
+    let post = |token: Option<&'static str>| {
+        let mut request = app.client.post(app.url("/inbound/sms")).json(&message);
+        if let Some(token) = token {
+            request = request.header("X-Herald-Inbound-Token", token);
+        }
+        request.send()
+    };
+    assert_error(post(None).await.unwrap(), 401, "Not Authorised").await;
+    assert_error(post(Some("guess")).await.unwrap(), 401, "Not Authorised").await;
+    let response = post(Some("s3cret")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let delivered: Value = response.json().await.unwrap();
+    assert_eq!(delivered["started"], true);
+    let id = delivered["session_id"].as_str().unwrap();
+    let t = wait_for_agent_lines(&app, &key, id, 1).await;
+    assert_eq!(said_by_agent(&t), ["Hi there, can you come on Friday?"]);
+
+    // Without a token configured, the door is closed.
+    let closed = TestApp::spawn().await;
+    let response = closed
+        .client
+        .post(closed.url("/inbound/sms"))
+        .header("X-Herald-Inbound-Token", "")
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        404,
+        "Inbound messages are not enabled on this server",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_context_switch_jumps_from_any_question() {
+    let app = TestApp::spawn().await;
+    let mut flow = question_flow();
+    flow["context_switches"] = json!([
+        {"intent": "stop", "examples": ["stop", "unsubscribe me"], "next": "stopped"}
+    ]);
+    flow["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "stopped", "type": "send_message", "text": "You will hear no more from us.", "next": "end"}));
+    let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
+    let person = unique_number();
+    let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
+    wait_for_agent_lines(&app, &key, &id, 1).await;
+    say(
+        &app,
+        &key,
+        "sms",
+        &person,
+        &number,
+        json!({"text": "Unsubscribe me"}),
+    )
+    .await;
+    app.ended_session(&key, &id).await;
+    assert_eq!(
+        said_by_agent(&transcript(&app, &key, &id).await),
+        [
+            "Hi there, can you come on Friday?",
+            "You will hear no more from us."
+        ]
+    );
+}
+
+#[tokio::test]
+async fn call_routing_hands_the_call_over() {
+    let app = TestApp::spawn().await;
+    let flow = json!({
+        "format": 1,
+        "start": "hold",
+        "nodes": [
+            {"id": "hold", "type": "speak", "text": "Putting you through.", "next": "route"},
+            {"id": "route", "type": "transfer", "to": "sip:desk@example.com"}
+        ]
+    });
+    let (key, agent, _) = agent_with_flow(&app, Channel::Voice, flow).await;
+    let response = app
+        .post(
+            "/telephony/make-call",
+            &key,
+            json!({"agent_id": agent, "to": unique_number()}),
+        )
+        .await;
+    let id = response.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = app.ended_session(&key, &id).await;
+    assert_eq!(session["outcome"], "completed");
+    let events = session["events"].as_array().unwrap();
+    let transferred = events.iter().find(|e| e["type"] == "transferred").unwrap();
+    assert_eq!(transferred["to"], "sip:desk@example.com");
+    let ended = events.iter().find(|e| e["type"] == "ended").unwrap();
+    assert_eq!(ended["reason"], "transferred");
+    // herald hands the call over rather than hanging up.
+    assert!(!events.iter().any(|e| e["type"] == "hangup"));
+}
