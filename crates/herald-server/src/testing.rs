@@ -28,18 +28,9 @@ impl TestSmtp {
     /// With more of aiosmtpd's options, such as `-s SIZE`.
     pub fn start_with(options: &[&str]) -> TestSmtp {
         let python = test_python();
-        let importable = Command::new(&python)
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
         assert!(
-            importable,
-            "the email tests need Python's aiosmtpd, and {python} cannot import it: \
-             run `bash .ci/run` (which installs it into target/test-venv, found from then on) \
-             or `pip install aiosmtpd==1.4.6` for python3 (or for the Python that \
-             HERALD_TEST_PYTHON names)"
+            can_import_aiosmtpd(&python),
+            "the email tests need Python's aiosmtpd, and {python} cannot import it"
         );
         // The port is free when picked, not held: should another test
         // take it before aiosmtpd binds it, aiosmtpd exits, and a fresh
@@ -132,17 +123,53 @@ impl TestSmtp {
     }
 }
 
-/// `HERALD_TEST_PYTHON`, else the venv `.ci/run` makes (so that a plain
-/// `cargo test` works once it has run), else `python3`.
+/// The aiosmtpd the tests run, pinned as in `.ci/run`.
+const AIOSMTPD: &str = "aiosmtpd==1.4.6";
+
+/// A Python that can run aiosmtpd: `HERALD_TEST_PYTHON` (which `.ci/run`
+/// sets), else the venv `target/test-venv`, made and filled from PyPI here
+/// when it is missing, so that a plain `cargo test` works on a fresh
+/// machine too.
 pub fn test_python() -> String {
-    if let Ok(python) = std::env::var("HERALD_TEST_PYTHON") {
-        return python;
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin/python");
-    if venv.exists() {
-        return venv.display().to_string();
-    }
-    "python3".into()
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Ok(python) = std::env::var("HERALD_TEST_PYTHON") {
+                return python;
+            }
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv");
+            let python = venv.join("bin/python").display().to_string();
+            if !can_import_aiosmtpd(&python) {
+                let made = Command::new("python3")
+                    .arg("-m")
+                    .arg("venv")
+                    .arg(&venv)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    && Command::new(&python)
+                        .args(["-m", "pip", "install", "--quiet"])
+                        .args(["--disable-pip-version-check", AIOSMTPD])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                assert!(
+                    made,
+                    "could not install {AIOSMTPD} into {}: the email tests need it \
+                     (or set HERALD_TEST_PYTHON to a Python that has it)",
+                    venv.display()
+                );
+            }
+            python
+        })
+        .clone()
+}
+
+fn can_import_aiosmtpd(python: &str) -> bool {
+    Command::new(python)
+        .args(["-c", "import aiosmtpd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl Drop for TestSmtp {
