@@ -30,7 +30,7 @@ fn a_short_benchmark_run_reports_every_scenario() {
         "| rejected triggers (429) |",
         "| accepted at 1/4 load (",
         "callbacks: 40 delivered in",
-        "server memory with sessions waiting: 0: ",
+        "server memory with conversations waiting for a reply: 0: ",
         "accepted triggers >= 50% of the baseline",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");

@@ -8,7 +8,8 @@
 //!    loop, for their latency;
 //! 5. callbacks to a local receiver: throughput, and the time from a status
 //!    change to its delivery;
-//! 6. a second server's memory as more and more sessions wait in it.
+//! 6. a second server's memory as more and more conversations wait in it
+//!    for the person's reply.
 //!
 //! The server is a separate process, as in production, so its memory can
 //! be read on its own; the load generator ([`load`]) shares the machine
@@ -123,15 +124,24 @@ impl Server {
         load::call(self.addr, method, path, &self.key, body).await
     }
 
-    /// Creates and publishes an agent; returns its id.
+    /// Creates and publishes an agent with the default flow; returns its id.
     async fn agent(&self, channel: &str, number: u32) -> anyhow::Result<String> {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/agents",
-                Some(json!({"name": "bench", "type": channel, "number": format!("4477009{number:05}")})),
-            )
-            .await?;
+        self.agent_with(channel, number, None).await
+    }
+
+    /// Creates and publishes an agent running `flow`; returns its id.
+    async fn agent_with(
+        &self,
+        channel: &str,
+        number: u32,
+        flow: Option<Value>,
+    ) -> anyhow::Result<String> {
+        let mut agent =
+            json!({"name": "bench", "type": channel, "number": format!("4477009{number:05}")});
+        if let Some(flow) = flow {
+            agent["flow"] = flow;
+        }
+        let (status, body) = self.call("POST", "/agents", Some(agent)).await?;
         if status != 201 {
             bail!(
                 "creating an agent: {status} {}",
@@ -173,6 +183,20 @@ impl Server {
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
+    }
+
+    /// Waits until `n` sessions have asked their question (each sends one
+    /// message), then a moment for the last to go to sleep.
+    async fn wait_until_asked(&self, n: usize) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while (self.metric("herald_sessions_dispatched_total").await? as usize) < n {
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("{n} sessions did not start within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(())
     }
 
     /// Waits until every accepted session has ended; how long that took.
@@ -410,32 +434,45 @@ async fn measure_callbacks(
     })
 }
 
-/// The server's resident memory as sessions pile up waiting: a simulator
-/// that takes an hour per step keeps every session in flight.
+/// The server's resident memory as conversations pile up waiting for the
+/// person's reply: each session sends its question, then waits an hour for
+/// an answer that never comes, its state in the store.
 async fn measure_memory(
     dir: &Path,
     sessions: usize,
     connections: usize,
 ) -> anyhow::Result<Vec<(usize, f64)>> {
-    let server = Server::start(dir, "memory", &["--simulator-delay-ms", "3600000"]).await?;
-    let agents: Vec<String> = {
-        let mut v = Vec::new();
-        for n in 0..16 {
-            v.push(server.agent("voice", 50_000 + n).await?);
-        }
-        v
-    };
+    let server = Server::start(dir, "memory", &["--simulator-delay-ms", "1"]).await?;
+    let question = json!({
+        "format": 1,
+        "start": "ask",
+        "nodes": [
+            {"id": "ask", "type": "collect_input", "prompt": "Can you come on Friday?",
+             "entity": "yes_no", "parameter": "ANSWER", "timeout_secs": 3600,
+             "success": "end", "invalid": "end", "no_input": "end"},
+            {"id": "end", "type": "end"}
+        ]
+    });
+    let mut agents = Vec::new();
+    for n in 0..16 {
+        let agent = server
+            .agent_with("sms", 50_000 + n, Some(question.clone()))
+            .await?;
+        agents.push(agent);
+    }
     let target = server.target(
-        "/telephony/make-call",
-        agents.iter().map(|a| call_body(a)).collect(),
+        "/messaging/conversation",
+        agents
+            .iter()
+            .map(|a| json!({"agent_id": a, "to": "447700900123", "channel": "sms"}))
+            .collect(),
     );
     let mut points = vec![(0, server.rss_mib()?)];
     let step = sessions / 4;
     for i in 1..=4 {
         let run = load::closed_loop(&target, connections, Stop::Count(step)).await?;
         expect_only(&run, 200, "waiting sessions")?;
-        // Let the dispatcher take up what it will before reading.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.wait_until_asked(i * step).await?;
         points.push((i * step, server.rss_mib()?));
     }
     Ok(points)
@@ -502,7 +539,7 @@ fn print_report(
         .map(|(n, mib)| format!("{n}: {mib:.1} MiB"))
         .collect();
     println!(
-        "server memory with sessions waiting: {}",
+        "server memory with conversations waiting for a reply: {}",
         memory_line.join(", ")
     );
 
