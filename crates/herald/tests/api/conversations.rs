@@ -13,6 +13,17 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
+/// A person the simulator lets every message reach: a unique number whose
+/// last two digits are not one of the simulator's failures (90 to 95).
+fn person() -> String {
+    loop {
+        let number = unique_number();
+        if !(90..=95).contains(&number[number.len() - 2..].parse::<u8>().unwrap()) {
+            return number;
+        }
+    }
+}
+
 /// A published agent of `channel` running `flow`; returns (key, agent, number).
 async fn agent_with_flow(app: &TestApp, channel: Channel, flow: Value) -> (String, String, String) {
     let key = app.new_key(&format!("conv-{}", unique_number())).await;
@@ -143,7 +154,7 @@ fn question_flow() -> Value {
 async fn a_reply_takes_the_conversation_down_its_branch() {
     let app = TestApp::spawn().await;
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(
         &app,
         &key,
@@ -216,7 +227,7 @@ async fn a_reply_takes_the_conversation_down_its_branch() {
 async fn answers_not_understood_are_asked_again_then_leave_by_invalid() {
     let app = TestApp::spawn().await;
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
 
     wait_for_agent_lines(&app, &key, &id, 1).await;
@@ -257,7 +268,7 @@ async fn answers_not_understood_are_asked_again_then_leave_by_invalid() {
 async fn a_conversation_survives_a_restart_in_the_middle() {
     let mut app = TestApp::spawn().await;
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
     wait_until_waiting(&app, &id).await;
@@ -280,7 +291,7 @@ async fn a_timeout_fires_after_a_restart_and_leaves_by_no_input() {
     let mut flow = question_flow();
     flow["nodes"][0]["timeout_secs"] = json!(1);
     let (key, agent, _) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let id = trigger_sms(&app, &key, &agent, &unique_number(), json!([])).await;
+    let id = trigger_sms(&app, &key, &agent, &person(), json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
     wait_until_waiting(&app, &id).await;
 
@@ -300,7 +311,7 @@ async fn a_session_ends_when_its_lifetime_runs_out() {
     let mut flow = question_flow();
     flow["max_duration_secs"] = json!(1);
     let (key, agent, _) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let id = trigger_sms(&app, &key, &agent, &unique_number(), json!([])).await;
+    let id = trigger_sms(&app, &key, &agent, &person(), json!([])).await;
     let session = app.ended_session(&key, &id).await;
     assert_eq!(session["outcome"], "completed");
     let ended = session["events"]
@@ -331,7 +342,7 @@ async fn voice_input_comes_as_digits_or_speech() {
         ]
     });
     let (key, agent, number) = agent_with_flow(&app, Channel::Voice, flow).await;
-    let person = unique_number();
+    let person = person();
     let response = app
         .post(
             "/telephony/make-call",
@@ -430,7 +441,7 @@ async fn a_message_with_no_open_session_starts_an_inbound_one() {
         ]
     });
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let person = unique_number();
+    let person = person();
 
     let delivered = say(
         &app,
@@ -484,15 +495,7 @@ async fn an_agent_may_decline_inbound_sessions_with_a_reply() {
         ]
     });
     let (key, _, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let delivered = say(
-        &app,
-        &key,
-        "sms",
-        &unique_number(),
-        &number,
-        json!({"text": "hi"}),
-    )
-    .await;
+    let delivered = say(&app, &key, "sms", &person(), &number, json!({"text": "hi"})).await;
     let id = delivered["session_id"].as_str().unwrap();
     let session = app.ended_session(&key, id).await;
     assert_eq!(session["outcome"], "completed");
@@ -511,7 +514,7 @@ async fn inputs_reach_only_the_accounts_own_agents() {
         .post(
             "/simulator/inbound",
             &other,
-            json!({"channel": "sms", "from": unique_number(), "to": number, "text": "hi"}),
+            json!({"channel": "sms", "from": person(), "to": number, "text": "hi"}),
         )
         .await;
     assert_error(
@@ -590,7 +593,7 @@ async fn a_webhook_answer_fills_parameters() {
         &app,
         &key,
         &agent,
-        &unique_number(),
+        &person(),
         json!([{"name": "ORDER", "value": "A-17"}]),
     )
     .await;
@@ -619,7 +622,7 @@ async fn a_webhook_to_an_internal_address_leaves_by_failure() {
         ]
     });
     let (key, agent, _) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let id = trigger_sms(&app, &key, &agent, &unique_number(), json!([])).await;
+    let id = trigger_sms(&app, &key, &agent, &person(), json!([])).await;
     let session = app.ended_session(&key, &id).await;
     assert_eq!(
         said_by_agent(&transcript(&app, &key, &id).await),
@@ -656,7 +659,7 @@ async fn a_live_agent_takes_over_and_hands_back() {
         ]
     });
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
 
     let start = desk.wait_for(1).await.remove(0);
@@ -758,7 +761,7 @@ async fn a_sub_flow_runs_and_returns() {
         ]
     });
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
     say(&app, &key, "sms", &person, &number, json!({"text": "yes"})).await;
@@ -835,7 +838,7 @@ async fn a_flow_sends_an_email_and_an_sms_to_others() {
     let smtp = herald_server::testing::TestSmtp::start();
     let settings = smtp.settings();
     let app = TestApp::spawn_with(move |c| c.smtp = Some(settings)).await;
-    let colleague = unique_number();
+    let colleague = person();
     let flow = json!({
         "format": 1,
         "start": "ask",
@@ -852,7 +855,7 @@ async fn a_flow_sends_an_email_and_an_sms_to_others() {
         ]
     });
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(
         &app,
         &key,
@@ -920,7 +923,7 @@ async fn without_an_smtp_relay_an_email_node_records_the_failure_and_goes_on() {
         ]
     });
     let (key, agent, _) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let id = trigger_sms(&app, &key, &agent, &unique_number(), json!([])).await;
+    let id = trigger_sms(&app, &key, &agent, &person(), json!([])).await;
     let session = app.ended_session(&key, &id).await;
     assert_eq!(session["outcome"], "completed");
     let failed = session["events"]
@@ -937,7 +940,7 @@ async fn without_an_smtp_relay_an_email_node_records_the_failure_and_goes_on() {
 async fn providers_deliver_inbound_messages_with_the_operators_token() {
     let app = TestApp::spawn_with(|c| c.inbound_token = Some("s3cret".into())).await;
     let (key, _, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
-    let message = json!({"from": unique_number(), "to": number, "text": "hello"});
+    let message = json!({"from": person(), "to": number, "text": "hello"});
     let post = |token: Option<&'static str>| {
         let mut request = app.client.post(app.url("/inbound/sms")).json(&message);
         if let Some(token) = token {
@@ -985,7 +988,7 @@ async fn a_context_switch_jumps_from_any_question() {
         .unwrap()
         .push(json!({"id": "stopped", "type": "send_message", "text": "You will hear no more from us.", "next": "end"}));
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let person = unique_number();
+    let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
     say(
@@ -1023,7 +1026,7 @@ async fn call_routing_hands_the_call_over() {
         .post(
             "/telephony/make-call",
             &key,
-            json!({"agent_id": agent, "to": unique_number()}),
+            json!({"agent_id": agent, "to": person()}),
         )
         .await;
     let id = response.json::<Value>().await.unwrap()["session_id"]
