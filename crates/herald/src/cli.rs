@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_core::keys::{generate_key, hash_key};
 use herald_core::{AgentId, Region};
-use herald_server::config::{parse_retry_schedule, Config};
+use herald_server::config::{parse_retry_schedule, Config, SmtpSettings};
+use herald_server::email::Mailer;
 use herald_store::StoreOptions;
 
 #[derive(Parser)]
@@ -56,6 +57,10 @@ enum Command {
     /// load it, and print throughput, latency, callback and memory figures
     /// against the targets (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Talk with an agent from the terminal, as the person it calls or
+    /// messages (through the simulator): prints the conversation as it
+    /// happens and sends each line you type as your answer.
+    Chat(crate::chat::ChatArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +153,21 @@ struct ServeArgs {
     /// Serve `POST /bench/noop`, the baseline route of `herald bench`.
     #[arg(long, env = "HERALD_BENCH_ROUTES")]
     bench_routes: bool,
+    /// The SMTP relay that flows' email nodes send through:
+    /// smtp://HOST:PORT (plain, such as a relay on this machine),
+    /// smtp://USER:PASSWORD@HOST:587?tls=required (STARTTLS) or
+    /// smtps://USER:PASSWORD@HOST:465. Without it, email nodes fail.
+    // hide_env_values: --help must not print the password.
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// The From of flows' emails: ADDRESS or "NAME <ADDRESS>".
+    #[arg(long, env = "HERALD_SMTP_FROM", default_value = "herald@localhost")]
+    smtp_from: String,
+    /// The secret channel providers send as `X-Herald-Inbound-Token` with
+    /// inbound messages (`POST /inbound/{channel}`). Without it, that
+    /// endpoint is off.
+    #[arg(long, env = "HERALD_INBOUND_TOKEN", hide_env_values = true)]
+    inbound_token: Option<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -174,6 +194,14 @@ impl ServeArgs {
                 self.max_rate
             );
         }
+        let smtp = self.smtp_url.map(|url| SmtpSettings {
+            url,
+            from: self.smtp_from,
+        });
+        if let Some(settings) = &smtp {
+            // A mistake here stops the server now, not every email later.
+            Mailer::new(settings)?;
+        }
         let defaults = Config::default();
         Ok(Config {
             listen: self.listen,
@@ -194,6 +222,8 @@ impl ServeArgs {
             durable_commits: !self.relaxed_commits,
             redis_url: self.redis,
             bench_routes: self.bench_routes,
+            smtp,
+            inbound_token: self.inbound_token.filter(|t| !t.is_empty()),
             ..defaults
         })
     }
@@ -297,6 +327,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         },
         Command::Openapi => print!("{}", herald_server::openapi::document()),
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::Chat(args) => crate::chat::run(args).await?,
     }
     Ok(())
 }
@@ -332,5 +363,29 @@ mod tests {
         assert_eq!(config.callback_timeout, Duration::from_secs(3));
         assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(config.database_url, "postgres://herald@db/herald");
+    }
+
+    #[test]
+    fn smtp_flags_reach_the_config_checked() {
+        let config = serve_config(&[
+            "--smtp-url",
+            "smtps://mailer:s3cret@mail.example.com",
+            "--smtp-from",
+            "Herald <herald@example.com>",
+        ]);
+        assert_eq!(
+            config.smtp,
+            Some(SmtpSettings {
+                url: "smtps://mailer:s3cret@mail.example.com".into(),
+                from: "Herald <herald@example.com>".into(),
+            })
+        );
+        let cli =
+            Cli::try_parse_from(["herald", "serve", "--smtp-url", "mail.example.com"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
+        let error = args.config().unwrap_err().to_string();
+        assert!(error.starts_with("HERALD_SMTP_URL (--smtp-url)"), "{error}");
     }
 }

@@ -15,10 +15,14 @@ mod agents;
 mod callbacks;
 #[path = "../api/conventions.rs"]
 mod conventions;
+#[path = "../api/conversations.rs"]
+mod conversations;
 #[path = "../api/crash.rs"]
 mod crash;
 #[path = "../api/durability.rs"]
 mod durability;
+#[path = "../api/examples.rs"]
+mod examples;
 #[path = "../api/hostile.rs"]
 mod hostile;
 #[path = "../api/idempotency.rs"]
