@@ -331,13 +331,8 @@ pub async fn live_agent(
 
 /// The account's session with this id, held by a live agent.
 async fn session_of(app: &AppState, account: AccountId, raw: &str) -> Result<SessionId, ApiError> {
-    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
-    let id: SessionId = raw.parse().map_err(|_| not_found())?;
-    let session = app
-        .store
-        .session(account, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let session = super::sessions::owned_session(app, account, raw).await?;
+    let id = session.id;
     if !crate::runtime::with_live_agent(&session) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

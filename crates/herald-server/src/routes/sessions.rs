@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use herald_core::session::{Outcome, SessionParameter, SessionStatus};
 use herald_core::time::{rfc3339, session_start_time};
-use herald_core::{AgentId, Channel, SessionId};
+use herald_core::{AccountId, AgentId, Channel, SessionId};
 use herald_store::{SessionFilter, SessionRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -102,6 +102,18 @@ impl SessionView {
     }
 }
 
+/// The account's session with the id in the path; another account's, or
+/// an id that is not one, is not found (CONTRACT §4).
+pub async fn owned_session(
+    app: &AppState,
+    account: AccountId,
+    raw: &str,
+) -> Result<SessionRecord, ApiError> {
+    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
+    let id: SessionId = raw.parse().map_err(|_| not_found())?;
+    app.store.session(account, id).await?.ok_or_else(not_found)
+}
+
 #[utoipa::path(get, path = "/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path)),
     responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
@@ -112,13 +124,7 @@ pub async fn read(
     Path(raw): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let account = authenticate(&app, &headers)?;
-    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
-    let id: SessionId = raw.parse().map_err(|_| not_found())?;
-    let session = app
-        .store
-        .session(account, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let session = owned_session(&app, account, &raw).await?;
     Ok(Json(SessionView::new(session, true)))
 }
 
@@ -298,13 +304,7 @@ pub async fn read_transcript(
     Path(raw): Path<String>,
 ) -> Result<Json<Transcript>, ApiError> {
     let account = authenticate(&app, &headers)?;
-    let not_found = || ApiError::not_found(format!("Session {raw} was not found"));
-    let id: SessionId = raw.parse().map_err(|_| not_found())?;
-    let session = app
-        .store
-        .session(account, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let session = owned_session(&app, account, &raw).await?;
     Ok(Json(Transcript {
         session_id: session.id.to_string(),
         status: session.status,
