@@ -776,7 +776,7 @@ async fn a_sub_flow_runs_and_returns() {
 }
 
 #[tokio::test]
-async fn bad_flows_are_refused_at_create_and_publish_with_the_node_named() {
+async fn bad_flows_are_refused_when_written_with_the_node_named() {
     let app = TestApp::spawn().await;
     let key = app.new_key("bad-flows").await;
     let cases = [
@@ -1042,4 +1042,47 @@ async fn call_routing_hands_the_call_over() {
     assert_eq!(ended["reason"], "transferred");
     // herald hands the call over rather than hanging up.
     assert!(!events.iter().any(|e| e["type"] == "hangup"));
+}
+
+#[tokio::test]
+async fn a_bad_draft_is_refused_at_publish() {
+    // A draft written before the rules it breaks (by an older herald) is
+    // in the store without having been checked: publishing checks it.
+    let app = TestApp::spawn().await;
+    let key = app.new_key("old-drafts").await;
+    let state = app.server().app();
+    let account = state.directory.authenticate(&key).unwrap();
+    let flow: herald_core::flow::FlowDefinition = serde_json::from_value(json!({
+        "format": 1, "start": "a", "nodes": [
+            {"id": "a", "type": "send_message", "text": "Hi $NOBODY", "next": "b"},
+            {"id": "b", "type": "end"}
+        ]
+    }))
+    .unwrap();
+    let agent = state
+        .store
+        .create_agent(herald_store::NewAgent {
+            account_id: account,
+            name: "old".into(),
+            channel: Channel::Sms,
+            number: unique_number(),
+            region: state.config.region,
+            flow,
+        })
+        .await
+        .unwrap();
+    let response = app
+        .post(
+            &format!("/agents/{}/publish", agent.agent_id),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("node 'a'") && message.contains("NOBODY"),
+        "{message}"
+    );
 }
