@@ -221,8 +221,13 @@ async fn deliver(
     person: String,
     input: NewInput,
 ) -> Result<Delivered, ApiError> {
+    // The directory finds agents by their published number, so one
+    // without a published version does not get here.
     let Some((version, number)) = agent.published.clone() else {
-        return Err(no_agent(channel, "given"));
+        return Err(ApiError::not_found(format!(
+            "published version for Agent {} was not found",
+            agent.agent_id
+        )));
     };
     if let Some(id) = app.store.open_session(channel, &person, &number).await? {
         if app.store.deliver_input(id, input.clone()).await?.is_some() {
@@ -257,9 +262,12 @@ async fn deliver(
         inbound: true,
         first_input: Some(input),
     };
-    match app.store.create_session(session).await? {
-        Created::Stored => {}
-        Created::Duplicate(_) => unreachable!("a session without an idempotency key"),
+    if let Created::Duplicate(_) = app.store.create_session(session).await? {
+        // Only a session with an idempotency key can be a duplicate.
+        return Err(ApiError::internal(
+            "Failed to fetch preconfigured session information",
+            "an inbound session was answered as a duplicate",
+        ));
     }
     app.dispatch_wakeup.notify_one();
     Ok(Delivered {
