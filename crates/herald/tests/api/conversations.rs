@@ -59,17 +59,51 @@ async fn trigger_sms(app: &TestApp, key: &str, agent: &str, to: &str, params: Va
     body["session_id"].as_str().unwrap().to_owned()
 }
 
-/// The person says `text` (or keys digits, on voice) to the agent's number.
-async fn say(app: &TestApp, key: &str, channel: &str, from: &str, to: &str, input: Value) -> Value {
-    let mut body = json!({"channel": channel, "from": from, "to": to});
-    body.as_object_mut()
-        .unwrap()
-        .extend(input.as_object().unwrap().clone());
-    let response = app.post("/simulator/inbound", key, body).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "delivering an input: {body}");
-    body
+/// The person's side of a conversation: what they say goes from `number`
+/// to the agent's number through the simulator.
+struct Person<'a> {
+    app: &'a TestApp,
+    key: &'a str,
+    channel: &'static str,
+    number: &'a str,
+    agent_number: &'a str,
+}
+
+impl<'a> Person<'a> {
+    fn new(
+        app: &'a TestApp,
+        key: &'a str,
+        channel: &'static str,
+        number: &'a str,
+        agent_number: &'a str,
+    ) -> Self {
+        Person {
+            app,
+            key,
+            channel,
+            number,
+            agent_number,
+        }
+    }
+
+    /// A message.
+    async fn says(&self, text: &str) -> Value {
+        self.sends(json!({ "text": text })).await
+    }
+
+    /// Any input: `{"text"}`, or on voice `{"digits"}` or `{"speech"}`.
+    async fn sends(&self, input: Value) -> Value {
+        let mut body =
+            json!({"channel": self.channel, "from": self.number, "to": self.agent_number});
+        body.as_object_mut()
+            .unwrap()
+            .extend(input.as_object().unwrap().clone());
+        let response = self.app.post("/simulator/inbound", self.key, body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "delivering an input: {body}");
+        body
+    }
 }
 
 async fn transcript(app: &TestApp, key: &str, id: &str) -> Value {
@@ -167,15 +201,8 @@ async fn a_reply_takes_the_conversation_down_its_branch() {
     let t = wait_for_agent_lines(&app, &key, &id, 1).await;
     assert_eq!(said_by_agent(&t), ["Hi Ada, can you come on Friday?"]);
     wait_until_waiting(&app, &id).await;
-    let delivered = say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "Yes please"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    let delivered = you.says("Yes please").await;
     assert_eq!(delivered["session_id"], id.as_str());
     assert_eq!(delivered["started"], false);
 
@@ -231,26 +258,11 @@ async fn answers_not_understood_are_asked_again_then_leave_by_invalid() {
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
 
     wait_for_agent_lines(&app, &key, &id, 1).await;
-    say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "banana"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("banana").await;
     let t = wait_for_agent_lines(&app, &key, &id, 2).await;
     assert_eq!(said_by_agent(&t)[1], "Please answer yes or no.");
-    say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "maybe"}),
-    )
-    .await;
+    you.says("maybe").await;
 
     app.ended_session(&key, &id).await;
     let t = transcript(&app, &key, &id).await;
@@ -274,7 +286,8 @@ async fn a_conversation_survives_a_restart_in_the_middle() {
     wait_until_waiting(&app, &id).await;
 
     app.restart().await;
-    say(&app, &key, "sms", &person, &number, json!({"text": "no"})).await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("no").await;
 
     let session = app.ended_session(&key, &id).await;
     assert_eq!(session["outcome"], "completed");
@@ -357,25 +370,10 @@ async fn voice_input_comes_as_digits_or_speech() {
         .to_owned();
 
     wait_for_agent_lines(&app, &key, &id, 1).await;
-    say(
-        &app,
-        &key,
-        "voice",
-        &person,
-        &number,
-        json!({"digits": "7"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "voice", &person, &number);
+    you.sends(json!({"digits": "7"})).await;
     wait_for_agent_lines(&app, &key, &id, 3).await;
-    say(
-        &app,
-        &key,
-        "voice",
-        &person,
-        &number,
-        json!({"speech": "eight"}),
-    )
-    .await;
+    you.sends(json!({"speech": "eight"})).await;
 
     app.ended_session(&key, &id).await;
     let t = transcript(&app, &key, &id).await;
@@ -443,15 +441,8 @@ async fn a_message_with_no_open_session_starts_an_inbound_one() {
     let (key, agent, number) = agent_with_flow(&app, Channel::Sms, flow).await;
     let person = person();
 
-    let delivered = say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "What are your opening hours?"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    let delivered = you.says("What are your opening hours?").await;
     assert_eq!(delivered["started"], true);
     let id = delivered["session_id"].as_str().unwrap().to_owned();
     let session = app.ended_session(&key, &id).await;
@@ -463,15 +454,7 @@ async fn a_message_with_no_open_session_starts_an_inbound_one() {
     assert_eq!(said_by_agent(&t), ["We are open 9 to 5 (inbound)."]);
 
     // The session is over: the next message starts another.
-    let again = say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "how much does it cost"}),
-    )
-    .await;
+    let again = you.says("how much does it cost").await;
     assert_eq!(again["started"], true);
     assert_ne!(again["session_id"], id.as_str());
     let id = again["session_id"].as_str().unwrap().to_owned();
@@ -495,7 +478,9 @@ async fn an_agent_may_decline_inbound_sessions_with_a_reply() {
         ]
     });
     let (key, _, number) = agent_with_flow(&app, Channel::Sms, flow).await;
-    let delivered = say(&app, &key, "sms", &person(), &number, json!({"text": "hi"})).await;
+    let from = person();
+    let you = Person::new(&app, &key, "sms", &from, &number);
+    let delivered = you.says("hi").await;
     let id = delivered["session_id"].as_str().unwrap();
     let session = app.ended_session(&key, id).await;
     assert_eq!(session["outcome"], "completed");
@@ -671,15 +656,8 @@ async fn a_live_agent_takes_over_and_hands_back() {
     );
 
     wait_until_waiting(&app, &id).await;
-    say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "I need help"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("I need help").await;
     let forwarded = desk.wait_for(2).await.remove(1);
     assert_eq!(
         forwarded,
@@ -764,7 +742,8 @@ async fn a_sub_flow_runs_and_returns() {
     let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
-    say(&app, &key, "sms", &person, &number, json!({"text": "yes"})).await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("yes").await;
     app.ended_session(&key, &id).await;
     assert_eq!(
         said_by_agent(&transcript(&app, &key, &id).await),
@@ -865,15 +844,8 @@ async fn a_flow_sends_an_email_and_an_sms_to_others() {
     )
     .await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
-    say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "The parcel was late"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("The parcel was late").await;
 
     let session = app.ended_session(&key, &id).await;
     let kinds: Vec<&str> = session["events"]
@@ -991,15 +963,8 @@ async fn a_context_switch_jumps_from_any_question() {
     let person = person();
     let id = trigger_sms(&app, &key, &agent, &person, json!([])).await;
     wait_for_agent_lines(&app, &key, &id, 1).await;
-    say(
-        &app,
-        &key,
-        "sms",
-        &person,
-        &number,
-        json!({"text": "Unsubscribe me"}),
-    )
-    .await;
+    let you = Person::new(&app, &key, "sms", &person, &number);
+    you.says("Unsubscribe me").await;
     app.ended_session(&key, &id).await;
     assert_eq!(
         said_by_agent(&transcript(&app, &key, &id).await),
