@@ -3,15 +3,17 @@
 //! SQLite allows one writer at a time, and a durable commit costs an fsync.
 //! Rather than give each request its own transaction (one fsync each, and
 //! writers queueing on the database lock), every write goes to a single
-//! writer thread. It takes whatever writes are waiting, runs each in its own
-//! savepoint inside one transaction, commits once and then answers them all.
-//! Under load, hundreds of trigger inserts share one fsync; a write that
-//! fails rolls back its savepoint alone. Reads run on a small pool of
-//! connections, which WAL lets proceed while the writer works.
+//! writer thread ([`writer`]). It takes whatever writes are waiting, runs
+//! each in its own savepoint inside one transaction, commits once and then
+//! answers them all. Under load, hundreds of trigger inserts share one
+//! fsync; a write that fails rolls back its savepoint alone. Reads run on a
+//! small pool of connections, which WAL lets proceed while the writer works.
+
+mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,15 +35,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_conversations.sql"),
 ];
 
-/// Most writes one transaction takes; bounds the latency a big batch adds.
-const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
+/// Enough for every statement the writer runs, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+use writer::{Job, Reply, Writer};
 
 pub struct SqliteStore {
-    writer: Mutex<mpsc::Sender<Job>>,
+    writer: Writer,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
 }
@@ -51,6 +52,14 @@ fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Each write in a batch runs in a savepoint, whose journal of the pages
+    // it changes lives in temporary storage: in memory, that costs a copy
+    // rather than a write to a temporary file per savepoint.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on a thread of their own (see `writer`); the writer
+    // makes one itself only if that thread falls far behind.
+    conn.pragma_update(None, "wal_autocheckpoint", writer::WRITER_CHECKPOINT_PAGES)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
 
@@ -94,12 +103,9 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open().map(Mutex::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("herald-sqlite-writer".into())
-            .spawn(move || write_loop(writer, rx))?;
+        let writer = Writer::start(writer, open()?)?;
         Ok(SqliteStore {
-            writer: Mutex::new(tx),
+            writer,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
         })
@@ -126,11 +132,11 @@ impl SqliteStore {
             });
             (ok, reply)
         });
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|_| anyhow::anyhow!("the SQLite writer has stopped"))?;
+        if !self.writer.submit(job) {
+            return Err(StoreError::Internal(anyhow::anyhow!(
+                "the SQLite writer has stopped"
+            )));
+        }
         rx.await.map_err(|_| {
             StoreError::Internal(anyhow::anyhow!("the SQLite writer dropped a write"))
         })?
@@ -157,60 +163,6 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Internal(anyhow::anyhow!("reader task failed: {e}")))?
-    }
-}
-
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "could not begin a write transaction");
-            // Run nothing; every waiting write fails (dropping a job drops
-            // its reply channel, which its caller sees as an error).
-            drop(batch);
-            continue;
-        }
-        for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT w") {
-                tracing::error!(error = %e, "could not open a savepoint");
-                continue;
-            }
-            // A panic in one write must not take the writer (and every later
-            // write) down with it: its savepoint is rolled back and its
-            // caller sees the write dropped.
-            let (ok, reply) =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))) {
-                    Ok((ok, reply)) => (ok, Some(reply)),
-                    Err(_) => {
-                        tracing::error!("a store write panicked");
-                        (false, None)
-                    }
-                };
-            let end = if ok {
-                "RELEASE w"
-            } else {
-                "ROLLBACK TO w; RELEASE w"
-            };
-            if let Err(e) = conn.execute_batch(end) {
-                tracing::error!(error = %e, "could not close a savepoint");
-            }
-            replies.extend(reply);
-        }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for reply in replies {
-            reply(commit.clone());
-        }
     }
 }
 
