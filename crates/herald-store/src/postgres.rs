@@ -1259,9 +1259,12 @@ impl Store for PostgresStore {
         let now = to_micros(now);
         let token = LeaseToken::generate();
         // Only the oldest pending callback of each session is eligible, so
-        // that a session's statuses arrive in the order they happened.
+        // that a session's statuses arrive in the order they happened. A
+        // claimed callback is next due when its lease runs out, so that
+        // claims pass over it in the index.
         sqlx::query(
-            "UPDATE callbacks SET lease_until = $2, lease_token = $4 WHERE id IN ( \
+            "UPDATE callbacks SET lease_until = $2, lease_token = $4, next_attempt_at = $2 \
+             WHERE id IN ( \
                 SELECT c.id FROM callbacks c \
                 WHERE c.state = 'pending' AND c.next_attempt_at <= $1 \
                   AND c.lease_until <= $1 \
@@ -1306,12 +1309,13 @@ impl Store for PostgresStore {
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             leases.iter().map(|(id, token)| (*id, token.0)).unzip();
         sqlx::query(
-            "UPDATE callbacks c SET lease_until = 0 \
+            "UPDATE callbacks c SET lease_until = 0, next_attempt_at = $3 \
              FROM UNNEST($1::bigint[], $2::bigint[]) AS r(id, token) \
-             WHERE c.id = r.id AND c.lease_token = r.token",
+             WHERE c.id = r.id AND c.lease_token = r.token AND c.state = 'pending'",
         )
         .bind(ids)
         .bind(tokens)
+        .bind(to_micros(Utc::now()))
         .execute(&self.pool)
         .await
         .db()?;

@@ -36,6 +36,9 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 const READERS: usize = 4;
+/// The `next_attempt_at` of a callback that waits for an earlier one of its
+/// session to be settled: never due by time, only when that one is settled.
+const WAITING_BEHIND: i64 = i64::MAX;
 /// Enough for every statement the writer runs, so none is parsed twice.
 const STATEMENT_CACHE: usize = 128;
 
@@ -1047,11 +1050,16 @@ impl Store for SqliteStore {
                 insert_event(conn, &sid, event)?;
             }
             for cb in &u.callbacks {
-                conn.prepare_cached(
+                // Behind a callback of the same session still pending, it is
+                // not due until that one is settled (see `settle_callbacks`).
+                conn.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO callbacks \
                      (webhook_id, session_id, account_id, dedupe_key, url, body, \
-                      next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                )
+                      next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+                      CASE WHEN EXISTS (SELECT 1 FROM callbacks \
+                                        WHERE session_id = ?2 AND state = 'pending') \
+                           THEN {WAITING_BEHIND} ELSE ?7 END, ?7)"
+                ))
                 .db()?
                 .execute(params![
                     cb.webhook_id,
@@ -1102,9 +1110,12 @@ impl Store for SqliteStore {
             let token = LeaseToken::generate();
             // Only the oldest pending callback of each session is eligible, so
             // that a session's statuses arrive in the order they happened.
+            // A claimed callback is next due when its lease runs out, so
+            // that claims pass over it without reading it.
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE callbacks SET lease_until = ?2, lease_token = ?4 WHERE id IN ( \
+                    "UPDATE callbacks SET lease_until = ?2, lease_token = ?4, \
+                     next_attempt_at = ?2 WHERE id IN ( \
                         SELECT c.id FROM callbacks c \
                         WHERE c.state = 'pending' AND c.next_attempt_at <= ?1 \
                           AND c.lease_until <= ?1 \
@@ -1161,14 +1172,27 @@ impl Store for SqliteStore {
                     .optional()
                     .db()?;
                 // A settlement whose lease was lost changes nothing.
-                if let (Some((session, webhook_id)), Verdict::Failed { error }) =
-                    (failed, &s.verdict)
-                {
+                let Some((session, webhook_id)) = failed else {
+                    continue;
+                };
+                if let Verdict::Failed { error } = &s.verdict {
                     insert_event(
                         conn,
                         &session,
                         &callback_failed_event(&webhook_id, s.attempts, error, s.at),
                     )?;
+                }
+                if state != "pending" {
+                    // The session's next callback, if any, is due now.
+                    conn.prepare_cached(&format!(
+                        "UPDATE callbacks SET next_attempt_at = ?2 WHERE id = ( \
+                            SELECT MIN(id) FROM callbacks \
+                            WHERE session_id = ?1 AND state = 'pending') \
+                         AND next_attempt_at = {WAITING_BEHIND}"
+                    ))
+                    .db()?
+                    .execute(params![session, to_micros(s.at)])
+                    .db()?;
                 }
             }
             Ok(())
@@ -1180,11 +1204,13 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE callbacks SET lease_until = 0 WHERE id = ?1 AND lease_token = ?2",
+                    "UPDATE callbacks SET lease_until = 0, next_attempt_at = ?3 \
+                     WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
                 )
                 .db()?;
+            let now = now_micros();
             for (id, token) in leases {
-                stmt.execute(params![id, token.0]).db()?;
+                stmt.execute(params![id, token.0, now]).db()?;
             }
             Ok(())
         })
@@ -1263,14 +1289,22 @@ impl Store for SqliteStore {
             let next: Option<i64> = conn
                 .query_row(
                     // Only each session's oldest pending callback can be
-                    // sent next; the others wait behind it.
-                    "SELECT MIN(MAX(c.next_attempt_at, c.lease_until)) FROM callbacks c \
-                     WHERE c.state = 'pending' \
-                       AND c.id = (SELECT MIN(p.id) FROM callbacks p \
-                                   WHERE p.session_id = c.session_id AND p.state = 'pending')",
+                    // sent next; the others wait behind it. (Callbacks
+                    // written before `WAITING_BEHIND` existed are due at
+                    // their own time even when waiting: the check on MIN(id)
+                    // passes over them.)
+                    &format!(
+                        "SELECT MAX(c.next_attempt_at, c.lease_until) FROM callbacks c \
+                         WHERE c.state = 'pending' AND c.next_attempt_at < {WAITING_BEHIND} \
+                           AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                                       WHERE p.session_id = c.session_id \
+                                         AND p.state = 'pending') \
+                         ORDER BY c.next_attempt_at LIMIT 1"
+                    ),
                     [],
                     |r| r.get(0),
                 )
+                .optional()
                 .db()?;
             Ok(next.map(from_micros))
         })

@@ -44,6 +44,7 @@ conformance!(
     agents_publish_immutable_versions_and_numbers_are_unique,
     every_cached_change_bumps_its_revision,
     only_the_oldest_pending_callback_of_a_session_is_due,
+    a_sessions_callbacks_come_due_one_after_another,
     a_dispatch_lease_is_exclusive_until_it_runs_out,
     a_lost_lease_refuses_the_old_workers_writes,
     a_settlement_under_a_lost_lease_changes_nothing,
@@ -390,6 +391,88 @@ async fn only_the_oldest_pending_callback_of_a_session_is_due(store: Arc<dyn Sto
     let due = store.claim_callbacks(Utc::now(), LEASE, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].webhook_id, "msg_2");
+}
+
+/// Through every way a callback stops blocking the next: delivered, given
+/// up, its lease given back or run out, and retried (which does not).
+async fn a_sessions_callbacks_come_due_one_after_another(store: Arc<dyn Store>) {
+    let (account, id) = started(store.as_ref()).await;
+    let enqueue = |n| SessionUpdate {
+        callbacks: vec![callback(account, n)],
+        ..Default::default()
+    };
+    // Written one by one, each while the earlier ones are pending.
+    for n in 1..=4 {
+        store.update_session(id, enqueue(n)).await.unwrap();
+    }
+    let claim = |at| {
+        let store = store.clone();
+        async move { store.claim_callbacks(at, LEASE, 10).await.unwrap() }
+    };
+    let only = |due: Vec<DueCallback>, webhook_id: &str| {
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].webhook_id, webhook_id);
+        due.into_iter().next().unwrap()
+    };
+    let first = only(claim(Utc::now()).await, "msg_1");
+    // Given up: the next one is due.
+    let gave_up = Settlement {
+        verdict: Verdict::Failed {
+            error: "gave up".into(),
+        },
+        ..delivered(&first)
+    };
+    store.settle_callbacks(vec![gave_up]).await.unwrap();
+    let second = only(claim(Utc::now()).await, "msg_2");
+    // Retried: it stays first in line, due at its retry.
+    let retry_at = later(100);
+    let retry = Settlement {
+        verdict: Verdict::Retry {
+            next_at: retry_at,
+            error: "503".into(),
+        },
+        ..delivered(&second)
+    };
+    store.settle_callbacks(vec![retry]).await.unwrap();
+    assert!(claim(Utc::now()).await.is_empty());
+    let next = store.next_callback_due().await.unwrap().unwrap();
+    assert!(
+        (next - retry_at).num_milliseconds().abs() < 1,
+        "{next} {retry_at}"
+    );
+    let second = only(claim(later(101)).await, "msg_2");
+    // Its lease given back, it is due again at once.
+    store
+        .release_callbacks(vec![(second.id, second.lease)])
+        .await
+        .unwrap();
+    let second = only(claim(later(101)).await, "msg_2");
+    store
+        .settle_callbacks(vec![delivered(&second)])
+        .await
+        .unwrap();
+    // A lease that runs out makes it due again, for another sender.
+    let third = only(claim(Utc::now()).await, "msg_3");
+    assert!(claim(later(29)).await.is_empty());
+    let third_again = only(claim(later(31)).await, "msg_3");
+    assert_ne!(third.lease, third_again.lease);
+    // The first sender's settlement is refused; the next is not released.
+    store
+        .settle_callbacks(vec![delivered(&third)])
+        .await
+        .unwrap();
+    assert!(claim(later(32)).await.is_empty());
+    store
+        .settle_callbacks(vec![delivered(&third_again)])
+        .await
+        .unwrap();
+    let fourth = only(claim(later(32)).await, "msg_4");
+    store
+        .settle_callbacks(vec![delivered(&fourth)])
+        .await
+        .unwrap();
+    assert!(claim(later(3600)).await.is_empty());
+    assert_eq!(store.next_callback_due().await.unwrap(), None);
 }
 
 async fn a_dispatch_lease_is_exclusive_until_it_runs_out(store: Arc<dyn Store>) {
