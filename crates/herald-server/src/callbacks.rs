@@ -17,13 +17,15 @@ use herald_core::net::is_internal;
 use herald_store::{DueCallback, Settlement, Verdict};
 use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
 /// Callbacks in flight at once.
 const MAX_IN_FLIGHT: usize = 256;
+/// Most attempts recorded in one write.
+const MAX_SETTLE_BATCH: usize = 256;
 
 /// Why a callback is not sent at all.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +89,9 @@ pub fn http_client(allow_private: bool, timeout: Duration) -> reqwest::Client {
         // public URL bounce the callback to an internal address.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(64);
+        // As many as can be in flight, so that a busy sender reuses its
+        // connections rather than opening one per callback.
+        .pool_max_idle_per_host(MAX_IN_FLIGHT);
     if !allow_private {
         builder = builder.dns_resolver(Arc::new(GuardedResolver));
     }
@@ -107,6 +111,8 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     // sender died is taken up by another once the lease runs out.
     let lease = app.config.callback_timeout * 2;
     let mut work = LeasedWork::default();
+    let (settle, settlements) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_loop(app.clone(), settlements));
     loop {
         work.reap();
         let free = in_flight.available_permits();
@@ -130,16 +136,16 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            let (app, client) = (app.clone(), client.clone());
+            let (app, client, settle) = (app.clone(), client.clone(), settle.clone());
             work.spawn((callback.id, callback.lease), async move {
                 let settlement = attempt(&app, &client, &callback).await;
-                if let Err(e) = app.store.settle_callbacks(vec![settlement]).await {
-                    // The lease runs out and the callback is tried again.
-                    tracing::error!(error = %format!("{e:#}"), "could not record a callback attempt");
+                // Done once the attempt is recorded (or could not be: then
+                // the lease runs out and the callback is tried again).
+                let (recorded, done) = oneshot::channel();
+                if settle.send((settlement, recorded)).is_ok() {
+                    let _ = done.await;
                 }
                 drop(permit);
-                // The session's next callback may now be due.
-                app.callback_wakeup.notify_one();
             });
         }
         if !idle {
@@ -162,10 +168,33 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     // Attempts under way finish within the grace period; the leases of the
     // rest go back, so the next server sends them at once.
     let unfinished = work.drain(app.config.shutdown_grace).await;
+    drop(settle);
+    let _ = settler.await;
     if !unfinished.is_empty() {
         if let Err(e) = app.store.release_callbacks(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back callbacks");
         }
+    }
+}
+
+type Recorded = oneshot::Sender<()>;
+
+/// Records finished attempts: each write takes every attempt that finished
+/// while the last was being written, so that a busy sender spends one store
+/// write on many callbacks rather than one each. Ends when every sender of
+/// attempts has gone.
+async fn settle_loop(app: AppState, mut finished: mpsc::UnboundedReceiver<(Settlement, Recorded)>) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, MAX_SETTLE_BATCH).await > 0 {
+        let (settlements, waiting): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        if let Err(e) = app.store.settle_callbacks(settlements).await {
+            tracing::error!(error = %format!("{e:#}"), "could not record callback attempts");
+        }
+        for w in waiting {
+            let _ = w.send(());
+        }
+        // The sessions' next callbacks may now be due.
+        app.callback_wakeup.notify_one();
     }
 }
 
