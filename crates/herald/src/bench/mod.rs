@@ -84,8 +84,18 @@ impl Server {
             );
         }
         let key = String::from_utf8(output.stdout)?.trim().to_owned();
+        Server::serve(dir, name, key, args).await
+    }
+
+    /// Serves the database `start` made in `dir` under `name`, again.
+    async fn serve(dir: &Path, name: &str, key: String, args: &[&str]) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("finding the herald executable")?;
+        let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         let addr = free_port()?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))?;
         let child = Command::new(&exe)
             .arg("serve")
             .args([
@@ -302,10 +312,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let callbacks = measure_callbacks(&server, &sms, args.callback_sessions, c).await?;
 
     drop(server);
+    eprintln!("callbacks from a backlog...");
+    let backlog = measure_backlog(dir.path(), args.callback_sessions, c).await?;
     eprintln!("memory with waiting sessions...");
     let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
 
-    print_report(&rows, drained, &callbacks, &memory);
+    print_report(&rows, drained, &callbacks, &backlog, &memory);
     Ok(())
 }
 
@@ -371,35 +383,8 @@ async fn measure_callbacks(
     sessions: usize,
     connections: usize,
 ) -> anyhow::Result<Callbacks> {
-    let received: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/callbacks", listener.local_addr()?);
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/callbacks",
-        axum::routing::post(move |body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                let now = chrono::Utc::now();
-                let lag = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|b| {
-                        chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str()?).ok()
-                    })
-                    .map(|t| {
-                        (now - t.with_timezone(&chrono::Utc))
-                            .num_microseconds()
-                            .unwrap_or(0) as f64
-                            / 1000.0
-                    })
-                    .unwrap_or(f64::NAN);
-                sink.lock().unwrap().push((Instant::now(), lag));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let receiver = Receiver::start(free_port()?).await?;
+    let url = receiver.url();
     let target = server.target(
         "/messaging/conversation",
         vec![json!({"agent_id": agent, "to": "447700900123", "channel": "sms", "status_url": url})],
@@ -407,19 +392,7 @@ async fn measure_callbacks(
     let started = Instant::now();
     let triggered = load::closed_loop(&target, connections, Stop::Count(sessions)).await?;
     expect_only(&triggered, 200, "callback sessions")?;
-    let expected = 2 * sessions;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while received.lock().unwrap().len() < expected {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {expected} callbacks arrived",
-                received.lock().unwrap().len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    receiver.abort();
-    let got = received.lock().unwrap().clone();
+    let got = receiver.wait_for(2 * sessions).await?;
     let last = got.iter().map(|(at, _)| *at).max().unwrap_or(started);
     let mut latencies: Vec<f64> = got
         .iter()
@@ -432,6 +405,131 @@ async fn measure_callbacks(
         elapsed: last - started,
         latencies,
     })
+}
+
+/// A local receiver of callbacks: when each arrived, and how long after its
+/// status changed (the body's `timestamp`), in ms.
+struct Receiver {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<(Instant, f64)>>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    async fn start(addr: SocketAddr) -> anyhow::Result<Receiver> {
+        let received: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/callbacks",
+            axum::routing::post(move |body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let now = chrono::Utc::now();
+                    let lag = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| {
+                            chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str()?).ok()
+                        })
+                        .map(|t| {
+                            (now - t.with_timezone(&chrono::Utc))
+                                .num_microseconds()
+                                .unwrap_or(0) as f64
+                                / 1000.0
+                        })
+                        .unwrap_or(f64::NAN);
+                    sink.lock().unwrap().push((Instant::now(), lag));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Receiver {
+            addr,
+            received,
+            task,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/callbacks", self.addr)
+    }
+
+    /// Waits until `n` callbacks have arrived; what has.
+    async fn wait_for(&self, n: usize) -> anyhow::Result<Vec<(Instant, f64)>> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let got = self.received.lock().unwrap().len();
+            if got >= n {
+                return Ok(self.received.lock().unwrap().clone());
+            }
+            if Instant::now() > deadline {
+                bail!("only {got} of {n} callbacks arrived");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Callbacks delivered from a backlog, the sender's own throughput: SMS
+/// sessions end while their receiver is down, so that their callbacks wait
+/// in the outbox; the server is then killed and, once every attempt cut off
+/// by the kill has lost its lease, started again with the receiver up, so
+/// that all of them are due at once. Counted from the restart to the last
+/// delivery.
+async fn measure_backlog(
+    dir: &Path,
+    sessions: usize,
+    connections: usize,
+) -> anyhow::Result<Backlog> {
+    // Retries every second, many times, so that none gives up while the
+    // sessions run; an attempt's lease is twice its 1 s timeout.
+    let schedule = vec!["1"; 60].join(",");
+    let args = [
+        "--allow-private-callbacks",
+        "--callback-retry-schedule",
+        &schedule,
+        "--callback-timeout-secs",
+        "1",
+    ];
+    let server = Server::start(dir, "backlog", &args).await?;
+    let agent = server.agent("sms", 90_002).await?;
+    let receiver_addr = free_port()?;
+    let target = server.target(
+        "/messaging/conversation",
+        vec![
+            json!({"agent_id": agent, "to": "447700900123", "channel": "sms",
+                    "status_url": format!("http://{receiver_addr}/callbacks")}),
+        ],
+    );
+    let triggered = load::closed_loop(&target, connections, Stop::Count(sessions)).await?;
+    expect_only(&triggered, 200, "backlog sessions")?;
+    server.drain().await?;
+    let key = server.key.clone();
+    drop(server);
+    // The latest retry time (1.2 s with jitter) and lease (2 s) pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let receiver = Receiver::start(receiver_addr).await?;
+    let started = Instant::now();
+    let server = Server::serve(dir, "backlog", key, &args).await?;
+    let got = receiver.wait_for(2 * sessions).await?;
+    let last = got.iter().map(|(at, _)| *at).max().unwrap_or(started);
+    drop(server);
+    Ok(Backlog {
+        delivered: got.len(),
+        elapsed: last - started,
+    })
+}
+
+struct Backlog {
+    delivered: usize,
+    elapsed: Duration,
 }
 
 /// The server's resident memory as conversations pile up waiting for the
@@ -498,6 +596,7 @@ fn print_report(
     rows: &[(String, Run)],
     drained: Duration,
     callbacks: &Callbacks,
+    backlog: &Backlog,
     memory: &[(usize, f64)],
 ) {
     let base = rows[0].1.throughput();
@@ -526,13 +625,19 @@ fn print_report(
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let backlog_rate = backlog.delivered as f64 / backlog.elapsed.as_secs_f64();
     println!(
-        "callbacks: {} delivered in {:.2} s = {:.0}/s; status change to delivery p50 {:.1} ms, p99 {:.1} ms",
+        "callbacks as sessions run: {} delivered in {:.2} s from the first trigger = {:.0}/s; status change to delivery p50 {:.1} ms, p99 {:.1} ms",
         callbacks.delivered,
         callbacks.elapsed.as_secs_f64(),
         callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64(),
         q(&callbacks.latencies, 0.5),
         q(&callbacks.latencies, 0.99),
+    );
+    println!(
+        "callbacks from a backlog: {} delivered in {:.2} s from the restart = {backlog_rate:.0}/s",
+        backlog.delivered,
+        backlog.elapsed.as_secs_f64(),
     );
     let memory_line: Vec<String> = memory
         .iter()
@@ -563,12 +668,9 @@ fn print_report(
             format!("{:.2} ms", paced.quantile_ms(0.99)),
         ),
         (
-            "callbacks >= 10k/s",
-            callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64() >= 10_000.0,
-            format!(
-                "{:.0}/s",
-                callbacks.delivered as f64 / callbacks.elapsed.as_secs_f64()
-            ),
+            "callbacks >= 10k/s (delivered from a backlog)",
+            backlog_rate >= 10_000.0,
+            format!("{backlog_rate:.0}/s"),
         ),
     ];
     for (what, met, value) in checks {
