@@ -29,7 +29,8 @@ fn a_short_benchmark_run_reports_every_scenario() {
         "| accepted triggers (durable) |",
         "| rejected triggers (429) |",
         "| accepted at 1/4 load (",
-        "callbacks: 40 delivered in",
+        "callbacks as sessions run: 40 delivered in",
+        "callbacks from a backlog: 40 delivered in",
         "server memory with conversations waiting for a reply: 0: ",
         "accepted triggers >= 50% of the baseline",
     ] {
