@@ -136,15 +136,18 @@ fn checkpoint_loop(conn: Connection, hints: mpsc::Receiver<()>) {
 mod tests {
     use super::*;
 
+    /// A connection to `path` in WAL mode, as the store opens them.
+    fn wal_connection(path: &std::path::Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn
+    }
+
     #[test]
     fn a_dropped_writer_finishes_its_queue() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let open = || {
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            conn
-        };
+        let open = || wal_connection(&path);
         open().execute_batch("CREATE TABLE t (x)").unwrap();
         let writer = Writer::start(open(), open()).unwrap();
         let (tx, rx) = mpsc::channel();
@@ -169,11 +172,7 @@ mod tests {
     fn the_log_is_copied_back_off_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        let open = || {
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            conn
-        };
+        let open = || wal_connection(&path);
         open()
             .execute_batch("CREATE TABLE t (x BLOB); PRAGMA wal_checkpoint(TRUNCATE);")
             .unwrap();
