@@ -145,6 +145,23 @@ impl SqliteStore {
         })?
     }
 
+    /// Runs `f`, a lookup by key that reads a handful of pages, on a free
+    /// reader connection on the calling thread: handing it to a blocking
+    /// thread and back costs more than the lookup. With every connection
+    /// busy it waits its turn off the async threads, as [`Self::read`] does.
+    async fn read_point<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            if let Ok(conn) = self.readers[(start + i) % self.readers.len()].try_lock() {
+                return f(&conn);
+            }
+        }
+        self.read(f).await
+    }
+
     /// Runs `f` on a reader connection, off the async threads.
     async fn read<R: Send + 'static>(
         &self,
@@ -595,24 +612,24 @@ impl Store for SqliteStore {
 
     async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>> {
         let id = id.clone();
-        self.read(move |conn| {
-            conn.query_row(
+        self.read_point(move |conn| {
+            conn.prepare_cached(
                 "SELECT agent_id, version, name, channel, number, region, flow, published_at \
                  FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
-                params![id.as_str(), version],
-                |row| {
-                    Ok(AgentVersion {
-                        agent_id: parse_col(row, 0)?,
-                        version: row.get(1)?,
-                        name: row.get(2)?,
-                        channel: parse_col(row, 3)?,
-                        number: row.get(4)?,
-                        region: parse_col(row, 5)?,
-                        flow: json_col(row, 6)?,
-                        published_at: from_micros(row.get(7)?),
-                    })
-                },
             )
+            .db()?
+            .query_row(params![id.as_str(), version], |row| {
+                Ok(AgentVersion {
+                    agent_id: parse_col(row, 0)?,
+                    version: row.get(1)?,
+                    name: row.get(2)?,
+                    channel: parse_col(row, 3)?,
+                    number: row.get(4)?,
+                    region: parse_col(row, 5)?,
+                    flow: json_col(row, 6)?,
+                    published_at: from_micros(row.get(7)?),
+                })
+            })
             .optional()
             .db()
         })
@@ -732,7 +749,7 @@ impl Store for SqliteStore {
         locale: &str,
     ) -> Result<Option<Template>> {
         let key = (namespace.to_owned(), name.to_owned(), locale.to_owned());
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             conn.prepare_cached(
                 "SELECT namespace, name, locale, header, body, created_at \
                  FROM whatsapp_templates \
@@ -839,7 +856,7 @@ impl Store for SqliteStore {
         max_age: Duration,
     ) -> Result<Option<IdempotentResponse>> {
         let key = key.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let oldest = now_micros() - max_age.as_micros() as i64;
             conn.prepare_cached(
                 "SELECT request_hash, response FROM idempotency_keys \
@@ -872,7 +889,7 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>> {
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let found = conn
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS}, flow_state FROM sessions \
@@ -924,7 +941,7 @@ impl Store for SqliteStore {
     }
 
     async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = ?1"
             ))
@@ -1239,7 +1256,7 @@ impl Store for SqliteStore {
     }
 
     async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, kind, text, at FROM session_inputs \
@@ -1268,7 +1285,7 @@ impl Store for SqliteStore {
         from: &str,
     ) -> Result<Option<SessionId>> {
         let (to, from) = (to.to_owned(), from.to_owned());
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             // `status <> 'ended'` as the index has it, so that it serves.
             conn.prepare_cached(
                 "SELECT id FROM sessions \
@@ -1285,7 +1302,7 @@ impl Store for SqliteStore {
     }
 
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {
-        self.read(|conn| {
+        self.read_point(|conn| {
             let next: Option<i64> = conn
                 .query_row(
                     // Only each session's oldest pending callback can be
