@@ -7,15 +7,20 @@
 //! reloads a snapshot when its counter moves, so a change made by another
 //! process (`herald keys revoke`, `herald limits set`, another instance) is
 //! seen within one poll; changes made through this server's own API reload
-//! at once.
+//! at once. Published agent versions, which never change, are kept as
+//! they are first read.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use herald_core::keys::{hash_key, hashes_equal, KeyHash};
 use herald_core::webhook::SigningKey;
 use herald_core::{AccountId, AgentId, Channel, Region};
-use herald_store::{AgentIndexRow, Revisions, Store};
+use herald_store::{AgentIndexRow, AgentVersion, Revisions, Store};
+
+/// Published versions kept in memory; past this many the cache starts over,
+/// so a long-lived server with many agents holds a bounded number.
+const MAX_VERSIONS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -46,6 +51,10 @@ pub struct Directory {
     agents: RwLock<Arc<Agents>>,
     rates: RwLock<Arc<HashMap<AgentId, u32>>>,
     seen: RwLock<Revisions>,
+    /// Published versions read so far: a session's every wake needs its
+    /// flow, and a published version is immutable (CONTRACT §4.3), so no
+    /// change elsewhere can make a copy stale.
+    versions: Mutex<HashMap<(AgentId, u32), Arc<AgentVersion>>>,
 }
 
 fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
@@ -138,6 +147,33 @@ impl Directory {
     pub async fn reload_rates(&self, store: &dyn Store) -> anyhow::Result<()> {
         swap(&self.rates, store.rates().await?.into_iter().collect());
         Ok(())
+    }
+
+    /// A published version of an agent, from memory once it has been read.
+    pub async fn agent_version(
+        &self,
+        store: &dyn Store,
+        id: &AgentId,
+        version: u32,
+    ) -> Result<Option<Arc<AgentVersion>>, herald_store::StoreError> {
+        let key = (id.clone(), version);
+        if let Some(found) = self.versions().get(&key) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(found) = store.agent_version(id, version).await? else {
+            return Ok(None);
+        };
+        let found = Arc::new(found);
+        let mut versions = self.versions();
+        if versions.len() >= MAX_VERSIONS {
+            versions.clear();
+        }
+        versions.insert(key, found.clone());
+        Ok(Some(found))
+    }
+
+    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<(AgentId, u32), Arc<AgentVersion>>> {
+        self.versions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The account a key belongs to, if the key is live.

@@ -96,8 +96,8 @@ pub async fn run_session(app: &AppState, lease: DispatchLease) -> anyhow::Result
             .map_err(Into::into);
     }
     let version = app
-        .store
-        .agent_version(&session.agent_id, session.agent_version)
+        .directory
+        .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the session's agent version is missing"))?;
     let conversation = match &session.flow_state {

@@ -9,7 +9,7 @@
 //! [`herald_core::trigger`]'s; this module adds those that need the service.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -158,8 +158,9 @@ pub struct ConversationRequest {
     responses(TriggerResponses),
     security(("vgai_key" = []), ("bearer" = []))
 )]
-pub async fn make_call(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    trigger(&app, &headers, body, Endpoint::Voice)
+pub async fn make_call(State(app): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    trigger(&app, &parts.headers, body, Endpoint::Voice)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -173,8 +174,9 @@ pub async fn make_call(State(app): State<AppState>, headers: HeaderMap, body: Bo
     responses(TriggerResponses),
     security(("vgai_key" = []), ("bearer" = []))
 )]
-pub async fn conversation(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    trigger(&app, &headers, body, Endpoint::Messaging)
+pub async fn conversation(State(app): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    trigger(&app, &parts.headers, body, Endpoint::Messaging)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
