@@ -15,8 +15,14 @@ use rusqlite::Connection;
 
 /// Most writes one transaction takes; bounds the latency a big batch adds.
 const MAX_BATCH: usize = 512;
-/// The least time between two background checkpoints.
-const CHECKPOINT_PAUSE: Duration = Duration::from_millis(100);
+/// The least time between two background checkpoints. Short, so that the
+/// log stays small: a checkpoint's fsync of the database file holds up the
+/// commits' fsyncs of the log while it lasts, and how long it lasts grows
+/// with what was written since the last one. Measured with `herald bench`
+/// (BENCHMARKS.md), 20 ms kept the p99 of triggers at a quarter load near
+/// 4 ms where 100 ms let it reach 5 to 11 ms, and a second let the log grow
+/// and made most commits slower.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(20);
 /// WAL pages after which the writer checkpoints on its own, if the
 /// checkpointer has fallen that far behind (4 KiB pages: about 40 MiB).
 pub(super) const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
