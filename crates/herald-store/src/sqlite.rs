@@ -346,19 +346,34 @@ fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<SessionEvent>>
     rows.collect::<rusqlite::Result<_>>().db()
 }
 
-fn insert_event(conn: &Connection, session: &str, event: &NewEvent) -> Result<()> {
-    let data = event.data.as_ref().map(to_json).transpose()?;
+/// An event ready to insert, its data already serialised: JSON is written
+/// by the caller, so that the one writer thread spends no time on it.
+struct EventRow {
+    key: Option<String>,
+    kind: String,
+    at: i64,
+    data: Option<String>,
+}
+
+impl EventRow {
+    fn new(event: &NewEvent) -> Result<EventRow> {
+        Ok(EventRow {
+            key: event.key.clone(),
+            kind: event.kind.clone(),
+            at: to_micros(event.at),
+            data: event.data.as_ref().map(to_json).transpose()?,
+        })
+    }
+}
+
+fn insert_event(conn: &Connection, session: &str, event: &EventRow) -> Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO session_events (session_id, key, type, at, data) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .db()?
     .execute(params![
-        session,
-        event.key,
-        event.kind,
-        to_micros(event.at),
-        data
+        session, event.key, event.kind, event.at, event.data
     ])
     .db()?;
     Ok(())
@@ -833,10 +848,10 @@ impl Store for SqliteStore {
             insert_event(
                 conn,
                 &id,
-                &NewEvent {
+                &EventRow {
                     key: Some("queued".into()),
                     kind: "queued".into(),
-                    at: s.created_at,
+                    at: created,
                     data: None,
                 },
             )?;
@@ -1022,6 +1037,12 @@ impl Store for SqliteStore {
     }
 
     async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
+        let flow_state = u.flow_state.as_ref().map(to_json).transpose()?;
+        let events = u
+            .events
+            .iter()
+            .map(EventRow::new)
+            .collect::<Result<Vec<_>>>()?;
         self.write(move |conn| {
             let sid = id.to_string();
             if let Some(token) = u.lease {
@@ -1043,7 +1064,6 @@ impl Store for SqliteStore {
                 || u.flow_state.is_some()
                 || u.inputs_consumed.is_some()
             {
-                let flow_state = u.flow_state.as_ref().map(to_json).transpose()?;
                 conn.prepare_cached(
                     "UPDATE sessions SET status = COALESCE(?2, status), \
                      outcome = COALESCE(?3, outcome), ended_at = COALESCE(?4, ended_at), \
@@ -1063,7 +1083,7 @@ impl Store for SqliteStore {
                 ])
                 .db()?;
             }
-            for event in &u.events {
+            for event in &events {
                 insert_event(conn, &sid, event)?;
             }
             for cb in &u.callbacks {
@@ -1196,7 +1216,12 @@ impl Store for SqliteStore {
                     insert_event(
                         conn,
                         &session,
-                        &callback_failed_event(&webhook_id, s.attempts, error, s.at),
+                        &EventRow::new(&callback_failed_event(
+                            &webhook_id,
+                            s.attempts,
+                            error,
+                            s.at,
+                        ))?,
                     )?;
                 }
                 if state != "pending" {
