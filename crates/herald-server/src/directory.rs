@@ -236,3 +236,60 @@ impl Directory {
         read(&self.rates).get(id).copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_core::flow::FlowDefinition;
+    use herald_store::sqlite::SqliteStore;
+    use herald_store::{NewAgent, StoreOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_published_version_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
+            .await
+            .unwrap();
+        let account = store.add_key("acme", [7; 32]).await.unwrap();
+        let agent = store
+            .create_agent(NewAgent {
+                account_id: account,
+                name: "reminders".into(),
+                channel: Channel::Voice,
+                number: "14155550100".into(),
+                region: Region::Us,
+                flow: FlowDefinition::default_for(Channel::Voice),
+            })
+            .await
+            .unwrap();
+        let version = store
+            .publish_agent(account, &agent.agent_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let directory = Directory::default();
+
+        let missing = directory
+            .agent_version(&store, &agent.agent_id, version + 1)
+            .await
+            .unwrap();
+        assert!(missing.is_none());
+        let first = directory
+            .agent_version(&store, &agent.agent_id, version)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.version, version);
+        let again = directory
+            .agent_version(&store, &agent.agent_id, version)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second read came from the store"
+        );
+    }
+}

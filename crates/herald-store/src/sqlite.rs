@@ -1372,4 +1372,42 @@ mod tests {
             .unwrap();
         assert!(format!("{err:#}").contains("newer than this herald knows"));
     }
+
+    /// A lookup by key runs inline on a free reader; with every reader
+    /// taken it must wait for one off the async thread rather than fail or
+    /// block the runtime (the runtime here has one thread, so blocking it
+    /// would stop the task that frees the readers).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lookup_waits_for_a_reader_when_all_are_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
+            .await
+            .unwrap();
+        let id = SessionId::generate();
+        assert!(store.session_for_work(id).await.unwrap().is_none());
+
+        let readers = store.readers.clone();
+        let (held, hold) = std::sync::mpsc::channel::<()>();
+        let (taken, all_taken) = tokio::sync::oneshot::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let guards: Vec<_> = readers.iter().map(|r| r.lock().unwrap()).collect();
+            taken.send(()).unwrap();
+            hold.recv().unwrap();
+            drop(guards);
+        });
+        all_taken.await.unwrap();
+        let lookup = store.session_for_work(id);
+        tokio::pin!(lookup);
+        // It cannot finish while every reader is held...
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut lookup)
+                .await
+                .is_err()
+        );
+        // ...and finishes once one is free.
+        held.send(()).unwrap();
+        assert!(lookup.await.unwrap().is_none());
+        holder.join().unwrap();
+    }
 }
