@@ -7,7 +7,9 @@
 //! each in its own savepoint inside one transaction, commits once and then
 //! answers them all. Under load, hundreds of trigger inserts share one
 //! fsync; a write that fails rolls back its savepoint alone. Reads run on a
-//! small pool of connections, which WAL lets proceed while the writer works.
+//! small pool of connections, which WAL lets proceed while the writer works:
+//! a lookup by key on the calling thread when a connection is free, anything
+//! bigger (and anything that finds them all busy) on Tokio's blocking pool.
 
 mod writer;
 
