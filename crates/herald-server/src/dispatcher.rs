@@ -90,8 +90,13 @@ fn is_lease_lost(e: &anyhow::Error) -> bool {
 /// the job), the run stops: its writes would be refused anyway.
 async fn run_holding_lease(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
     // The run and the renewals are polled side by side: a renewal waiting on
-    // the store never holds the run up, nor the other way round.
+    // the store never holds the run up, nor the other way round. The run is
+    // polled first: its last write removes the job, so a renewal committed
+    // with that write finds no job and reports the lease lost, and the run,
+    // ready at the same time, must not be dropped for it (it still has the
+    // session's end to count).
     tokio::select! {
+        biased;
         result = crate::runtime::run_session(app, lease) => result,
         lost = keep_renewing(app, lease) => Err(lost.into()),
     }
