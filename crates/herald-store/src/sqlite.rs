@@ -1330,24 +1330,21 @@ impl Store for SqliteStore {
 
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {
         self.read_point(|conn| {
+            // Only each session's oldest pending callback can be sent next;
+            // the others wait behind it. (Callbacks written before
+            // `WAITING_BEHIND` existed are due at their own time even when
+            // waiting: the check on MIN(id) passes over them.)
             let next: Option<i64> = conn
-                .query_row(
-                    // Only each session's oldest pending callback can be
-                    // sent next; the others wait behind it. (Callbacks
-                    // written before `WAITING_BEHIND` existed are due at
-                    // their own time even when waiting: the check on MIN(id)
-                    // passes over them.)
-                    &format!(
-                        "SELECT MAX(c.next_attempt_at, c.lease_until) FROM callbacks c \
-                         WHERE c.state = 'pending' AND c.next_attempt_at < {WAITING_BEHIND} \
-                           AND c.id = (SELECT MIN(p.id) FROM callbacks p \
-                                       WHERE p.session_id = c.session_id \
-                                         AND p.state = 'pending') \
-                         ORDER BY c.next_attempt_at LIMIT 1"
-                    ),
-                    [],
-                    |r| r.get(0),
-                )
+                .prepare_cached(&format!(
+                    "SELECT MAX(c.next_attempt_at, c.lease_until) FROM callbacks c \
+                     WHERE c.state = 'pending' AND c.next_attempt_at < {WAITING_BEHIND} \
+                       AND c.id = (SELECT MIN(p.id) FROM callbacks p \
+                                   WHERE p.session_id = c.session_id \
+                                     AND p.state = 'pending') \
+                     ORDER BY c.next_attempt_at LIMIT 1"
+                ))
+                .db()?
+                .query_row([], |r| r.get(0))
                 .optional()
                 .db()?;
             Ok(next.map(from_micros))
