@@ -118,8 +118,8 @@ fn seconds_arg() -> anyhow::Result<Duration> {
 }
 
 async fn run(path: &Path, scenario: &Scenario, length: Duration) -> anyhow::Result<Figures> {
-    let url = path.to_str().expect("a UTF-8 temporary path");
-    let store = Arc::new(SqliteStore::open(url, &StoreOptions { durable: true }).await?);
+    let file = path.to_str().expect("a UTF-8 temporary path");
+    let store = Arc::new(SqliteStore::open(file, &StoreOptions { durable: true }).await?);
     if scenario.drop_indexes {
         rusqlite::Connection::open(path)?
             .execute_batch("DROP INDEX sessions_agent; DROP INDEX sessions_open;")?;
