@@ -26,10 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use herald_core::session::SessionParameters;
 use herald_core::{AccountId, AgentId, Channel, SessionId};
 use herald_store::sqlite::SqliteStore;
+use herald_store::testing::new_session;
 use herald_store::{NewSession, Store, StoreOptions};
 
 const TASKS: usize = 64;
@@ -191,21 +190,10 @@ async fn run(path: &Path, scenario: &Scenario, length: Duration) -> anyhow::Resu
 
 fn session(account: AccountId, agent: &AgentId, number: &str, to: String) -> NewSession {
     NewSession {
-        id: SessionId::generate(),
-        account_id: account,
-        agent_id: agent.clone(),
-        agent_version: 1,
         channel: Channel::Voice,
         to,
         from: number.to_owned(),
-        status_url: None,
-        hangup_on_machine: false,
-        parameters: SessionParameters::default(),
-        whatsapp: None,
-        created_at: Utc::now(),
-        idempotency: None,
-        inbound: false,
-        first_input: None,
+        ..new_session(account, agent, SessionId::generate())
     }
 }
 

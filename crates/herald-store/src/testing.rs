@@ -5,7 +5,12 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
+use chrono::Utc;
+use herald_core::session::SessionParameters;
+use herald_core::{AccountId, AgentId, Channel, SessionId};
+
 use crate::postgres::describe_url;
+use crate::NewSession;
 
 const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/herald_test";
 
@@ -72,4 +77,26 @@ async fn create_database(options: &PgConnectOptions, database: &str) -> Result<(
         }
     }
     conn.close().await
+}
+
+/// A plain outbound SMS session of `agent` as a trigger stores it, to a
+/// fixed recipient; tests and benches change the fields they care about.
+pub fn new_session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSession {
+    NewSession {
+        id,
+        account_id: account,
+        agent_id: agent.clone(),
+        agent_version: 1,
+        channel: Channel::Sms,
+        to: "447700900123".into(),
+        from: "447700900001".into(),
+        status_url: None,
+        hangup_on_machine: false,
+        parameters: SessionParameters::default(),
+        whatsapp: None,
+        created_at: Utc::now(),
+        idempotency: None,
+        inbound: false,
+        first_input: None,
+    }
 }

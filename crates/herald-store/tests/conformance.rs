@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::flow::FlowDefinition;
-use herald_core::session::SessionParameters;
 use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use herald_store::testing::new_session as session;
 use herald_store::*;
 
 /// Runs each case once per backend: `sqlite::case` and `postgres::case`.
@@ -80,26 +80,6 @@ async fn agent(store: &dyn Store) -> (AccountId, AgentId) {
         .unwrap();
     store.publish_agent(account, &agent.agent_id).await.unwrap();
     (account, agent.agent_id)
-}
-
-fn session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSession {
-    NewSession {
-        id,
-        account_id: account,
-        agent_id: agent.clone(),
-        agent_version: 1,
-        channel: Channel::Sms,
-        to: "447700900123".into(),
-        from: "447700900001".into(),
-        status_url: None,
-        hangup_on_machine: false,
-        parameters: SessionParameters::default(),
-        whatsapp: None,
-        created_at: Utc::now(),
-        idempotency: None,
-        inbound: false,
-        first_input: None,
-    }
 }
 
 fn with_key(mut s: NewSession, key: &str) -> NewSession {
