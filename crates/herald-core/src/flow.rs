@@ -38,6 +38,9 @@ pub const FORMAT: u32 = 1;
 pub const MAX_NODES: usize = 500;
 pub const MAX_TEXT: usize = 4096;
 pub const MAX_NODE_ID: usize = 64;
+/// The most sub-flows that may run inside one another: the main flow's
+/// `flow` node is the first call, the sub-flow's own `flow` node the second.
+pub const MAX_SUBFLOW_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -652,6 +655,9 @@ impl FlowDefinition {
         let flow =
             FlowDefinition::deserialize(value).map_err(|e| FlowError(format!("flow: {e}")))?;
         flow.validate(channel)?;
+        if let Some(path) = crate::text::nul_at(value, "flow") {
+            return Err(FlowError(format!("{path} {}", crate::text::NO_NUL)));
+        }
         Ok(flow)
     }
 
@@ -774,7 +780,69 @@ impl FlowDefinition {
                 refuse!("flow.context_switches[{i}].next {why}");
             }
         }
-        self.check_recursion()
+        self.check_recursion()?;
+        self.check_depth()
+    }
+
+    /// Refuses sub-flows that would run more than [`MAX_SUBFLOW_DEPTH`]
+    /// calls inside one another, naming the node whose call goes one too
+    /// deep. Runs after [`Self::check_recursion`], so the calls form no
+    /// cycle.
+    fn check_depth(&self) -> Result<(), FlowError> {
+        /// How many calls deep running `sub` can go, itself included, and
+        /// the first node of the deepest chain below it.
+        fn depth<'a>(
+            flow: &'a FlowDefinition,
+            sub: &'a SubFlow,
+            known: &mut HashMap<&'a str, (usize, Option<&'a Node>)>,
+        ) -> usize {
+            if let Some((d, _)) = known.get(sub.name.as_str()) {
+                return *d;
+            }
+            let mut deepest = (1, None);
+            for node in &sub.nodes {
+                if let NodeKind::Flow { flow: callee, .. } = &node.kind {
+                    if let Some(callee) = flow.subflow(callee) {
+                        let d = 1 + depth(flow, callee, known);
+                        if d > deepest.0 {
+                            deepest = (d, Some(node));
+                        }
+                    }
+                }
+            }
+            known.insert(&sub.name, deepest);
+            deepest.0
+        }
+        let mut known = HashMap::new();
+        for sub in &self.subflows {
+            if depth(self, sub, &mut known) <= MAX_SUBFLOW_DEPTH {
+                continue;
+            }
+            // Down the deepest chain to the call that is one too many.
+            let (mut at, mut level) = (sub, 1);
+            while level < MAX_SUBFLOW_DEPTH {
+                let Some((_, Some(node))) = known.get(at.name.as_str()) else {
+                    break;
+                };
+                let NodeKind::Flow { flow: callee, .. } = &node.kind else {
+                    break;
+                };
+                at = self.subflow(callee).expect("checked above");
+                level += 1;
+            }
+            let (_, node) = known[at.name.as_str()];
+            let node = node.expect("a sub-flow deeper than the bound calls another");
+            let NodeKind::Flow { flow: callee, .. } = &node.kind else {
+                unreachable!("the deepest chain goes through flow nodes");
+            };
+            refuse!(
+                "node '{}': flow '{callee}' would run {} calls deep; sub-flows nest at most \
+                 {MAX_SUBFLOW_DEPTH} calls deep",
+                node.id,
+                MAX_SUBFLOW_DEPTH + 1
+            );
+        }
+        Ok(())
     }
 
     /// Refuses a sub-flow that calls itself, directly or through others:

@@ -183,6 +183,12 @@ impl SessionParameters {
                     "session_parameters[{i}].value must be at most 4096 bytes"
                 ));
             }
+            if value.contains('\0') {
+                return Err(format!(
+                    "session_parameters[{i}].value {}",
+                    crate::text::NO_NUL
+                ));
+            }
             params.set(name, value);
         }
         Ok(params)

@@ -439,18 +439,30 @@ impl<'a> Fields<'a> {
     }
 
     fn string(&self, field: &str) -> Result<&'a str, ComponentError> {
-        self.required(field)?
+        let text = self
+            .required(field)?
             .as_str()
-            .ok_or_else(|| self.fail(field, "must be a string"))
+            .ok_or_else(|| self.fail(field, "must be a string"))?;
+        self.no_nul(field, text)
     }
 
     fn optional_string(&self, field: &str) -> Result<Option<&'a str>, ComponentError> {
         self.get(field)
             .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| self.fail(field, "must be a string"))
+                let text = v
+                    .as_str()
+                    .ok_or_else(|| self.fail(field, "must be a string"))?;
+                self.no_nul(field, text)
             })
             .transpose()
+    }
+
+    /// Every text of a component is free text (CONTRACT §3.3).
+    fn no_nul(&self, field: &str, text: &'a str) -> Result<&'a str, ComponentError> {
+        if text.contains('\0') {
+            return Err(self.fail(field, crate::text::NO_NUL));
+        }
+        Ok(text)
     }
 
     fn integer(&self, field: &str) -> Result<i64, ComponentError> {
@@ -964,7 +976,8 @@ mod tests {
     }
 
     fn valid_parameter() -> impl Strategy<Value = Value> {
-        let s = || ".{0,12}";
+        // Any text but NUL, which no parameter may hold.
+        let s = || "[^\\x00]{0,12}";
         prop_oneof![
             s().prop_map(|text| json!({"type": "text", "text": text})),
             (s(), "[A-Z]{3}", any::<i64>()).prop_map(|(f, c, a)| {

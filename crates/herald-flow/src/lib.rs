@@ -225,17 +225,27 @@ pub enum EndReason {
     Expired,
     /// The step bound was reached (a loop validation could not rule out).
     Looped,
+    /// A sub-flow call would have gone deeper than [`MAX_SUBFLOW_DEPTH`].
+    SubflowTooDeep,
+}
+
+impl EndReason {
+    /// Whether the conversation ended because the flow could not go on,
+    /// rather than by its own design: the session's outcome is `failed`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, EndReason::SubflowTooDeep)
+    }
 }
 
 /// The most nodes one step may pass through. Validation rejects flows that
 /// could loop without waiting; this bound makes sure a step always returns.
 pub const MAX_NODES_PER_STEP: usize = 1000;
 
-/// The most sub-flows that may run inside one another. A sub-flow that
-/// calls itself across waits would otherwise grow the stored state without
-/// end; a `flow` node beyond this depth ends the conversation with
-/// [`EndReason::Looped`].
-pub const MAX_SUBFLOW_DEPTH: usize = 32;
+/// The most sub-flows that may run inside one another. Validation refuses
+/// flows that could go deeper; a `flow` node beyond this depth all the same
+/// (a flow stored before that check) ends the conversation with
+/// [`EndReason::SubflowTooDeep`], as a failure.
+pub use herald_core::flow::MAX_SUBFLOW_DEPTH;
 
 /// The parameter that holds the person's last input.
 pub const LAST_INPUT: &str = "LAST_INPUT";

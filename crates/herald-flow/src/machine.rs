@@ -32,8 +32,9 @@
 //! Input node with an empty prompt only waits). Entering a node that does
 //! not exist ends the conversation (`Completed`); so does a `return` with
 //! no sub-flow to return from. After [`crate::MAX_NODES_PER_STEP`] nodes
-//! in one step, or a sub-flow call deeper than
-//! [`crate::MAX_SUBFLOW_DEPTH`], the conversation ends (`Looped`).
+//! in one step the conversation ends (`Looped`); a sub-flow call deeper
+//! than [`crate::MAX_SUBFLOW_DEPTH`] ends it as a failure
+//! (`SubflowTooDeep`).
 //!
 //! Waiting nodes keep the conversation at them (`state.node`) with
 //! `state.waiting` set: Collect Input and a Classification node without
@@ -525,7 +526,7 @@ impl<'a> Machine<'a> {
             }
             NodeKind::Flow { flow, next } => {
                 if self.state.stack.len() >= MAX_SUBFLOW_DEPTH {
-                    self.end(EndReason::Looped);
+                    self.end(EndReason::SubflowTooDeep);
                     return Next::Stop;
                 }
                 let Some(sub) = self.flow.subflows.iter().find(|s| s.name == *flow) else {

@@ -1005,7 +1005,8 @@ fn sub_flows_nest_only_so_deep() {
     }
     assert_eq!(talk.state.stack.len(), MAX_SUBFLOW_DEPTH);
     let actions = talk.say("x");
-    assert_eq!(actions.last(), Some(&end(EndReason::Looped)));
+    assert_eq!(actions.last(), Some(&end(EndReason::SubflowTooDeep)));
+    assert!(EndReason::SubflowTooDeep.is_failure());
 }
 
 // ---- webhooks -----------------------------------------------------------------------
