@@ -53,6 +53,11 @@ fn callback_failed_event(
     }
 }
 
+/// The most open sessions [`Store::open_sessions`] returns. A number is
+/// held by one agent at a time, so between one person and one number there
+/// is one open session, or a few after an agent was deleted and replaced.
+pub const MAX_OPEN_SESSIONS: usize = 16;
+
 /// How long an idempotency key answers with its first response (CONTRACT §2.4).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -183,11 +188,15 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `limit` due dispatch jobs until `now + lease`. A job is
     /// due when its lease (if any) has run out, so a job held by a live
     /// worker is never handed to a second one.
+    ///
+    /// Jobs of the accounts in `skip_accounts` are passed over: they have
+    /// their share of the claimer's places already.
     async fn claim_dispatches(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
+        skip_accounts: &[AccountId],
     ) -> Result<Vec<DispatchLease>>;
     /// Extends a lease still held; false if it was lost (the job was claimed
     /// again, or finished), in which case the worker must stop.
@@ -206,14 +215,16 @@ pub trait Store: Send + Sync + 'static {
     async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>>;
     /// The session's inputs with an id above `after`, oldest first.
     async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>>;
-    /// The newest session of `channel` that is not over, between the
-    /// person `to` and the agent number `from`.
-    async fn open_session(
+    /// The sessions of `channel` that are not over between the person `to`
+    /// and the agent number `from`, newest first (at most
+    /// [`MAX_OPEN_SESSIONS`]), with the account and agent of each, so that
+    /// the caller can route a reply to the one it may reach.
+    async fn open_sessions(
         &self,
         channel: herald_core::Channel,
         to: &str,
         from: &str,
-    ) -> Result<Option<SessionId>>;
+    ) -> Result<Vec<OpenSession>>;
 
     /// Leases up to `limit` due callbacks, at most one per session (the
     /// oldest pending), so that a session's callbacks go out in order.

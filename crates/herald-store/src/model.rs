@@ -261,6 +261,8 @@ mod tests {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DispatchLease {
     pub session_id: SessionId,
+    /// The session's account, whose share of places the job takes.
+    pub account_id: AccountId,
     pub token: LeaseToken,
 }
 
@@ -301,6 +303,14 @@ pub enum Verdict {
     Failed {
         error: String,
     },
+}
+
+/// A session that is not over, as [`crate::Store::open_sessions`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSession {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub agent_id: AgentId,
 }
 
 /// Something the person (or a live agent) said to an open session.

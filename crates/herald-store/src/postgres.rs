@@ -21,9 +21,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::flow::FlowDefinition;
 use herald_core::keys::{generate_webhook_secret, KeyHash};
+use herald_core::secret::redact_url;
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
-use herald_core::{AccountId, AgentId, SessionId};
+use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
@@ -32,6 +33,7 @@ use crate::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_conversations.sql"),
+    include_str!("../migrations/postgres/0003_tenancy.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -61,7 +63,7 @@ impl PostgresStore {
             while let Some(next) = cause.source() {
                 cause = next;
             }
-            anyhow::anyhow!("invalid PostgreSQL URL for {}: {cause}", describe_url(url))
+            anyhow::anyhow!("invalid PostgreSQL URL for {}: {cause}", redact_url(url))
         })?;
         if !options.durable {
             // Commits return before their WAL is flushed. The server has
@@ -77,29 +79,16 @@ impl PostgresStore {
             Ok(connected) => connected.map_err(anyhow::Error::from),
             Err(_) => Err(anyhow::anyhow!("no answer within {ACQUIRE_TIMEOUT:?}")),
         }
-        .with_context(|| format!("connecting to PostgreSQL at {}", describe_url(url)))?;
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         migrate(&mut conn)
             .await
-            .with_context(|| format!("migrating PostgreSQL at {}", describe_url(url)))?;
+            .with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))?;
         conn.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(connect);
         Ok(PostgresStore { pool })
-    }
-}
-
-/// Where a database URL points, for messages: never its password.
-pub(crate) fn describe_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}:{}/{}",
-            u.host_str().unwrap_or("localhost"),
-            u.port().unwrap_or(5432),
-            u.path().trim_start_matches('/')
-        ),
-        Err(_) => "an unparsable URL".into(),
     }
 }
 
@@ -244,6 +233,34 @@ fn agent_from_row(row: &PgRow) -> Result<Agent> {
 /// A live agent of the account. `lock` holds its row to the end of the
 /// transaction, so that a read-modify-write of the draft is not interleaved
 /// with another.
+/// Whether an agent other than `agent` holds `number` for `channel` in
+/// `region` through what it has published or what is still under way (see
+/// the SQLite store's `number_held`).
+async fn number_held<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    channel: Channel,
+    region: Region,
+    number: &str,
+    agent: &AgentId,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM agents a JOIN agent_versions v \
+             ON v.agent_id = a.agent_id AND v.version = a.current_version \
+           WHERE a.channel = $1 AND a.region = $2 AND a.deleted_at IS NULL \
+             AND a.agent_id <> $4 AND v.number = $3) \
+         OR EXISTS (SELECT 1 FROM sessions s JOIN agents a ON a.agent_id = s.agent_id \
+           WHERE s.channel = $1 AND s.from_number = $3 AND s.status <> 'ended' \
+             AND s.agent_id <> $4 AND a.region = $2)",
+    )
+    .bind(channel.as_str())
+    .bind(region.as_str())
+    .bind(number)
+    .bind(agent.as_str())
+    .fetch_one(conn)
+    .await
+    .db()
+}
+
 async fn agent_in<'c>(
     conn: impl Executor<'c, Database = Postgres>,
     account: AccountId,
@@ -410,11 +427,18 @@ impl PostgresStore {
     async fn create_agent_now(&self, agent: NewAgent) -> Result<Agent> {
         let mut tx = self.pool.begin().await.db()?;
         let now = now_micros();
+        let id = AgentId::generate();
+        if number_held(&mut *tx, agent.channel, agent.region, &agent.number, &id).await? {
+            return Err(StoreError::Conflict(number_taken(
+                &agent.number,
+                agent.channel,
+            )));
+        }
         let inserted = sqlx::query(&format!(
             "INSERT INTO agents ({AGENT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $8) RETURNING {AGENT_COLUMNS}"
         ))
-        .bind(AgentId::generate().as_str())
+        .bind(id.as_str())
         .bind(agent.account_id)
         .bind(&agent.name)
         .bind(agent.channel.as_str())
@@ -449,7 +473,12 @@ impl PostgresStore {
             return Ok(None);
         };
         let name = patch.name.unwrap_or(current.name);
-        let number = patch.number.unwrap_or(current.number);
+        let number = patch.number.unwrap_or(current.number.clone());
+        if number != current.number
+            && number_held(&mut *tx, current.channel, current.region, &number, id).await?
+        {
+            return Err(StoreError::Conflict(number_taken(&number, current.channel)));
+        }
         let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
         let updated = sqlx::query(&format!(
             "UPDATE agents SET name = $2, number = $3, flow = $4, updated_at = $5 \
@@ -497,6 +526,14 @@ impl PostgresStore {
         let Some(agent) = agent_in(&mut *tx, account, id, true).await? else {
             return Ok(None);
         };
+        // The draft's number was checked when it was written; this catches
+        // a store from before that check.
+        if number_held(&mut *tx, agent.channel, agent.region, &agent.number, id).await? {
+            return Err(StoreError::Conflict(number_taken(
+                &agent.number,
+                agent.channel,
+            )));
+        }
         let version = agent.current_version.unwrap_or(0) + 1;
         sqlx::query(
             "INSERT INTO agent_versions \
@@ -630,12 +667,15 @@ impl PostgresStore {
             },
         )
         .await?;
-        sqlx::query("INSERT INTO dispatch_jobs (session_id, run_at) VALUES ($1, $2)")
-            .bind(&id)
-            .bind(created)
-            .execute(&mut *tx)
-            .await
-            .db()?;
+        sqlx::query(
+            "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES ($1, $2, $3)",
+        )
+        .bind(&id)
+        .bind(created)
+        .bind(s.account_id)
+        .execute(&mut *tx)
+        .await
+        .db()?;
         tx.commit().await.db()?;
         Ok(Created::Stored)
     }
@@ -1178,6 +1218,7 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
+        skip_accounts: &[AccountId],
     ) -> Result<Vec<DispatchLease>> {
         let now = to_micros(now);
         let token = LeaseToken::generate();
@@ -1188,14 +1229,16 @@ impl Store for PostgresStore {
             "UPDATE dispatch_jobs \
              SET lease_until = $2, lease_token = $4, attempts = attempts + 1 \
              WHERE session_id IN (SELECT session_id FROM dispatch_jobs \
-                WHERE run_at <= $1 AND lease_until <= $1 ORDER BY run_at LIMIT $3 \
+                WHERE run_at <= $1 AND lease_until <= $1 AND NOT (account_id = ANY($5)) \
+                ORDER BY run_at LIMIT $3 \
                 FOR UPDATE SKIP LOCKED) \
-             RETURNING session_id",
+             RETURNING session_id, account_id",
         )
         .bind(now)
         .bind(now + lease.as_micros() as i64)
         .bind(limit as i64)
         .bind(token.0)
+        .bind(skip_accounts)
         .fetch_all(&self.pool)
         .await
         .db()?
@@ -1203,6 +1246,7 @@ impl Store for PostgresStore {
         .map(|row| {
             Ok(DispatchLease {
                 session_id: parse_col(row, "session_id")?,
+                account_id: row.try_get("account_id").db()?,
                 token,
             })
         })
@@ -1349,30 +1393,38 @@ impl Store for PostgresStore {
         .collect()
     }
 
-    async fn open_session(
+    async fn open_sessions(
         &self,
         channel: herald_core::Channel,
         to: &str,
         from: &str,
-    ) -> Result<Option<SessionId>> {
+    ) -> Result<Vec<OpenSession>> {
         // No stored address holds U+0000 (PostgreSQL text cannot).
         if to.contains('\0') || from.contains('\0') {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         // `status <> 'ended'` as the index has it, so that it serves.
         sqlx::query(
-            "SELECT id FROM sessions \
-             WHERE channel = $1 AND to_addr = $2 AND from_number = $3 AND status <> 'ended' \
-             ORDER BY id DESC LIMIT 1",
+            "SELECT id, account_id, agent_id FROM sessions \
+             WHERE channel = $1 AND from_number = $2 AND to_addr = $3 AND status <> 'ended' \
+             ORDER BY id DESC LIMIT $4",
         )
         .bind(channel.as_str())
-        .bind(to)
         .bind(from)
-        .fetch_optional(&self.pool)
+        .bind(to)
+        .bind(MAX_OPEN_SESSIONS as i64)
+        .fetch_all(&self.pool)
         .await
         .db()?
-        .map(|row| parse_col(&row, "id"))
-        .transpose()
+        .iter()
+        .map(|row| {
+            Ok(OpenSession {
+                id: parse_col(row, "id")?,
+                account_id: row.try_get("account_id").db()?,
+                agent_id: parse_col(row, "agent_id")?,
+            })
+        })
+        .collect()
     }
 
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {

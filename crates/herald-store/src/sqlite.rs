@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_lease_tokens.sql"),
     include_str!("../migrations/sqlite/0003_conversations.sql"),
+    include_str!("../migrations/sqlite/0004_tenancy.sql"),
 ];
 
 const READERS: usize = 4;
@@ -266,6 +267,36 @@ fn agent_from_row(row: &Row) -> rusqlite::Result<Agent> {
         created_at: from_micros(row.get(8)?),
         updated_at: from_micros(row.get(9)?),
     })
+}
+
+/// Whether an agent other than `agent` holds `number` for `channel` in
+/// `region` through what it has published or what is still under way: a
+/// live agent whose current version has the number, or an open session
+/// (of any agent, deleted or not) from it. Drafts are kept apart by the
+/// `agents_number` index. A held number cannot be given to another agent,
+/// so that replies to it reach one agent's sessions only.
+fn number_held(
+    conn: &Connection,
+    channel: Channel,
+    region: Region,
+    number: &str,
+    agent: &AgentId,
+) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM agents a JOIN agent_versions v \
+             ON v.agent_id = a.agent_id AND v.version = a.current_version \
+           WHERE a.channel = ?1 AND a.region = ?2 AND a.deleted_at IS NULL \
+             AND a.agent_id <> ?4 AND v.number = ?3) \
+         OR EXISTS (SELECT 1 FROM sessions s JOIN agents a ON a.agent_id = s.agent_id \
+           WHERE s.channel = ?1 AND s.from_number = ?3 AND s.status <> 'ended' \
+             AND s.agent_id <> ?4 AND a.region = ?2)",
+    )
+    .db()?
+    .query_row(
+        params![channel.as_str(), region.as_str(), number, agent.as_str()],
+        |row| row.get(0),
+    )
+    .db()
 }
 
 fn agent_in(conn: &Connection, account: AccountId, id: &AgentId) -> Result<Option<Agent>> {
@@ -503,6 +534,12 @@ impl Store for SqliteStore {
             let id = AgentId::generate();
             let now = now_micros();
             let flow = to_json(&agent.flow)?;
+            if number_held(conn, agent.channel, agent.region, &agent.number, &id)? {
+                return Err(StoreError::Conflict(number_taken(
+                    &agent.number,
+                    agent.channel,
+                )));
+            }
             let inserted = conn.execute(
                 &format!(
                     "INSERT INTO agents ({AGENT_COLUMNS}) \
@@ -566,7 +603,12 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let name = patch.name.unwrap_or(current.name);
-            let number = patch.number.unwrap_or(current.number);
+            let number = patch.number.unwrap_or(current.number.clone());
+            if number != current.number
+                && number_held(conn, current.channel, current.region, &number, &id)?
+            {
+                return Err(StoreError::Conflict(number_taken(&number, current.channel)));
+            }
             let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
             let updated = conn.execute(
                 "UPDATE agents SET name = ?2, number = ?3, flow = ?4, updated_at = ?5 \
@@ -607,6 +649,14 @@ impl Store for SqliteStore {
             let Some(agent) = agent_in(conn, account, &id)? else {
                 return Ok(None);
             };
+            // The draft's number was checked when it was written; this
+            // catches a store from before that check.
+            if number_held(conn, agent.channel, agent.region, &agent.number, &id)? {
+                return Err(StoreError::Conflict(number_taken(
+                    &agent.number,
+                    agent.channel,
+                )));
+            }
             let version = agent.current_version.unwrap_or(0) + 1;
             conn.execute(
                 "INSERT INTO agent_versions \
@@ -857,10 +907,12 @@ impl Store for SqliteStore {
                     data: None,
                 },
             )?;
-            conn.prepare_cached("INSERT INTO dispatch_jobs (session_id, run_at) VALUES (?1, ?2)")
-                .db()?
-                .execute(params![id, created])
-                .db()?;
+            conn.prepare_cached(
+                "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES (?1, ?2, ?3)",
+            )
+            .db()?
+            .execute(params![id, created, s.account_id])
+            .db()?;
             Ok(Created::Stored)
         })
         .await
@@ -975,7 +1027,11 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
+        skip_accounts: &[AccountId],
     ) -> Result<Vec<DispatchLease>> {
+        // The accounts to pass over, as a JSON array for `json_each`.
+        let skip =
+            serde_json::to_string(skip_accounts).map_err(|e| StoreError::Internal(e.into()))?;
         self.write(move |conn| {
             let now = to_micros(now);
             let until = now + lease.as_micros() as i64;
@@ -985,14 +1041,17 @@ impl Store for SqliteStore {
                     "UPDATE dispatch_jobs \
                      SET lease_until = ?2, lease_token = ?4, attempts = attempts + 1 \
                      WHERE session_id IN (SELECT session_id FROM dispatch_jobs \
-                        WHERE run_at <= ?1 AND lease_until <= ?1 ORDER BY run_at LIMIT ?3) \
-                     RETURNING session_id",
+                        WHERE run_at <= ?1 AND lease_until <= ?1 \
+                          AND account_id NOT IN (SELECT value FROM json_each(?5)) \
+                        ORDER BY run_at LIMIT ?3) \
+                     RETURNING session_id, account_id",
                 )
                 .db()?;
             let rows = stmt
-                .query_map(params![now, until, limit as i64, token.0], |row| {
+                .query_map(params![now, until, limit as i64, token.0, skip], |row| {
                     Ok(DispatchLease {
                         session_id: parse_col(row, 0)?,
+                        account_id: row.get(1)?,
                         token,
                     })
                 })
@@ -1305,25 +1364,36 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn open_session(
+    async fn open_sessions(
         &self,
         channel: herald_core::Channel,
         to: &str,
         from: &str,
-    ) -> Result<Option<SessionId>> {
+    ) -> Result<Vec<OpenSession>> {
         let (to, from) = (to.to_owned(), from.to_owned());
         self.read_point(move |conn| {
             // `status <> 'ended'` as the index has it, so that it serves.
-            conn.prepare_cached(
-                "SELECT id FROM sessions \
-                 WHERE channel = ?1 AND to_addr = ?2 AND from_number = ?3 \
-                   AND status <> 'ended' \
-                 ORDER BY id DESC LIMIT 1",
-            )
-            .db()?
-            .query_row(params![channel.as_str(), to, from], |row| parse_col(row, 0))
-            .optional()
-            .db()
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, account_id, agent_id FROM sessions \
+                     WHERE channel = ?1 AND from_number = ?2 AND to_addr = ?3 \
+                       AND status <> 'ended' \
+                     ORDER BY id DESC LIMIT ?4",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(
+                    params![channel.as_str(), from, to, MAX_OPEN_SESSIONS as i64],
+                    |row| {
+                        Ok(OpenSession {
+                            id: parse_col(row, 0)?,
+                            account_id: row.get(1)?,
+                            agent_id: parse_col(row, 2)?,
+                        })
+                    },
+                )
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
         })
         .await
     }

@@ -9,8 +9,8 @@ use chrono::Utc;
 use herald_core::session::SessionParameters;
 use herald_core::{AccountId, AgentId, Channel, SessionId};
 
-use crate::postgres::describe_url;
 use crate::NewSession;
+use herald_core::secret::redact_url;
 
 const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/herald_test";
 
@@ -28,7 +28,7 @@ const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/herald_test";
 pub async fn scratch_postgres_url() -> String {
     let base =
         std::env::var("HERALD_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_URL.into());
-    let server = describe_url(&base);
+    let server = redact_url(&base);
     let options = PgConnectOptions::from_str(&base)
         .unwrap_or_else(|e| panic!("HERALD_TEST_POSTGRES_URL for {server}: {e}"));
     // PostgreSQL's own default: a database named after the user.

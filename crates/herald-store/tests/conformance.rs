@@ -57,6 +57,9 @@ conformance!(
     a_delivery_racing_a_sleep_is_never_lost,
     flow_state_and_inbound_first_inputs_are_stored,
     an_inbound_message_finds_the_newest_open_session,
+    open_sessions_name_their_account_and_agent,
+    a_number_is_held_by_a_published_version_and_by_open_sessions,
+    claims_pass_over_the_accounts_they_are_told_to,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -143,20 +146,20 @@ async fn concurrent_writes_commit_alone_or_fail_alone(store: Arc<dyn Store>) {
     assert_eq!((stored, failed), (196, 4));
     assert_eq!(count_sessions(store.as_ref(), account).await, 197);
     let jobs = store
-        .claim_dispatches(Utc::now(), LEASE, 1000)
+        .claim_dispatches(Utc::now(), LEASE, 1000, &[])
         .await
         .unwrap();
     assert_eq!(jobs.len(), 197, "every stored session has its dispatch job");
     // Leased jobs are not handed out again until released.
     assert!(store
-        .claim_dispatches(Utc::now(), LEASE, 1000)
+        .claim_dispatches(Utc::now(), LEASE, 1000, &[])
         .await
         .unwrap()
         .is_empty());
     store.release_dispatches(jobs[..3].to_vec()).await.unwrap();
     assert_eq!(
         store
-            .claim_dispatches(Utc::now(), LEASE, 1000)
+            .claim_dispatches(Utc::now(), LEASE, 1000, &[])
             .await
             .unwrap()
             .len(),
@@ -457,23 +460,29 @@ async fn a_sessions_callbacks_come_due_one_after_another(store: Arc<dyn Store>) 
 
 async fn a_dispatch_lease_is_exclusive_until_it_runs_out(store: Arc<dyn Store>) {
     let (_, id) = started(store.as_ref()).await;
-    let first = store.claim_dispatches(Utc::now(), LEASE, 10).await.unwrap();
+    let first = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[])
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].session_id, id);
     assert!(store
-        .claim_dispatches(later(29), LEASE, 10)
+        .claim_dispatches(later(29), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
     // Renewed, it is still held when the first lease would have run out.
     assert!(store.renew_dispatch(first[0], later(60)).await.unwrap());
     assert!(store
-        .claim_dispatches(later(31), LEASE, 10)
+        .claim_dispatches(later(31), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
     // Once it runs out, another worker takes it, under a new token.
-    let second = store.claim_dispatches(later(61), LEASE, 10).await.unwrap();
+    let second = store
+        .claim_dispatches(later(61), LEASE, 10, &[])
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].session_id, id);
     assert_ne!(second[0].token, first[0].token);
@@ -481,14 +490,14 @@ async fn a_dispatch_lease_is_exclusive_until_it_runs_out(store: Arc<dyn Store>) 
     // The old holder's release leaves the new holder's lease alone.
     store.release_dispatches(vec![first[0]]).await.unwrap();
     assert!(store
-        .claim_dispatches(later(62), LEASE, 10)
+        .claim_dispatches(later(62), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
     store.release_dispatches(second.clone()).await.unwrap();
     assert_eq!(
         store
-            .claim_dispatches(Utc::now(), LEASE, 10)
+            .claim_dispatches(Utc::now(), LEASE, 10, &[])
             .await
             .unwrap()
             .len(),
@@ -498,8 +507,14 @@ async fn a_dispatch_lease_is_exclusive_until_it_runs_out(store: Arc<dyn Store>) 
 
 async fn a_lost_lease_refuses_the_old_workers_writes(store: Arc<dyn Store>) {
     let (account, id) = started(store.as_ref()).await;
-    let first = store.claim_dispatches(Utc::now(), LEASE, 10).await.unwrap();
-    let second = store.claim_dispatches(later(31), LEASE, 10).await.unwrap();
+    let first = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[])
+        .await
+        .unwrap();
+    let second = store
+        .claim_dispatches(later(31), LEASE, 10, &[])
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
     let stale = SessionUpdate {
         status: Some(herald_core::session::SessionStatus::Ended),
@@ -620,7 +635,10 @@ async fn concurrent_claimers_never_share_a_job(store: Arc<dyn Store>) {
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim_dispatches(Utc::now(), LEASE, 7).await.unwrap();
+                let got = store
+                    .claim_dispatches(Utc::now(), LEASE, 7, &[])
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -639,7 +657,10 @@ async fn concurrent_claimers_never_share_a_job(store: Arc<dyn Store>) {
 
 async fn finished_sessions_leave_the_queue(store: Arc<dyn Store>) {
     let (account, id) = started(store.as_ref()).await;
-    let lease = store.claim_dispatches(Utc::now(), LEASE, 10).await.unwrap()[0];
+    let lease = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[])
+        .await
+        .unwrap()[0];
     let ended = Utc::now();
     store
         .update_session(
@@ -668,7 +689,7 @@ async fn finished_sessions_leave_the_queue(store: Arc<dyn Store>) {
     );
     assert!(store.session(account, id).await.unwrap().is_some());
     assert!(store
-        .claim_dispatches(later(3600), LEASE, 10)
+        .claim_dispatches(later(3600), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
@@ -713,7 +734,12 @@ async fn a_write_whose_caller_stops_waiting_leaves_no_lock_behind(store: Arc<dyn
 /// Claims the session's job, waiting out a write still finishing on it.
 async fn claim_soon(store: &dyn Store, now: chrono::DateTime<Utc>) -> DispatchLease {
     for _ in 0..100 {
-        if let Some(lease) = store.claim_dispatches(now, LEASE, 10).await.unwrap().pop() {
+        if let Some(lease) = store
+            .claim_dispatches(now, LEASE, 10, &[])
+            .await
+            .unwrap()
+            .pop()
+        {
             return lease;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -733,7 +759,10 @@ fn input(text: &str) -> NewInput {
 }
 
 async fn claim_now(store: &dyn Store) -> Vec<DispatchLease> {
-    store.claim_dispatches(Utc::now(), LEASE, 10).await.unwrap()
+    store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[])
+        .await
+        .unwrap()
 }
 
 /// The update a worker makes when its session waits for the person.
@@ -765,7 +794,7 @@ async fn inputs_reach_an_open_session_and_wake_it(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(store
-        .claim_dispatches(later(60), LEASE, 10)
+        .claim_dispatches(later(60), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
@@ -824,7 +853,7 @@ async fn inputs_reach_an_open_session_and_wake_it(store: Arc<dyn Store>) {
     assert_eq!(store.deliver_input(id, input("late")).await.unwrap(), None);
     assert!(store.pending_inputs(id, third).await.unwrap().is_empty());
     assert!(store
-        .claim_dispatches(later(7200), LEASE, 10)
+        .claim_dispatches(later(7200), LEASE, 10, &[])
         .await
         .unwrap()
         .iter()
@@ -852,7 +881,7 @@ async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: 
     // Asleep until its time, lease or no lease.
     assert!(claim_now(store.as_ref()).await.is_empty());
     assert!(store
-        .claim_dispatches(later(590), LEASE, 10)
+        .claim_dispatches(later(590), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
@@ -876,7 +905,10 @@ async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: 
     assert_eq!(session.status, herald_core::session::SessionStatus::Queued);
     assert!(session.events.iter().any(|e| e.kind == "asked"));
     // At its time it is taken up again, under a new token.
-    let woken = store.claim_dispatches(later(601), LEASE, 10).await.unwrap();
+    let woken = store
+        .claim_dispatches(later(601), LEASE, 10, &[])
+        .await
+        .unwrap();
     assert_eq!(woken.len(), 1);
     assert_eq!(woken[0].session_id, id);
     assert_ne!(woken[0].token, lease.token);
@@ -909,7 +941,7 @@ async fn a_sleep_over_an_unhandled_input_leaves_the_job_due(store: Arc<dyn Store
     assert!(claim_now(store.as_ref()).await.is_empty());
     // The stored mark counts when an update gives none.
     let woken = store
-        .claim_dispatches(later(3601), LEASE, 10)
+        .claim_dispatches(later(3601), LEASE, 10, &[])
         .await
         .unwrap();
     assert_eq!(woken.len(), 1);
@@ -918,7 +950,7 @@ async fn a_sleep_over_an_unhandled_input_leaves_the_job_due(store: Arc<dyn Store
         .await
         .unwrap();
     assert!(store
-        .claim_dispatches(later(3602), LEASE, 10)
+        .claim_dispatches(later(3602), LEASE, 10, &[])
         .await
         .unwrap()
         .is_empty());
@@ -940,7 +972,7 @@ async fn a_sleep_over_an_unhandled_input_leaves_the_job_due(store: Arc<dyn Store
         .await
         .unwrap();
     let lease = store
-        .claim_dispatches(later(3603), LEASE, 10)
+        .claim_dispatches(later(3603), LEASE, 10, &[])
         .await
         .unwrap();
     assert_eq!(lease.len(), 1);
@@ -1008,7 +1040,7 @@ async fn a_delivery_racing_a_sleep_is_never_lost(store: Arc<dyn Store>) {
         }
         // An input above each stored mark exists, so every job is due.
         let claimed = store
-            .claim_dispatches(Utc::now(), LEASE, 2 * SESSIONS)
+            .claim_dispatches(Utc::now(), LEASE, 2 * SESSIONS, &[])
             .await
             .unwrap();
         for (id, input) in &delivered {
@@ -1209,13 +1241,11 @@ async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>)
                 .unwrap();
         }
     };
-    assert_eq!(
-        store
-            .open_session(Channel::Sms, person, number)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(store
+        .open_sessions(Channel::Sms, person, number)
+        .await
+        .unwrap()
+        .is_empty());
     let older = create(Channel::Sms, person).await;
     let newer = create(Channel::Sms, person).await;
     let whatsapp = create(Channel::Whatsapp, person).await;
@@ -1225,7 +1255,11 @@ async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>)
     end(ended).await;
     let open = |channel, to: &'static str, from: &'static str| {
         let store = store.clone();
-        async move { store.open_session(channel, to, from).await.unwrap() }
+        async move {
+            // The newest first.
+            let open = store.open_sessions(channel, to, from).await.unwrap();
+            open.first().map(|s| s.id)
+        }
     };
     assert_eq!(open(Channel::Sms, person, number).await, Some(newer));
     assert_eq!(
@@ -1260,6 +1294,147 @@ async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>)
     );
 }
 
+/// Each open session comes with its account and agent, so that a reply can
+/// be routed to one its sender may reach.
+async fn open_sessions_name_their_account_and_agent(store: Arc<dyn Store>) {
+    let (account, agent) = agent(store.as_ref()).await;
+    let id = SessionId::generate();
+    store
+        .create_session(session(account, &agent, id))
+        .await
+        .unwrap();
+    let open = store
+        .open_sessions(Channel::Sms, "447700900123", "447700900001")
+        .await
+        .unwrap();
+    assert_eq!(
+        open,
+        [OpenSession {
+            id,
+            account_id: account,
+            agent_id: agent,
+        }]
+    );
+}
+
+fn new_agent(account: AccountId, number: &str) -> NewAgent {
+    NewAgent {
+        account_id: account,
+        name: "a".into(),
+        channel: Channel::Sms,
+        number: number.into(),
+        region: Region::Eu,
+        flow: FlowDefinition::default_for(Channel::Sms),
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(result: Result<T>) -> bool {
+    matches!(result, Err(StoreError::Conflict(_)))
+}
+
+/// A number stays with its agent while the agent's published version or
+/// any open session of the agent uses it, whatever the agent's draft says
+/// and whether or not the agent is deleted; then another may take it.
+async fn a_number_is_held_by_a_published_version_and_by_open_sessions(store: Arc<dyn Store>) {
+    let (a, held) = agent(store.as_ref()).await;
+    let b = store.add_key("globex", [8; 32]).await.unwrap();
+    let number = "447700900001";
+    let id = SessionId::generate();
+    store.create_session(session(a, &held, id)).await.unwrap();
+    let patch = |n: &str| AgentPatch {
+        number: Some(n.into()),
+        ..Default::default()
+    };
+    store
+        .update_agent(a, &held, patch("447700900002"))
+        .await
+        .unwrap()
+        .unwrap();
+    // The draft moved; the published version still has the number.
+    assert!(is_conflict(store.create_agent(new_agent(b, number)).await));
+    let other = store
+        .create_agent(new_agent(b, "447700900003"))
+        .await
+        .unwrap();
+    assert!(is_conflict(
+        store.update_agent(b, &other.agent_id, patch(number)).await
+    ));
+    // Published elsewhere, then deleted: the open session still has it.
+    store.publish_agent(a, &held).await.unwrap();
+    store.delete_agent(a, &held).await.unwrap();
+    assert!(is_conflict(store.create_agent(new_agent(b, number)).await));
+    // An agent given the number behind the check cannot publish it.
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                status: Some(herald_core::session::SessionStatus::Ended),
+                finish_dispatch: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let taken = store.create_agent(new_agent(b, number)).await.unwrap();
+    assert_eq!(
+        store.publish_agent(b, &taken.agent_id).await.unwrap(),
+        Some(1)
+    );
+    // Other channels and regions have numbers of their own.
+    let mut voice = new_agent(a, number);
+    voice.channel = Channel::Voice;
+    store.create_agent(voice).await.unwrap();
+    let mut us = new_agent(a, number);
+    us.region = Region::Us;
+    store.create_agent(us).await.unwrap();
+}
+
+/// Jobs of the accounts a claimer names are left for later; each lease
+/// names its session's account.
+async fn claims_pass_over_the_accounts_they_are_told_to(store: Arc<dyn Store>) {
+    let (a, agent_a) = agent(store.as_ref()).await;
+    let b = store.add_key("globex", [8; 32]).await.unwrap();
+    let agent_b = store
+        .create_agent(new_agent(b, "447700900002"))
+        .await
+        .unwrap()
+        .agent_id;
+    let mut of_a = HashSet::new();
+    for _ in 0..3 {
+        let id = SessionId::generate();
+        store
+            .create_session(session(a, &agent_a, id))
+            .await
+            .unwrap();
+        of_a.insert(id);
+    }
+    let of_b = SessionId::generate();
+    store
+        .create_session(session(b, &agent_b, of_b))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[a])
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|l| (l.session_id, l.account_id))
+            .collect::<Vec<_>>(),
+        [(of_b, b)]
+    );
+    let claimed = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[b])
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|l| l.session_id).collect::<HashSet<_>>(),
+        of_a
+    );
+    assert!(claimed.iter().all(|l| l.account_id == a));
+}
+
 // ---- upgrades ----------------------------------------------------------------
 
 /// A session as the previous schema stored it, with its dispatch job.
@@ -1292,16 +1467,17 @@ impl OldSession {
         let s = store.session_for_work(self.id).await.unwrap().unwrap();
         assert!(!s.inbound);
         assert_eq!(s.flow_state, None);
-        assert_eq!(
-            store
-                .open_session(Channel::Sms, "447700900123", "447700900001")
-                .await
-                .unwrap(),
-            Some(self.id)
-        );
+        let open = store
+            .open_sessions(Channel::Sms, "447700900123", "447700900001")
+            .await
+            .unwrap();
+        assert_eq!(open.iter().map(|s| s.id).collect::<Vec<_>>(), [self.id]);
+        assert_eq!(open[0].account_id, self.account);
         // It takes inputs, and its job is due for them.
         let lease = claim_now(store).await;
         assert_eq!(lease.len(), 1);
+        // The job learnt its session's account in the upgrade.
+        assert_eq!(lease[0].account_id, self.account);
         let first = store
             .deliver_input(self.id, input("hello"))
             .await
@@ -1345,7 +1521,7 @@ async fn a_sqlite_database_of_the_previous_schema_upgrades() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 /// A PostgreSQL schema made by the previous release (version 1) opens,
@@ -1394,5 +1570,5 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
 }
