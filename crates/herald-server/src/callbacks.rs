@@ -8,17 +8,16 @@
 //! ±20% jitter; an exhausted or refused callback is recorded in the session's
 //! events.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use herald_core::net::is_internal;
+use herald_core::secret::redact_url;
 use herald_store::{DueCallback, Settlement, Verdict};
 use rand::Rng;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::outbound::{refused_by_resolver, GuardedClient, Refused};
 use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
@@ -27,83 +26,11 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Most attempts recorded in one write.
 const MAX_SETTLE_BATCH: usize = 256;
 
-/// Why a callback is not sent at all.
-#[derive(Debug, thiserror::Error)]
-#[error("refused: {0} is an internal address")]
-pub struct InternalAddress(IpAddr);
-
-/// Resolves names like the system does, then refuses internal addresses, so
-/// that a public name pointing at loopback or a private network is refused
-/// just like the literal address would be.
-struct GuardedResolver;
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
-                return Err(Box::new(InternalAddress(bad.ip())) as _);
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
-
-/// Refuses a URL whose host is a literal internal address. Literal
-/// addresses never reach the resolver, so [`http_client`]'s guard does not
-/// see them: check every URL with this first.
-pub fn refuse_internal_literal(url: &reqwest::Url) -> Result<(), InternalAddress> {
-    let literal = match url.host() {
-        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-        _ => None,
-    };
-    match literal.filter(|ip| is_internal(*ip)) {
-        Some(ip) => Err(InternalAddress(ip)),
-        None => Ok(()),
-    }
-}
-
-/// The refusal, if a request failed because [`http_client`]'s resolver
-/// found an internal address behind the URL's name.
-pub fn refused_by_resolver(e: &reqwest::Error) -> Option<&InternalAddress> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(internal) = err.downcast_ref::<InternalAddress>() {
-            return Some(internal);
-        }
-        source = err.source();
-    }
-    None
-}
-
-/// A client for calls to URLs that customers choose: unless
-/// `allow_private`, names that resolve to internal addresses are refused,
-/// and redirects are never followed. Pair it with
-/// [`refuse_internal_literal`].
-pub fn http_client(allow_private: bool, timeout: Duration) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        // A redirect is not a delivery: following one would also let a
-        // public URL bounce the callback to an internal address.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-        // As many as can be in flight, so that a busy sender reuses its
-        // connections rather than opening one per callback.
-        .pool_max_idle_per_host(MAX_IN_FLIGHT);
-    if !allow_private {
-        builder = builder.dns_resolver(Arc::new(GuardedResolver));
-    }
-    builder
-        .build()
-        .expect("the HTTP client's settings are valid")
-}
-
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
-    let client = http_client(
+    let client = GuardedClient::new(
         app.config.allow_private_callbacks,
         app.config.callback_timeout,
+        app.config.outbound_proxy.as_ref(),
     );
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // An attempt is cut off at the timeout; the lease lasts as long again,
@@ -199,7 +126,7 @@ async fn settle_loop(app: AppState, mut finished: mpsc::UnboundedReceiver<(Settl
 }
 
 /// One delivery attempt, and what to record of it.
-async fn attempt(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Settlement {
+async fn attempt(app: &AppState, client: &GuardedClient, cb: &DueCallback) -> Settlement {
     let attempts = cb.attempts + 1;
     let result = send(app, client, cb).await;
     let at = Utc::now();
@@ -210,7 +137,7 @@ async fn attempt(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> 
         }
         Err(Failure::Refused(reason)) => {
             app.metrics.callback("refused");
-            tracing::warn!(session_id = %cb.session_id, url = %cb.url, "{reason}");
+            tracing::warn!(session_id = %cb.session_id, url = %redact_url(&cb.url), "{reason}");
             Verdict::Failed { error: reason }
         }
         Err(Failure::Retryable(error)) => {
@@ -248,15 +175,14 @@ enum Failure {
     Retryable(String),
 }
 
-async fn send(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Result<(), Failure> {
+async fn send(app: &AppState, client: &GuardedClient, cb: &DueCallback) -> Result<(), Failure> {
     let url =
         reqwest::Url::parse(&cb.url).map_err(|e| Failure::Refused(format!("invalid URL: {e}")))?;
-    if !app.config.allow_private_callbacks {
-        refuse_internal_literal(&url).map_err(|e| Failure::Refused(e.to_string()))?;
-    }
+    client.check(&url).await.map_err(refusal)?;
     let account = app.directory.account(cb.account_id);
     let timestamp = Utc::now().timestamp();
     let mut request = client
+        .client()
         .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", &cb.webhook_id)
@@ -274,19 +200,31 @@ async fn send(app: &AppState, client: &reqwest::Client, cb: &DueCallback) -> Res
             response.status()
         ))),
         Err(e) => match refused_by_resolver(&e) {
-            Some(internal) => Err(Failure::Refused(internal.to_string())),
+            Some(refused) => Err(refusal(refused.clone())),
             None => Err(Failure::Retryable(describe(&e))),
         },
     }
 }
 
+fn refusal(refused: Refused) -> Failure {
+    match refused {
+        Refused::Internal(_) => Failure::Refused(refused.to_string()),
+        // A name that does not resolve now may tomorrow.
+        Refused::Unresolved => Failure::Retryable(refused.to_string()),
+    }
+}
+
+/// Why an attempt failed, for the session's events. reqwest's own message
+/// names the URL, which may carry a token, so it is never used.
 fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "the receiver did not answer in time".into()
     } else if e.is_connect() {
         "could not connect to the receiver".into()
+    } else if e.is_body() || e.is_decode() {
+        "the connection broke before the answer was complete".into()
     } else {
-        format!("request failed: {e}")
+        "the request failed".into()
     }
 }
 

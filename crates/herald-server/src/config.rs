@@ -4,16 +4,20 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use herald_core::secret::{Secret, SecretUrl};
 use herald_core::Region;
 
+/// Every secret in it (the database's and Redis's passwords, the inbound
+/// token, the SMTP password) is held in a type that never prints, so the
+/// whole of it may be logged.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://...`.
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// The Redis that rate limits are shared through; `None` keeps them in
     /// this process.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretUrl>,
     pub region: Region,
     /// Let callbacks go to loopback and private addresses (tests, demos, and
     /// receivers on the same network).
@@ -36,7 +40,7 @@ pub struct Config {
     pub cache_refresh: Duration,
     /// The secret channel providers send in `X-Herald-Inbound-Token` with
     /// inbound messages; `None` turns `POST /inbound/{channel}` off.
-    pub inbound_token: Option<String>,
+    pub inbound_token: Option<Secret<String>>,
     /// Serve `/bench/noop`, the baseline route of the benchmark.
     pub bench_routes: bool,
     /// Wait for the disk on every commit (SQLite `synchronous=FULL`,
@@ -44,44 +48,34 @@ pub struct Config {
     pub durable_commits: bool,
     /// The relay that flows' email nodes send through; `None`: no email.
     pub smtp: Option<SmtpSettings>,
+    /// The proxy that calls to customers' URLs (callbacks, webhook nodes,
+    /// live agents) go through; `None`: straight out. Proxy variables of
+    /// the environment (`HTTP_PROXY`…) are never read.
+    pub outbound_proxy: Option<SecretUrl>,
+    /// Connections served at once; health checks have a few more.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Sessions one server runs at once.
+    pub max_running_sessions: usize,
+    /// Sessions of one account that one server runs at once, so that no
+    /// account takes every place.
+    pub max_running_sessions_per_account: usize,
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
 /// by [`crate::email::Mailer::new`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpSettings {
     /// `smtp://HOST:PORT` (plain, such as a relay on this machine),
     /// `smtp://USER:PASSWORD@HOST:587?tls=required` (STARTTLS) or
     /// `smtps://USER:PASSWORD@HOST:465` (TLS from the start).
-    pub url: String,
+    pub url: SecretUrl,
     /// The `From` of every email: `herald@example.com` or
     /// `Herald <herald@example.com>`.
     pub from: String,
-}
-
-/// The URL's password never prints, so logging the settings is safe.
-impl std::fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("url", &redact_password(&self.url))
-            .field("from", &self.from)
-            .finish()
-    }
-}
-
-/// `url` with its password, if any, replaced by `****`; a URL that does not
-/// parse is hidden whole, since where its password is cannot be told.
-pub fn redact_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot have a password.
-                let _ = parsed.set_password(Some("****"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "(not a URL)".into(),
-    }
 }
 
 impl Default for Config {
@@ -104,6 +98,12 @@ impl Default for Config {
             bench_routes: false,
             durable_commits: true,
             smtp: None,
+            outbound_proxy: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            max_running_sessions: 1024,
+            max_running_sessions_per_account: 256,
         }
     }
 }
@@ -155,27 +155,27 @@ mod tests {
     }
 
     #[test]
-    fn smtp_passwords_never_print() {
+    fn no_secret_of_the_settings_prints() {
         let settings = SmtpSettings {
-            url: "smtps://mailer:s3cret@mail.example.com:465".into(),
+            url: "smtps://mailer:s3cret-smtp@mail.example.com:465".into(),
             from: "herald@example.com".into(),
         };
         let printed = format!(
             "{:?}",
             Config {
                 smtp: Some(settings),
+                database_url: "postgres://herald:s3cret-db@db/herald".into(),
+                redis_url: Some("redis://:s3cret-redis@cache:6379".into()),
+                inbound_token: Some(Secret::new("s3cret-token".into())),
+                outbound_proxy: Some("http://proxy:s3cret-proxy@proxy:3128".into()),
                 ..Config::default()
             }
         );
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(
-            printed.contains("smtps://mailer:****@mail.example.com:465"),
+            printed.contains("smtps://***@mail.example.com:465"),
             "{printed}"
         );
-        assert_eq!(redact_password("smtp://[bad"), "(not a URL)");
-        assert_eq!(
-            redact_password("smtp://127.0.0.1:25"),
-            "smtp://127.0.0.1:25"
-        );
+        assert!(printed.contains("postgres://***@db/herald"), "{printed}");
     }
 }

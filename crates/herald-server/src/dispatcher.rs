@@ -1,22 +1,110 @@
 //! The dispatcher: takes due session jobs off the queue (new sessions,
 //! sessions with new input, sessions whose timer is due) and hands each to
 //! the runtime driver ([`crate::runtime`]) under a lease it keeps renewing.
+//!
+//! A server runs at most `max_running_sessions` sessions at once, and at
+//! most `max_running_sessions_per_account` of one account: a claim passes
+//! over accounts that have their share, so one account's backlog or slow
+//! endpoints never keep another's sessions waiting. A session waiting on an
+//! outside call (a flow's webhook, a live agent's endpoint, an email relay)
+//! gives its running place up while it waits ([`Slot::outside`]); it still
+//! counts against its account's share.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
+use herald_core::AccountId;
 use herald_store::{DispatchLease, StoreError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::work::LeasedWork;
 use crate::{AppState, Shutdown};
 
-/// Sessions run at once by one server.
-const MAX_RUNNING: usize = 1024;
 const CLAIM_BATCH: usize = 128;
 
+/// The sessions of each account this server holds (running, or waiting on
+/// an outside call).
+#[derive(Default)]
+struct Shares(Mutex<HashMap<AccountId, usize>>);
+
+impl Shares {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The accounts that have `cap` sessions or more.
+    fn full(&self, cap: usize) -> Vec<AccountId> {
+        self.lock()
+            .iter()
+            .filter(|(_, held)| **held >= cap)
+            .map(|(account, _)| *account)
+            .collect()
+    }
+
+    /// Takes a place for `account` unless it has `cap` already.
+    fn take(&self, account: AccountId, cap: usize) -> bool {
+        let mut shares = self.lock();
+        let held = shares.entry(account).or_default();
+        if *held >= cap {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    fn give_back(&self, account: AccountId) {
+        let mut shares = self.lock();
+        if let Some(held) = shares.get_mut(&account) {
+            *held -= 1;
+            if *held == 0 {
+                shares.remove(&account);
+            }
+        }
+    }
+}
+
+/// A running session's place among the server's running sessions.
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    running: Arc<Semaphore>,
+}
+
+impl Slot {
+    /// A place that bounds nothing, for running a session outside the
+    /// dispatcher (tests).
+    pub fn unbounded() -> Self {
+        Slot {
+            permit: None,
+            running: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        }
+    }
+
+    /// Runs `call` (a request to an outside endpoint) without holding the
+    /// running place, so that sessions with work to do are not kept
+    /// waiting by one that waits on someone else's server; takes a place
+    /// again before going on.
+    pub async fn outside<F: Future>(&mut self, call: F) -> F::Output {
+        let had = self.permit.take().is_some();
+        let answer = call.await;
+        if had {
+            self.permit = Some(
+                self.running
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"),
+            );
+        }
+        answer
+    }
+}
+
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
-    let running = Arc::new(Semaphore::new(MAX_RUNNING));
+    let running = Arc::new(Semaphore::new(app.config.max_running_sessions.max(1)));
+    let per_account = app.config.max_running_sessions_per_account.max(1);
+    let shares = Arc::new(Shares::default());
     let mut work = LeasedWork::default();
     loop {
         work.reap();
@@ -24,9 +112,10 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         let claimed = if free == 0 {
             Vec::new()
         } else {
+            let full = shares.full(per_account);
             match app
                 .store
-                .claim_dispatches(Utc::now(), app.config.dispatch_lease, free)
+                .claim_dispatches(Utc::now(), app.config.dispatch_lease, free, &full)
                 .await
             {
                 Ok(leases) => leases,
@@ -38,12 +127,24 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         };
         // With every slot busy, wait a little rather than spin.
         let idle = free == 0 || claimed.len() < free;
+        let mut over_share = Vec::new();
         for lease in claimed {
+            // One claim may take more of an account than its share has
+            // left: the rest goes back at once, to be claimed when there
+            // is room.
+            if !shares.take(lease.account_id, per_account) {
+                over_share.push(lease);
+                continue;
+            }
             let permit = running.clone().acquire_owned().await.expect("never closed");
-            let app = app.clone();
+            let slot = Slot {
+                permit: Some(permit),
+                running: running.clone(),
+            };
+            let (app, shares) = (app.clone(), shares.clone());
             work.spawn(lease, async move {
                 let id = lease.session_id;
-                match run_holding_lease(&app, lease).await {
+                match run_holding_lease(&app, lease, slot).await {
                     Ok(()) => {}
                     Err(e) if is_lease_lost(&e) => {
                         tracing::warn!(session_id = %id, "lost the lease on a session; another worker has it");
@@ -53,8 +154,13 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                         tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed")
                     }
                 }
-                drop(permit);
+                shares.give_back(lease.account_id);
             });
+        }
+        if !over_share.is_empty() {
+            if let Err(e) = app.store.release_dispatches(over_share).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not give back dispatch jobs");
+            }
         }
         if idle {
             tokio::select! {
@@ -88,7 +194,7 @@ fn is_lease_lost(e: &anyhow::Error) -> bool {
 /// session longer than the lease is not taken up a second time. If the
 /// lease is lost all the same (this worker stalled past it and another took
 /// the job), the run stops: its writes would be refused anyway.
-async fn run_holding_lease(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+async fn run_holding_lease(app: &AppState, lease: DispatchLease, slot: Slot) -> anyhow::Result<()> {
     // The run and the renewals are polled side by side: a renewal waiting on
     // the store never holds the run up, nor the other way round. The run is
     // polled first: its last write removes the job, so a renewal committed
@@ -97,7 +203,7 @@ async fn run_holding_lease(app: &AppState, lease: DispatchLease) -> anyhow::Resu
     // session's end to count).
     tokio::select! {
         biased;
-        result = crate::runtime::run_session(app, lease) => result,
+        result = crate::runtime::run_session(app, lease, slot) => result,
         lost = keep_renewing(app, lease) => Err(lost.into()),
     }
 }

@@ -62,7 +62,7 @@ impl Mailer {
     pub fn new(settings: &SmtpSettings) -> Result<Mailer, InvalidSmtpSettings> {
         let invalid_url =
             |reason: &str| InvalidSmtpSettings(format!("HERALD_SMTP_URL (--smtp-url) {reason}"));
-        let url = url::Url::parse(&settings.url)
+        let url = url::Url::parse(settings.url.expose())
             .map_err(|e| invalid_url(&format!("is not a URL ({e})")))?;
         let tls = url
             .query_pairs()
@@ -89,7 +89,7 @@ impl Mailer {
                 "would send its password unencrypted: use smtps:// or ?tls=required",
             ));
         }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.url)
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.url.expose())
             .map_err(|e| invalid_url(&format!("cannot be used ({e})")))?
             .timeout(Some(SEND_TIMEOUT))
             .build();
@@ -301,7 +301,7 @@ mod tests {
     async fn a_closed_port_is_an_error() {
         let port = free_port();
         let mailer = Mailer::new(&SmtpSettings {
-            url: format!("smtp://127.0.0.1:{port}"),
+            url: format!("smtp://127.0.0.1:{port}").into(),
             from: "herald@localhost".into(),
         })
         .unwrap();
@@ -323,7 +323,7 @@ mod tests {
         // Nothing listens here: a recipient that got past the check would
         // fail differently.
         let mailer = Mailer::new(&SmtpSettings {
-            url: format!("smtp://127.0.0.1:{}", free_port()),
+            url: format!("smtp://127.0.0.1:{}", free_port()).into(),
             from: "herald@localhost".into(),
         })
         .unwrap();

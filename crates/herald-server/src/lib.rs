@@ -15,8 +15,10 @@ pub mod email;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod outbound;
 pub mod routes;
 pub mod runtime;
+pub mod serve;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod webhook_call;
@@ -53,7 +55,7 @@ pub struct App {
     pub callback_wakeup: Notify,
     /// Makes the calls of flows' webhook nodes and live-agent hand-overs;
     /// refuses internal addresses unless private callbacks are allowed.
-    pub webhook_client: reqwest::Client,
+    pub webhook_client: outbound::GuardedClient,
     /// Sends the emails of Send Email nodes, when an SMTP relay is set.
     pub mailer: Option<email::Mailer>,
     /// The address this server answers on (to spot `status_url`s pointing
@@ -136,7 +138,7 @@ async fn shutdown_signal() {
 /// worker. Tests hand in a listener bound to port 0.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
     let store = herald_store::open(
-        &config.database_url,
+        config.database_url.expose(),
         &StoreOptions {
             durable: config.durable_commits,
         },
@@ -159,9 +161,9 @@ pub async fn start_with_store(
         // Checks the URL only: a Redis that is down now is connected to
         // when it comes back, and until then triggers answer 503.
         Some(url) => Arc::new(
-            RedisLimiter::new(url, RedisOptions::default())
+            RedisLimiter::new(url.expose(), RedisOptions::default())
                 .await
-                .with_context(|| format!("the Redis URL {}", without_password(url)))?,
+                .with_context(|| format!("the Redis URL {url}"))?,
         ),
         None => Arc::new(MemoryLimiter::default()),
     };
@@ -170,7 +172,10 @@ pub async fn start_with_store(
         None => None,
     };
     let app: AppState = Arc::new(App {
-        webhook_client: webhook_call::http_client(config.allow_private_callbacks),
+        webhook_client: webhook_call::http_client(
+            config.allow_private_callbacks,
+            config.outbound_proxy.as_ref(),
+        ),
         mailer,
         provider: Arc::new(Simulator::new(config.simulator_delay)),
         limiter,
@@ -187,16 +192,18 @@ pub async fn start_with_store(
     let shutdown = Shutdown(stop_rx);
     let mut tasks = Vec::new();
 
-    let router = routes::router(app.clone());
-    let mut http_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.wait().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    }));
+    let limits = serve::Limits {
+        max_connections: app.config.max_connections,
+        header_timeout: app.config.header_timeout,
+    };
+    tasks.push(tokio::spawn(serve::serve(
+        listener,
+        routes::router(app.clone()),
+        routes::reserve_router(app.clone()),
+        limits,
+        shutdown.clone(),
+        app.config.shutdown_grace,
+    )));
     tasks.push(tokio::spawn(dispatcher::run(app.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(callbacks::run(app.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(refresh_directory(
@@ -211,18 +218,6 @@ pub async fn start_with_store(
         stop,
         tasks,
     })
-}
-
-/// A URL fit for a message: any password replaced.
-fn without_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "(unparseable)".to_owned(),
-    }
 }
 
 /// Picks up changes made by other processes (CONTRACT §6.2: within 2 s).

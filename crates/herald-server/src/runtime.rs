@@ -28,6 +28,7 @@ use herald_channels::{
     CallAnswer, CallRequest, CallResult, MessageContent, OutboundMessage, Provider,
 };
 use herald_core::flow::FlowDefinition;
+use herald_core::secret::redact_url;
 use herald_core::session::{MessageStatus, Outcome, SessionStatus};
 use herald_core::{Channel, ConversationUuid, Destination};
 use herald_flow::{Action, EndReason, Event, FlowState, Input, InputKind, WebhookRequest};
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::dispatcher::Slot;
 use crate::metrics::{ChannelLabels, OutcomeLabels};
 use crate::AppState;
 
@@ -75,7 +77,7 @@ pub fn with_live_agent(session: &SessionRecord) -> bool {
 
 /// Runs one wake of a session (see the module's comment).
 #[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
-pub async fn run_session(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> anyhow::Result<()> {
     let id = lease.session_id;
     let Some(session) = app.store.session_for_work(id).await? else {
         anyhow::bail!("a dispatch job names a session that does not exist");
@@ -133,6 +135,7 @@ pub async fn run_session(app: &AppState, lease: DispatchLease) -> anyhow::Result
         pending: Vec::new(),
         prefix: "run".into(),
         n: 0,
+        slot,
     };
     let first_wake = conversation.is_none();
     if first_wake
@@ -157,6 +160,8 @@ struct Driver<'a> {
     /// Names the phase or step events are recorded in, for their keys.
     prefix: String,
     n: u32,
+    /// The session's running place, given up during outside calls.
+    slot: Slot,
 }
 
 /// The session ended in this wake.
@@ -334,17 +339,30 @@ impl Driver<'_> {
     /// Opens a messaging session; `Some(outcome)` when it is to end at once.
     async fn open_messaging(&mut self) -> anyhow::Result<Option<Outcome>> {
         if self.session.inbound {
-            if let Some(policy) = self.flow.inbound.as_ref().filter(|p| !p.accept) {
-                self.note("inbound_declined", serde_json::Value::Null);
-                if let Some(reply) = &policy.reply {
-                    let outcome = self
-                        .send_message(MessageContent::Text(reply.clone()))
-                        .await?;
-                    return Ok(Some(outcome));
-                }
-                return Ok(Some(Outcome::Completed));
+            // Only a flow that says it takes them runs for a stranger's
+            // message; without an `inbound` policy it declines, silently.
+            let policy = self.flow.inbound.as_ref();
+            if policy.is_some_and(|p| p.accept) {
+                return Ok(None);
             }
-            return Ok(None);
+            // What the person said is kept, as in a session that runs.
+            if let Some(first) = self
+                .app
+                .store
+                .pending_inputs(self.session.id, 0)
+                .await?
+                .into_iter()
+                .next()
+            {
+                self.note_input(&first);
+                self.conv.inputs_consumed = first.id;
+            }
+            self.note("inbound_declined", serde_json::Value::Null);
+            if let Some(reply) = policy.and_then(|p| p.reply.clone()) {
+                let outcome = self.send_message(MessageContent::Text(reply)).await?;
+                return Ok(Some(outcome));
+            }
+            return Ok(Some(Outcome::Completed));
         }
         // A WhatsApp conversation opens with the trigger's template.
         if let Some(template) = self.session.whatsapp.clone() {
@@ -495,8 +513,12 @@ impl Driver<'_> {
                         return Ok(Some(Ended));
                     }
                     Performed::End(reason) => {
-                        self.finish(Outcome::Completed, Some(reason), Vec::new())
-                            .await?;
+                        let outcome = if reason.is_failure() {
+                            Outcome::Failed
+                        } else {
+                            Outcome::Completed
+                        };
+                        self.finish(outcome, Some(reason), Vec::new()).await?;
                         return Ok(Some(Ended));
                     }
                 }
@@ -525,14 +547,13 @@ impl Driver<'_> {
             Action::CallWebhook(request) => {
                 self.note(
                     "webhook_called",
-                    json!({ "method": request.method, "url": request.url }),
+                    json!({ "method": request.method, "url": redact_url(&request.url) }),
                 );
-                let answer = crate::webhook_call::call(
-                    &self.app.webhook_client,
-                    &request,
-                    self.app.config.allow_private_callbacks,
-                )
-                .await;
+                let app = self.app;
+                let answer = self
+                    .slot
+                    .outside(crate::webhook_call::call(&app.webhook_client, &request))
+                    .await;
                 match &answer {
                     Event::WebhookAnswered { status, .. } => {
                         self.note("webhook_answered", json!({ "status": status }))
@@ -546,9 +567,11 @@ impl Driver<'_> {
             }
             Action::SendSms { to, text } => self.send_sms(to, text).await,
             Action::SendEmail { to, subject, body } => {
-                let result = match &self.app.mailer {
-                    Some(mailer) => mailer
-                        .send(&to, &subject, &body)
+                let app = self.app;
+                let result = match &app.mailer {
+                    Some(mailer) => self
+                        .slot
+                        .outside(mailer.send(&to, &subject, &body))
                         .await
                         .map_err(|e| e.to_string()),
                     None => Err("no SMTP relay is configured (--smtp-url)".to_owned()),
@@ -606,29 +629,30 @@ impl Driver<'_> {
     }
 
     async fn tell_live_agent(&mut self, url: String, body: serde_json::Value, done: &str) {
+        // As the session's events show it: never a token the URL carries.
+        let shown = redact_url(&url);
         let request = WebhookRequest {
             method: "POST".into(),
-            url: url.clone(),
+            url,
             headers: Vec::new(),
             body: Some(body.to_string()),
             timeout: LIVE_AGENT_TIMEOUT,
         };
-        let answer = crate::webhook_call::call(
-            &self.app.webhook_client,
-            &request,
-            self.app.config.allow_private_callbacks,
-        )
-        .await;
+        let app = self.app;
+        let answer = self
+            .slot
+            .outside(crate::webhook_call::call(&app.webhook_client, &request))
+            .await;
         match answer {
             Event::WebhookAnswered { status, .. } if (200..300).contains(&status) => {
-                self.note(done, json!({ "url": url }))
+                self.note(done, json!({ "url": shown }))
             }
             Event::WebhookAnswered { status, .. } => self.note(
                 "live_agent_failed",
-                json!({ "url": url, "error": format!("the live agent's endpoint answered {status}") }),
+                json!({ "url": shown, "error": format!("the live agent's endpoint answered {status}") }),
             ),
             Event::WebhookFailed { error } => {
-                self.note("live_agent_failed", json!({ "url": url, "error": error }))
+                self.note("live_agent_failed", json!({ "url": shown, "error": error }))
             }
             _ => {}
         }

@@ -1,8 +1,10 @@
 //! Test helpers that other crates' tests use too (with the `testing`
-//! feature): a real SMTP server to send flows' email to.
+//! feature): a real SMTP server to send flows' email to, and the Python
+//! that runs it and the OpenAPI document's validator.
 //!
 //! The server is Python's aiosmtpd, which `.ci/run` installs into
-//! `target/test-venv` and names in `HERALD_TEST_PYTHON`.
+//! `target/test-venv` (with openapi-spec-validator) and names in
+//! `HERALD_TEST_PYTHON`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -29,7 +31,7 @@ impl TestSmtp {
     pub fn start_with(options: &[&str]) -> TestSmtp {
         let python = test_python();
         assert!(
-            can_import_aiosmtpd(&python),
+            has_test_packages(&python),
             "the email tests need Python's aiosmtpd, and {python} cannot import it"
         );
         // The port is free when picked, not held: should another test
@@ -102,7 +104,7 @@ impl TestSmtp {
 
     pub fn settings(&self) -> SmtpSettings {
         SmtpSettings {
-            url: format!("smtp://127.0.0.1:{}", self.port),
+            url: format!("smtp://127.0.0.1:{}", self.port).into(),
             from: "Herald <herald@example.com>".into(),
         }
     }
@@ -123,13 +125,18 @@ impl TestSmtp {
     }
 }
 
-/// The aiosmtpd the tests run, pinned as in `.ci/run`.
-const AIOSMTPD: &str = "aiosmtpd==1.4.6";
+/// What the tests run on Python, pinned as in `.ci/run`: aiosmtpd, the
+/// SMTP server of the email tests, and openapi-spec-validator, the
+/// standard check of the OpenAPI document; with the modules they import.
+const TEST_PYTHON_PACKAGES: [(&str, &str); 2] = [
+    ("aiosmtpd==1.4.6", "aiosmtpd"),
+    ("openapi-spec-validator==0.9.0", "openapi_spec_validator"),
+];
 
-/// A Python that can run aiosmtpd: `HERALD_TEST_PYTHON` (which `.ci/run`
-/// sets), else the venv `target/test-venv`, made and filled from PyPI here
-/// when it is missing, so that a plain `cargo test` works on a fresh
-/// machine too.
+/// A Python that has the test packages: `HERALD_TEST_PYTHON` (which
+/// `.ci/run` sets), else the venv `target/test-venv`, made and filled from
+/// PyPI here when it is missing, so that a plain `cargo test` works on a
+/// fresh machine too.
 pub fn test_python() -> String {
     static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PYTHON
@@ -139,7 +146,8 @@ pub fn test_python() -> String {
             }
             let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv");
             let python = venv.join("bin/python").display().to_string();
-            if !can_import_aiosmtpd(&python) {
+            if !has_test_packages(&python) {
+                let pins = TEST_PYTHON_PACKAGES.map(|(pin, _)| pin);
                 let made = Command::new("python3")
                     .arg("-m")
                     .arg("venv")
@@ -148,13 +156,15 @@ pub fn test_python() -> String {
                     .is_ok_and(|s| s.success())
                     && Command::new(&python)
                         .args(["-m", "pip", "install", "--quiet"])
-                        .args(["--disable-pip-version-check", AIOSMTPD])
+                        .arg("--disable-pip-version-check")
+                        .args(pins)
                         .status()
                         .is_ok_and(|s| s.success());
                 assert!(
                     made,
-                    "could not install {AIOSMTPD} into {}: the email tests need it \
-                     (or set HERALD_TEST_PYTHON to a Python that has it)",
+                    "could not install {} into {}: the tests need them \
+                     (or set HERALD_TEST_PYTHON to a Python that has them)",
+                    pins.join(" "),
                     venv.display()
                 );
             }
@@ -163,9 +173,12 @@ pub fn test_python() -> String {
         .clone()
 }
 
-fn can_import_aiosmtpd(python: &str) -> bool {
+fn has_test_packages(python: &str) -> bool {
+    let imports = TEST_PYTHON_PACKAGES
+        .map(|(_, module)| format!("import {module}"))
+        .join("; ");
     Command::new(python)
-        .args(["-c", "import aiosmtpd"])
+        .args(["-c", &imports])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -11,10 +11,11 @@
 
 use std::time::Duration;
 
+use herald_core::secret::SecretUrl;
 use herald_flow::{Event, WebhookRequest};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 
-use crate::callbacks::{refuse_internal_literal, refused_by_resolver};
+use crate::outbound::{refused_by_resolver, GuardedClient};
 
 /// The most of an answer that is read; a flow maps a few fields out of it.
 pub const MAX_ANSWER: usize = 64 * 1024;
@@ -37,45 +38,40 @@ const RESERVED_HEADERS: [&str; 9] = [
     "upgrade",
 ];
 
-/// The client to give [`call`]: unless `allow_private`, its resolver refuses
-/// names of internal addresses; it follows no redirects. Build it once and
-/// share it.
-pub fn http_client(allow_private: bool) -> reqwest::Client {
-    crate::callbacks::http_client(allow_private, CLIENT_TIMEOUT)
+/// The client to give [`call`]: unless `allow_private`, it refuses internal
+/// addresses; it follows no redirects. Build it once and share it.
+pub fn http_client(allow_private: bool, proxy: Option<&SecretUrl>) -> GuardedClient {
+    GuardedClient::new(allow_private, CLIENT_TIMEOUT, proxy)
 }
 
-/// Makes `request` with `client` (from [`http_client`] with the same
-/// `allow_private`) and returns the flow's next event.
+/// Makes `request` with `client` (from [`http_client`]) and returns the
+/// flow's next event.
 ///
 /// Redirects are not followed: a 3xx comes back as the answer, which the
 /// flow treats as a failure (it is not 2xx). Following one would let a
 /// public URL bounce the call to an internal address.
-pub async fn call(
-    client: &reqwest::Client,
-    request: &WebhookRequest,
-    allow_private: bool,
-) -> Event {
-    match attempt(client, request, allow_private).await {
+pub async fn call(client: &GuardedClient, request: &WebhookRequest) -> Event {
+    match attempt(client, request).await {
         Ok((status, body)) => Event::WebhookAnswered { status, body },
         Err(error) => Event::WebhookFailed { error },
     }
 }
 
 async fn attempt(
-    client: &reqwest::Client,
+    client: &GuardedClient,
     request: &WebhookRequest,
-    allow_private: bool,
 ) -> Result<(u16, String), String> {
     let url = reqwest::Url::parse(&request.url).map_err(|e| format!("invalid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("only http and https URLs can be called".into());
     }
-    if !allow_private {
-        refuse_internal_literal(&url).map_err(|e| e.to_string())?;
-    }
+    client.check(&url).await.map_err(|e| e.to_string())?;
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", request.method))?;
-    let mut builder = client.request(method, url).timeout(request.timeout);
+    let mut builder = client
+        .client()
+        .request(method, url)
+        .timeout(request.timeout);
     let mut has_content_type = false;
     for (name, value) in &request.headers {
         let header = HeaderName::from_bytes(name.as_bytes())
@@ -219,7 +215,7 @@ mod tests {
             ("X-Trace".into(), "abc".into()),
         ];
         req.body = Some(r#"{"id":42}"#.into());
-        let event = call(&http_client(true), &req, true).await;
+        let event = call(&http_client(true, None), &req).await;
         assert_eq!(
             event,
             Event::WebhookAnswered {
@@ -244,11 +240,10 @@ mod tests {
         let mut req = request("POST", format!("http://{addr}/"));
         req.headers = vec![("Content-Type".into(), "text/plain".into())];
         req.body = Some("hello".into());
-        call(&http_client(true), &req, true).await;
+        call(&http_client(true, None), &req).await;
         call(
-            &http_client(true),
+            &http_client(true, None),
             &request("GET", format!("http://{addr}/")),
-            true,
         )
         .await;
         let received = log.lock().unwrap().clone();
@@ -270,9 +265,8 @@ mod tests {
     async fn an_error_status_is_an_answer_for_the_flow_to_judge() {
         let (addr, _) = endpoint(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }).await;
         let event = call(
-            &http_client(true),
+            &http_client(true, None),
             &request("POST", format!("http://{addr}/")),
-            true,
         )
         .await;
         assert_eq!(
@@ -294,7 +288,7 @@ mod tests {
         let mut req = request("GET", format!("http://{addr}/"));
         req.timeout = Duration::from_millis(300);
         let started = Instant::now();
-        let error = failure(call(&http_client(true), &req, true).await);
+        let error = failure(call(&http_client(true, None), &req).await);
         assert_eq!(error, "the endpoint did not answer in time");
         assert!(
             started.elapsed() < Duration::from_secs(3),
@@ -307,9 +301,8 @@ mod tests {
     async fn answers_up_to_64_kib_are_read_and_longer_ones_fail() {
         let (exact, _) = endpoint(|| async { "x".repeat(MAX_ANSWER) }).await;
         let event = call(
-            &http_client(true),
+            &http_client(true, None),
             &request("GET", format!("http://{exact}/")),
-            true,
         )
         .await;
         assert!(
@@ -319,9 +312,8 @@ mod tests {
         let (over, _) = endpoint(|| async { "x".repeat(MAX_ANSWER + 1) }).await;
         let error = failure(
             call(
-                &http_client(true),
+                &http_client(true, None),
                 &request("GET", format!("http://{over}/")),
-                true,
             )
             .await,
         );
@@ -354,9 +346,8 @@ mod tests {
         let addr = endless_chunked_endpoint();
         let error = failure(
             call(
-                &http_client(true),
+                &http_client(true, None),
                 &request("GET", format!("http://{addr}/")),
-                true,
             )
             .await,
         );
@@ -367,31 +358,22 @@ mod tests {
     async fn internal_addresses_are_refused_without_allow_private() {
         let (addr, log) = endpoint(|| async { "should not be reached" }).await;
         let port = addr.port();
-        let client = http_client(false);
+        let client = http_client(false, None);
         let error = failure(
             call(
                 &client,
                 &request("POST", format!("http://127.0.0.1:{port}/")),
-                false,
             )
             .await,
         );
         assert_eq!(error, "refused: 127.0.0.1 is an internal address");
-        let error = failure(
-            call(
-                &client,
-                &request("POST", format!("http://[::1]:{port}/")),
-                false,
-            )
-            .await,
-        );
+        let error = failure(call(&client, &request("POST", format!("http://[::1]:{port}/"))).await);
         assert_eq!(error, "refused: ::1 is an internal address");
         // Another spelling of 127.0.0.1, which the URL parser normalises.
         let error = failure(
             call(
                 &client,
                 &request("POST", format!("http://2130706433:{port}/")),
-                false,
             )
             .await,
         );
@@ -401,7 +383,6 @@ mod tests {
             call(
                 &client,
                 &request("POST", format!("http://localhost:{port}/")),
-                false,
             )
             .await,
         );
@@ -423,9 +404,8 @@ mod tests {
         })
         .await;
         let event = call(
-            &http_client(true),
+            &http_client(true, None),
             &request("GET", format!("http://{addr}/")),
-            true,
         )
         .await;
         assert_eq!(
@@ -447,9 +427,8 @@ mod tests {
             .port();
         let error = failure(
             call(
-                &http_client(true),
+                &http_client(true, None),
                 &request("GET", format!("http://127.0.0.1:{port}/")),
-                true,
             )
             .await,
         );
@@ -459,14 +438,13 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_fail_without_a_call() {
         let (addr, log) = endpoint(|| async { "should not be reached" }).await;
-        let client = http_client(true);
+        let client = http_client(true, None);
         let url = format!("http://{addr}/");
-        let error = failure(call(&client, &request("POST", "not a url".into()), true).await);
+        let error = failure(call(&client, &request("POST", "not a url".into())).await);
         assert!(error.starts_with("invalid URL"), "{error}");
-        let error =
-            failure(call(&client, &request("POST", "file:///etc/passwd".into()), true).await);
+        let error = failure(call(&client, &request("POST", "file:///etc/passwd".into())).await);
         assert_eq!(error, "only http and https URLs can be called");
-        let error = failure(call(&client, &request("GE T", url.clone()), true).await);
+        let error = failure(call(&client, &request("GE T", url.clone())).await);
         assert_eq!(error, r#"invalid method "GE T""#);
         for (name, value, expected) in [
             ("X-Ok", "a\r\nX-Injected: 1", "invalid value of header x-ok"),
@@ -480,7 +458,7 @@ mod tests {
         ] {
             let mut req = request("POST", url.clone());
             req.headers = vec![(name.into(), value.into())];
-            assert_eq!(failure(call(&client, &req, true).await), expected);
+            assert_eq!(failure(call(&client, &req).await), expected);
         }
         assert!(log.lock().unwrap().is_empty());
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_core::keys::{generate_key, hash_key};
+use herald_core::secret::{redact_url, Secret, SecretUrl};
 use herald_core::{AgentId, Region};
 use herald_server::config::{parse_retry_schedule, Config, SmtpSettings};
 use herald_server::email::Mailer;
@@ -168,6 +169,28 @@ struct ServeArgs {
     /// endpoint is off.
     #[arg(long, env = "HERALD_INBOUND_TOKEN", hide_env_values = true)]
     inbound_token: Option<String>,
+    /// Send calls to customers' URLs (callbacks, webhook nodes, live
+    /// agents) through this HTTP proxy: http://HOST:PORT. herald still
+    /// checks each target's address itself. Proxy variables of the
+    /// environment (HTTP_PROXY and the like) are never read.
+    #[arg(long, env = "HERALD_OUTBOUND_PROXY", hide_env_values = true)]
+    outbound_proxy: Option<String>,
+    /// Connections served at once (a few more are kept for health checks).
+    /// Default: 1024, or less when the limit on open files is lower.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
+    /// Seconds a client may take to send a request's headers [default: 5].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECS", value_parser = parse_seconds)]
+    header_timeout_secs: Option<f64>,
+    /// Seconds a client may take to send a request's body [default: 10].
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_SECS", value_parser = parse_seconds)]
+    body_timeout_secs: Option<f64>,
+    /// Sessions this server runs at once [default: 1024].
+    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_running_sessions: Option<u32>,
+    /// Sessions of one account this server runs at once [default: 256].
+    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS_PER_ACCOUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_running_sessions_per_account: Option<u32>,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -195,17 +218,26 @@ impl ServeArgs {
             );
         }
         let smtp = self.smtp_url.map(|url| SmtpSettings {
-            url,
+            url: url.into(),
             from: self.smtp_from,
         });
+        let outbound_proxy = self
+            .outbound_proxy
+            .filter(|p| !p.is_empty())
+            .map(SecretUrl::new);
+        if let Some(proxy) = &outbound_proxy {
+            herald_server::outbound::check_proxy(proxy)?;
+        }
         if let Some(settings) = &smtp {
             // A mistake here stops the server now, not every email later.
             Mailer::new(settings)?;
         }
         let defaults = Config::default();
+        let secs =
+            |given: Option<f64>, default: Duration| given.map_or(default, Duration::from_secs_f64);
         Ok(Config {
             listen: self.listen,
-            database_url: self.database.url,
+            database_url: self.database.url.into(),
             region: self
                 .region
                 .parse::<Region>()
@@ -220,10 +252,27 @@ impl ServeArgs {
             simulator_delay: Duration::from_millis(self.simulator_delay_ms),
             dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
             durable_commits: !self.relaxed_commits,
-            redis_url: self.redis,
+            redis_url: self.redis.map(SecretUrl::new),
             bench_routes: self.bench_routes,
             smtp,
-            inbound_token: self.inbound_token.filter(|t| !t.is_empty()),
+            inbound_token: self
+                .inbound_token
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+            outbound_proxy,
+            max_connections: self
+                .max_connections
+                .map_or_else(herald_server::serve::default_max_connections, |n| {
+                    n as usize
+                }),
+            header_timeout: secs(self.header_timeout_secs, defaults.header_timeout),
+            body_timeout: secs(self.body_timeout_secs, defaults.body_timeout),
+            max_running_sessions: self
+                .max_running_sessions
+                .map_or(defaults.max_running_sessions, |n| n as usize),
+            max_running_sessions_per_account: self
+                .max_running_sessions_per_account
+                .map_or(defaults.max_running_sessions_per_account, |n| n as usize),
             ..defaults
         })
     }
@@ -264,7 +313,7 @@ fn init_tracing(format: &str) {
 async fn open(database: &DatabaseArg) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
     herald_store::open(&database.url, &StoreOptions::default())
         .await
-        .with_context(|| format!("opening {}", database.url))
+        .with_context(|| format!("opening {}", redact_url(&database.url)))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -361,8 +410,11 @@ mod tests {
             [Duration::from_millis(500), Duration::from_secs(2)]
         );
         assert_eq!(config.callback_timeout, Duration::from_secs(3));
-        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
-        assert_eq!(config.database_url, "postgres://herald@db/herald");
+        assert_eq!(
+            config.redis_url.as_ref().map(SecretUrl::expose),
+            Some("redis://127.0.0.1:6379")
+        );
+        assert_eq!(config.database_url.expose(), "postgres://herald@db/herald");
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub struct AccountView {
     pub webhook_secret: String,
 }
 
-#[utoipa::path(get, path = "/account", tag = "account",
+/// The calling account and the secret that signs its callbacks
+#[utoipa::path(get, path = "/account", operation_id = "get_account", tag = "account",
     responses((status = 200, body = AccountView), (status = 401, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn read(

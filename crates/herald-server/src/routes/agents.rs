@@ -1,7 +1,7 @@
 //! Agents: create, list, read, edit, delete, publish (CONTRACT §4.1–4.3).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use herald_store::{Agent, AgentPatch, NewAgent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{authenticate, opt_string, read_object, req_string};
+use super::{authenticate, opt_string, read_object, req_string, PathParam};
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -148,7 +148,8 @@ async fn reload(app: &AppState) {
     }
 }
 
-#[utoipa::path(post, path = "/agents", tag = "agents", request_body = CreateAgent,
+/// Create an agent
+#[utoipa::path(post, path = "/agents", operation_id = "create_agent", tag = "agents", request_body = CreateAgent,
     responses((status = 201, body = AgentView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody)),
@@ -199,7 +200,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(AgentView::from(agent))).into_response())
 }
 
-#[utoipa::path(get, path = "/agents", tag = "agents",
+/// List the account's agents
+#[utoipa::path(get, path = "/agents", operation_id = "list_agents", tag = "agents",
     responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn list(
@@ -221,20 +223,22 @@ async fn find(app: &AppState, account: AccountId, raw: &str) -> Result<Agent, Ap
         .ok_or_else(|| agent_not_found(raw))
 }
 
-#[utoipa::path(get, path = "/agents/{agent_id}", tag = "agents",
+/// Read an agent
+#[utoipa::path(get, path = "/agents/{agent_id}", operation_id = "get_agent", tag = "agents",
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn read(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<AgentView>, ApiError> {
     let account = authenticate(&app, &headers)?;
     Ok(Json(find(&app, account, &raw).await?.into()))
 }
 
-#[utoipa::path(patch, path = "/agents/{agent_id}", tag = "agents", request_body = EditAgent,
+/// Edit an agent's draft
+#[utoipa::path(patch, path = "/agents/{agent_id}", operation_id = "edit_agent", tag = "agents", request_body = EditAgent,
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "The number is taken", body = ErrorBody),
@@ -243,7 +247,7 @@ pub async fn read(
 pub async fn edit(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     body: Body,
 ) -> Result<Json<AgentView>, ApiError> {
     let account = authenticate(&app, &headers)?;
@@ -270,15 +274,16 @@ pub async fn edit(
     Ok(Json(agent.into()))
 }
 
-#[utoipa::path(delete, path = "/agents/{agent_id}", tag = "agents",
+/// Delete an agent
+#[utoipa::path(delete, path = "/agents/{agent_id}", operation_id = "delete_agent", tag = "agents",
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
     responses((status = 204, description = "Deleted; sessions already started finish"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<StatusCode, ApiError> {
     let account = authenticate(&app, &headers)?;
     let id = agent_id(&raw)?;
@@ -289,15 +294,17 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/agents/{agent_id}/publish", tag = "agents",
+/// Publish an agent's draft as its next version
+#[utoipa::path(post, path = "/agents/{agent_id}/publish", operation_id = "publish_agent", tag = "agents",
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
     responses((status = 200, body = Published), (status = 400, description = "The flow is invalid", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Another agent holds the number", body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn publish(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<Published>, ApiError> {
     let account = authenticate(&app, &headers)?;
     let agent = find(&app, account, &raw).await?;

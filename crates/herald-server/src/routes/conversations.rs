@@ -12,7 +12,7 @@
 //!   Routing node handed the conversation to.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use super::{authenticate, opt_string, read_object, req_string};
+use super::{authenticate, opt_string, read_object, req_string, PathParam};
 use crate::error::{ApiError, ErrorBody};
 use crate::runtime::input_kind;
 use crate::AppState;
@@ -66,7 +66,8 @@ pub struct SimulatedMessage {
     pub speech: Option<String>,
 }
 
-#[utoipa::path(post, path = "/simulator/inbound", tag = "conversations",
+/// Answer as the person, through the simulator
+#[utoipa::path(post, path = "/simulator/inbound", operation_id = "simulate_inbound", tag = "conversations",
     request_body = SimulatedMessage,
     responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
@@ -83,15 +84,22 @@ pub async fn simulated(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("Unsupported channel: {channel_text}")))?;
     let (person, number, input) = read_input(&obj, channel)?;
-    let agent = app
+    let owner = app
         .directory
         .agent_by_number(account, &number, channel, app.config.region)
-        .filter(|a| a.channel == channel && a.region == app.config.region)
-        .ok_or_else(|| no_agent(channel, &number))?;
-    deliver(&app, agent, channel, person, input).await.map(Json)
+        .filter(|a| a.channel == channel && a.region == app.config.region);
+    let conversation = Conversation {
+        channel,
+        person,
+        number,
+    };
+    deliver(&app, Sender::Account(account), owner, conversation, input)
+        .await
+        .map(Json)
 }
 
-#[utoipa::path(post, path = "/inbound/{channel}", tag = "conversations",
+/// A channel provider's inbound message or input
+#[utoipa::path(post, path = "/inbound/{channel}", operation_id = "receive_inbound", tag = "conversations",
     params(("channel" = Channel, Path), ("x-herald-inbound-token" = String, Header)),
     request_body = InboundMessage,
     responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
@@ -99,7 +107,7 @@ pub async fn simulated(
 pub async fn provider(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(channel_text): Path<String>,
+    PathParam(channel_text): PathParam,
     body: Body,
 ) -> Result<Json<Delivered>, ApiError> {
     let Some(expected) = &app.config.inbound_token else {
@@ -111,7 +119,7 @@ pub async fn provider(
         .get("x-herald-inbound-token")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !bool::from(given.ct_eq(expected.as_bytes())) {
+    if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
         return Err(ApiError::unauthorised());
     }
     let channel: Channel = channel_text
@@ -119,11 +127,17 @@ pub async fn provider(
         .map_err(|_| ApiError::not_found(format!("Unsupported channel: {channel_text}")))?;
     let obj = read_object(body).await?;
     let (person, number, input) = read_input(&obj, channel)?;
-    let agent = app
+    let owner = app
         .directory
-        .agent_for_number(&number, channel, app.config.region)
-        .ok_or_else(|| no_agent(channel, &number))?;
-    deliver(&app, agent, channel, person, input).await.map(Json)
+        .agent_for_number(&number, channel, app.config.region);
+    let conversation = Conversation {
+        channel,
+        person,
+        number,
+    };
+    deliver(&app, Sender::Provider, owner, conversation, input)
+        .await
+        .map(Json)
 }
 
 fn no_agent(channel: Channel, number: &str) -> ApiError {
@@ -212,15 +226,69 @@ fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Hands an input to the open session between the person and the agent's
-/// number, or starts an inbound session with it.
-async fn deliver(
-    app: &AppState,
-    agent: AgentIndexRow,
+/// Who an input comes from, which decides the sessions it may reach.
+#[derive(Debug, Clone, Copy)]
+enum Sender {
+    /// An account playing the person on the simulator: only its own
+    /// sessions.
+    Account(AccountId),
+    /// The channel provider: the sessions of the agent that owns the number
+    /// now, or, when no live agent owns it, those still open on it (an
+    /// agent deleted or renumbered keeps the number for them until they
+    /// end, so they are its own).
+    Provider,
+}
+
+/// The person and the agent's number an input passes between.
+struct Conversation {
     channel: Channel,
     person: String,
+    number: String,
+}
+
+/// Hands an input to the open session between the person and the agent's
+/// number that `sender` may reach, or starts an inbound session of `owner`,
+/// the agent whose published version has the number, with it.
+async fn deliver(
+    app: &AppState,
+    sender: Sender,
+    owner: Option<AgentIndexRow>,
+    conversation: Conversation,
     input: NewInput,
 ) -> Result<Delivered, ApiError> {
+    let Conversation {
+        channel,
+        person,
+        number,
+    } = conversation;
+    let open = app.store.open_sessions(channel, &person, &number).await?;
+    let reachable = open.iter().filter(|s| match sender {
+        Sender::Account(account) => s.account_id == account,
+        Sender::Provider => owner.as_ref().is_none_or(|o| o.agent_id == s.agent_id),
+    });
+    for session in reachable {
+        if app
+            .store
+            .deliver_input(session.id, input.clone())
+            .await?
+            .is_some()
+        {
+            app.dispatch_wakeup.notify_one();
+            return Ok(Delivered {
+                session_id: session.id.to_string(),
+                started: false,
+            });
+        }
+        // It ended meanwhile: try the next, or start a session.
+    }
+    let Some(agent) = owner else {
+        return Err(no_agent(channel, &number));
+    };
+    if channel == Channel::Voice {
+        return Err(ApiError::not_found(format!(
+            "No call with {person} is open"
+        )));
+    }
     // The directory finds agents by their published number, so one
     // without a published version does not get here.
     let Some((version, number)) = agent.published.clone() else {
@@ -229,21 +297,6 @@ async fn deliver(
             agent.agent_id
         )));
     };
-    if let Some(id) = app.store.open_session(channel, &person, &number).await? {
-        if app.store.deliver_input(id, input.clone()).await?.is_some() {
-            app.dispatch_wakeup.notify_one();
-            return Ok(Delivered {
-                session_id: id.to_string(),
-                started: false,
-            });
-        }
-        // It ended meanwhile: the input starts a session of its own.
-    }
-    if channel == Channel::Voice {
-        return Err(ApiError::not_found(format!(
-            "No call with {person} is open"
-        )));
-    }
     let id = SessionId::generate();
     let session = NewSession {
         id,
@@ -286,7 +339,8 @@ pub struct LiveAgentInput {
     pub text: Option<String>,
 }
 
-#[utoipa::path(post, path = "/sessions/{session_id}/live-agent", tag = "conversations",
+/// A live agent's message or decision
+#[utoipa::path(post, path = "/sessions/{session_id}/live-agent", operation_id = "send_live_agent_input", tag = "conversations",
     params(("session_id" = String, Path)),
     request_body = LiveAgentInput,
     responses((status = 200, body = Delivered), (status = 400, body = ErrorBody),
@@ -296,7 +350,7 @@ pub struct LiveAgentInput {
 pub async fn live_agent(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     body: Body,
 ) -> Result<Json<Delivered>, ApiError> {
     let account = authenticate(&app, &headers)?;

@@ -64,8 +64,56 @@ pub fn router(app: AppState) -> Router {
     ))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        buffer_body,
+    ))
     .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
     .with_state(app)
+}
+
+/// What connections past the cap are served (`crate::serve`): the health
+/// check, and for everything else a 503 that says to come back.
+pub fn reserve_router(app: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .fallback(|| async {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many connections, try again shortly",
+            );
+            error.retry_after = Some(1);
+            error
+        })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(app)
+}
+
+/// Reads every request's body before its handler runs, within the body
+/// deadline (`--body-timeout-secs`), so that a client sending a body
+/// slowly holds a connection for that long at most, and no handler waits
+/// on one. Bodies are small (64 KiB at most), so holding one whole costs
+/// little; the handler then reads it from memory.
+async fn buffer_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(app.config.body_timeout, read_body(body)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => return error.into_response(),
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not arrive in time",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn count_requests(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -131,6 +179,25 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<AccountId, Ap
     app.directory
         .authenticate(key.trim())
         .ok_or_else(ApiError::unauthorised)
+}
+
+/// A route's one path parameter, as text. A parameter that is not UTF-8
+/// once percent-decoded (`/agents/%FF`) is answered with the JSON error of
+/// CONTRACT §1.2, not with axum's plain text.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(text)| PathParam(text))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
 }
 
 /// Reads a body of at most 64 KiB.

@@ -17,7 +17,8 @@ pub struct Health {
     pub status: &'static str,
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+/// Whether the service can serve
+#[utoipa::path(get, path = "/healthz", operation_id = "get_health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn healthz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     // Serving means the store answers.
@@ -30,7 +31,8 @@ pub async fn healthz(State(app): State<AppState>) -> Result<Json<Health>, ApiErr
 
 // The body is the OpenMetrics text format, which Prometheus scrapes; the
 // content type says so, as the document does.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+/// Prometheus metrics
+#[utoipa::path(get, path = "/metrics", operation_id = "get_metrics", tag = "operations",
     responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format",
         body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
@@ -44,7 +46,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+/// This document
+#[utoipa::path(get, path = "/openapi.json", operation_id = "get_openapi", tag = "operations",
     responses((status = 200, description = "This document", content_type = "application/json")))]
 pub async fn openapi() -> Response {
     (

@@ -1,6 +1,6 @@
 //! Sessions: read one, list with a cursor (CONTRACT §7).
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use herald_core::session::{Outcome, SessionParameter, SessionStatus};
@@ -10,7 +10,7 @@ use herald_store::{SessionFilter, SessionRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::authenticate;
+use super::{authenticate, PathParam};
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -114,21 +114,23 @@ pub async fn owned_session(
     app.store.session(account, id).await?.ok_or_else(not_found)
 }
 
-#[utoipa::path(get, path = "/sessions/{session_id}", tag = "sessions",
+/// Read a session and its events
+#[utoipa::path(get, path = "/sessions/{session_id}", operation_id = "get_session", tag = "sessions",
     params(("session_id" = String, Path)),
-    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = SessionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn read(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<SessionView>, ApiError> {
     let account = authenticate(&app, &headers)?;
     let session = owned_session(&app, account, &raw).await?;
     Ok(Json(SessionView::new(session, true)))
 }
 
-#[utoipa::path(get, path = "/sessions", tag = "sessions",
+/// List the account's sessions, newest first
+#[utoipa::path(get, path = "/sessions", operation_id = "list_sessions", tag = "sessions",
     params(
         ("agent_id" = Option<String>, Query, description = "Only this agent's sessions"),
         ("status" = Option<SessionStatus>, Query, description = "queued, active or ended"),
@@ -294,14 +296,15 @@ pub fn transcript(events: &[herald_store::SessionEvent]) -> Vec<TranscriptEntry>
         .collect()
 }
 
-#[utoipa::path(get, path = "/sessions/{session_id}/transcript", tag = "sessions",
+/// A session's conversation
+#[utoipa::path(get, path = "/sessions/{session_id}/transcript", operation_id = "get_transcript", tag = "sessions",
     params(("session_id" = String, Path)),
-    responses((status = 200, body = Transcript), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Transcript), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn read_transcript(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<Transcript>, ApiError> {
     let account = authenticate(&app, &headers)?;
     let session = owned_session(&app, account, &raw).await?;

@@ -79,7 +79,8 @@ pub struct TemplateList {
     pub templates: Vec<TemplateView>,
 }
 
-#[utoipa::path(post, path = "/whatsapp/templates", tag = "templates", request_body = CreateTemplate,
+/// Register a WhatsApp template
+#[utoipa::path(post, path = "/whatsapp/templates", operation_id = "create_template", tag = "templates", request_body = CreateTemplate,
     responses((status = 201, body = TemplateView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 409, description = "Already registered", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody)),
@@ -135,7 +136,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(template.into())))
 }
 
-#[utoipa::path(get, path = "/whatsapp/templates", tag = "templates",
+/// List the account's WhatsApp templates
+#[utoipa::path(get, path = "/whatsapp/templates", operation_id = "list_templates", tag = "templates",
     responses((status = 200, body = TemplateList), (status = 401, body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
 pub async fn list(

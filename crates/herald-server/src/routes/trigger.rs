@@ -149,9 +149,10 @@ pub struct ConversationRequest {
     components: Option<Vec<Component>>,
 }
 
+/// Call a person with a voice agent
 #[utoipa::path(
     post,
-    path = "/telephony/make-call",
+    path = "/telephony/make-call", operation_id = "make_call",
     tag = "triggers",
     request_body = MakeCallRequest,
     params(IdempotencyKey),
@@ -165,9 +166,10 @@ pub async fn make_call(State(app): State<AppState>, request: Request) -> Respons
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Start an SMS or WhatsApp conversation
 #[utoipa::path(
     post,
-    path = "/messaging/conversation",
+    path = "/messaging/conversation", operation_id = "start_conversation",
     tag = "triggers",
     request_body = ConversationRequest,
     params(IdempotencyKey),
@@ -245,7 +247,7 @@ async fn trigger(
         trigger.parameters.keep_number_text(&bytes);
     }
     if let Some(url) = &trigger.status_url {
-        check_not_us(app, headers, url)?;
+        check_not_us(app, headers, url).await?;
     }
 
     // 7. The agent.
@@ -372,10 +374,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Visible ASCII only, as the message and the document say: a header
+    // value may also hold spaces and tabs, which a key may not.
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
         })?;
@@ -456,8 +464,12 @@ impl Drop for InFlight {
 }
 
 /// The rest of step 6: `status_url` must not point at this service.
-fn check_not_us(app: &AppState, headers: &HeaderMap, url: &StatusUrl) -> Result<(), ApiError> {
-    if points_at_us(app, headers, url.url()) {
+async fn check_not_us(
+    app: &AppState,
+    headers: &HeaderMap,
+    url: &StatusUrl,
+) -> Result<(), ApiError> {
+    if points_at_us(app, headers, url.url()).await {
         return Err(ApiError::bad_request(
             "status_url must not point at this service",
         ));
@@ -465,10 +477,18 @@ fn check_not_us(app: &AppState, headers: &HeaderMap, url: &StatusUrl) -> Result<
     Ok(())
 }
 
-fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
+/// How long the name of a `status_url` on this server's port may take to
+/// resolve; a name that does not answer in time is taken for someone else's.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether callbacks to `url` would reach this server: by the name and port
+/// the client reached us on, or by any spelling of an address of ours on
+/// our port (`localhost.`, `[::ffff:127.0.0.1]`, a name that resolves to
+/// loopback, this machine's own addresses). Names are resolved only when
+/// the port is ours, so a trigger pays for a lookup in that case alone.
+async fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
     let Some(host) = url.host() else { return false };
     let port = url.port_or_known_default();
-    let our_port = app.local_addr.port();
     // The Host the client used to reach us. Without a port, it is the
     // default port of whatever scheme the client used (a TLS proxy in front
     // of herald receives https on 443).
@@ -477,9 +497,10 @@ fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
     {
-        let same_host = url
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(authority.host()));
+        let same_host = url.host_str().is_some_and(|h| {
+            h.trim_end_matches('.')
+                .eq_ignore_ascii_case(authority.host().trim_end_matches('.'))
+        });
         let same_port = match authority.port_u16() {
             Some(p) => port == Some(p),
             None => url.port().is_none(),
@@ -488,22 +509,40 @@ fn points_at_us(app: &AppState, headers: &HeaderMap, url: &url::Url) -> bool {
             return true;
         }
     }
-    // Any name for this machine on our port.
-    if port == Some(our_port) {
-        let local = match host {
-            url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
-            url::Host::Ipv4(ip) => {
-                ip.is_loopback() || ip.is_unspecified() || app.local_addr.ip() == ip
+    if port != Some(app.local_addr.port()) {
+        return false;
+    }
+    let ours = |ip: std::net::IpAddr| is_ours(ip, app.local_addr.ip());
+    match host {
+        url::Host::Ipv4(ip) => ours(ip.into()),
+        url::Host::Ipv6(ip) => ours(ip.into()),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.');
+            let local_name = name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost");
+            if local_name {
+                return true;
             }
-            url::Host::Ipv6(ip) => {
-                ip.is_loopback() || ip.is_unspecified() || app.local_addr.ip() == ip
+            let port = app.local_addr.port();
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await
+            {
+                Ok(Ok(mut addrs)) => addrs.any(|a| ours(a.ip())),
+                _ => false,
             }
-        };
-        if local {
-            return true;
         }
     }
-    false
+}
+
+/// Whether `ip` is an address this server answers on, listening on
+/// `listening`: loopback and the unspecified address always are, and so is
+/// every address of this machine when it listens on all of them.
+fn is_ours(ip: std::net::IpAddr, listening: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() || ip.is_unspecified() || ip == listening.to_canonical() {
+        return true;
+    }
+    // An address of this machine's is one a socket can be bound to.
+    listening.is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Step 7, the agent: it exists in this account, is published, is deployed
