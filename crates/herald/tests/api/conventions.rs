@@ -189,7 +189,7 @@ async fn keys_are_stored_only_as_hashes() {
     // The operator's way in: the key is made and stored by the command.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["keys", "create", "--account", "acme", "--database"])
-        .arg(&app.config.database_url)
+        .arg(app.config.database_url.expose())
         .output()
         .unwrap();
     assert!(output.status.success());

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use herald_core::secret::Secret;
 use herald_core::Channel;
 use serde_json::{json, Value};
 
@@ -15,7 +16,7 @@ use crate::helpers::*;
 
 /// A person the simulator lets every message reach: a unique number whose
 /// last two digits are not one of the simulator's failures (90 to 95).
-fn person() -> String {
+pub(crate) fn person() -> String {
     loop {
         let number = unique_number();
         if !(90..=95).contains(&number[number.len() - 2..].parse::<u8>().unwrap()) {
@@ -25,7 +26,11 @@ fn person() -> String {
 }
 
 /// A published agent of `channel` running `flow`; returns (key, agent, number).
-async fn agent_with_flow(app: &TestApp, channel: Channel, flow: Value) -> (String, String, String) {
+pub(crate) async fn agent_with_flow(
+    app: &TestApp,
+    channel: Channel,
+    flow: Value,
+) -> (String, String, String) {
     let key = app.new_key(&format!("conv-{}", unique_number())).await;
     let number = unique_number();
     let response = app
@@ -46,7 +51,13 @@ async fn agent_with_flow(app: &TestApp, channel: Channel, flow: Value) -> (Strin
     (key, agent, number)
 }
 
-async fn trigger_sms(app: &TestApp, key: &str, agent: &str, to: &str, params: Value) -> String {
+pub(crate) async fn trigger_sms(
+    app: &TestApp,
+    key: &str,
+    agent: &str,
+    to: &str,
+    params: Value,
+) -> String {
     let response = app
         .post(
             "/messaging/conversation",
@@ -61,7 +72,7 @@ async fn trigger_sms(app: &TestApp, key: &str, agent: &str, to: &str, params: Va
 
 /// The person's side of a conversation: what they say goes from `number`
 /// to the agent's number through the simulator.
-struct Person<'a> {
+pub(crate) struct Person<'a> {
     app: &'a TestApp,
     key: &'a str,
     channel: &'static str,
@@ -70,7 +81,7 @@ struct Person<'a> {
 }
 
 impl<'a> Person<'a> {
-    fn new(
+    pub(crate) fn new(
         app: &'a TestApp,
         key: &'a str,
         channel: &'static str,
@@ -87,7 +98,7 @@ impl<'a> Person<'a> {
     }
 
     /// A message.
-    async fn says(&self, text: &str) -> Value {
+    pub(crate) async fn says(&self, text: &str) -> Value {
         self.sends(json!({ "text": text })).await
     }
 
@@ -106,18 +117,18 @@ impl<'a> Person<'a> {
     }
 }
 
-async fn transcript(app: &TestApp, key: &str, id: &str) -> Value {
+pub(crate) async fn transcript(app: &TestApp, key: &str, id: &str) -> Value {
     let response = app.get(&format!("/sessions/{id}/transcript"), key).await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
 
 /// The agent's messages (or spoken lines) so far.
-fn said_by_agent(t: &Value) -> Vec<String> {
+pub(crate) fn said_by_agent(t: &Value) -> Vec<String> {
     messages(t, "outbound")
 }
 
-fn messages(t: &Value, direction: &str) -> Vec<String> {
+pub(crate) fn messages(t: &Value, direction: &str) -> Vec<String> {
     t["transcript"]
         .as_array()
         .unwrap()
@@ -128,7 +139,7 @@ fn messages(t: &Value, direction: &str) -> Vec<String> {
 }
 
 /// Waits until the agent has said `n` things; returns the transcript.
-async fn wait_for_agent_lines(app: &TestApp, key: &str, id: &str, n: usize) -> Value {
+pub(crate) async fn wait_for_agent_lines(app: &TestApp, key: &str, id: &str, n: usize) -> Value {
     for _ in 0..400 {
         let t = transcript(app, key, id).await;
         if said_by_agent(&t).len() >= n {
@@ -144,7 +155,7 @@ async fn wait_for_agent_lines(app: &TestApp, key: &str, id: &str, n: usize) -> V
 
 /// Waits until the session is asleep waiting (its job not leased), so that
 /// what follows really wakes it from the store.
-async fn wait_until_waiting(app: &TestApp, id: &str) {
+pub(crate) async fn wait_until_waiting(app: &TestApp, id: &str) {
     for _ in 0..400 {
         let asleep = app
             .db()
@@ -162,7 +173,7 @@ async fn wait_until_waiting(app: &TestApp, id: &str) {
     panic!("session {id} never went to sleep waiting");
 }
 
-fn question_flow() -> Value {
+pub(crate) fn question_flow() -> Value {
     json!({
         "format": 1,
         "start": "ask",
@@ -425,6 +436,7 @@ async fn a_message_with_no_open_session_starts_an_inbound_one() {
     let flow = json!({
         "format": 1,
         "start": "route",
+        "inbound": {"accept": true},
         "nodes": [
             {"id": "route", "type": "classify", "input": "$LAST_INPUT",
              "intents": [
@@ -488,6 +500,32 @@ async fn an_agent_may_decline_inbound_sessions_with_a_reply() {
         said_by_agent(&transcript(&app, &key, id).await),
         ["This number does not take messages."]
     );
+}
+
+/// A flow that says nothing of inbound sessions does not run for a
+/// stranger's message: it declines, silently (docs/flows.md).
+#[tokio::test]
+async fn without_an_inbound_policy_a_strangers_message_is_declined_silently() {
+    let app = TestApp::spawn().await;
+    let (key, _, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
+    let from = person();
+    let you = Person::new(&app, &key, "sms", &from, &number);
+    let delivered = you.says("hello?").await;
+    assert_eq!(delivered["started"], true);
+    let id = delivered["session_id"].as_str().unwrap();
+    let session = app.ended_session(&key, id).await;
+    assert_eq!(session["outcome"], "completed");
+    let kinds: Vec<&str> = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"inbound_declined"), "{kinds:?}");
+    assert!(!kinds.contains(&"node_entered"), "the flow ran: {kinds:?}");
+    let t = transcript(&app, &key, id).await;
+    assert_eq!(said_by_agent(&t), Vec::<String>::new(), "{t}");
+    assert_eq!(messages(&t, "inbound"), ["hello?"]);
 }
 
 #[tokio::test]
@@ -910,8 +948,10 @@ async fn without_an_smtp_relay_an_email_node_records_the_failure_and_goes_on() {
 
 #[tokio::test]
 async fn providers_deliver_inbound_messages_with_the_operators_token() {
-    let app = TestApp::spawn_with(|c| c.inbound_token = Some("s3cret".into())).await;
-    let (key, _, number) = agent_with_flow(&app, Channel::Sms, question_flow()).await;
+    let app = TestApp::spawn_with(|c| c.inbound_token = Some(Secret::new("s3cret".into()))).await;
+    let mut flow = question_flow();
+    flow["inbound"] = json!({"accept": true});
+    let (key, _, number) = agent_with_flow(&app, Channel::Sms, flow).await;
     let message = json!({"from": person(), "to": number, "text": "hello"});
     let post = |token: Option<&'static str>| {
         let mut request = app.client.post(app.url("/inbound/sms")).json(&message);
@@ -1050,4 +1090,97 @@ async fn a_bad_draft_is_refused_at_publish() {
         message.starts_with("node 'a'") && message.contains("NOBODY"),
         "{message}"
     );
+}
+
+/// A flow whose sub-flows run `depth` calls inside one another: the main
+/// flow calls `s1`, each `s{i}` calls `s{i+1}` at its node `c{i}`, the last
+/// only sends a message.
+fn nested_flow(depth: usize) -> Value {
+    let subflows: Vec<Value> = (1..=depth)
+        .map(|i| {
+            let nodes = if i == depth {
+                json!([
+                    {"id": format!("c{i}"), "type": "send_message", "text": "Deep down.", "next": format!("r{i}")},
+                    {"id": format!("r{i}"), "type": "return"}
+                ])
+            } else {
+                json!([
+                    {"id": format!("c{i}"), "type": "flow", "flow": format!("s{}", i + 1), "next": format!("r{i}")},
+                    {"id": format!("r{i}"), "type": "return"}
+                ])
+            };
+            json!({"name": format!("s{i}"), "start": format!("c{i}"), "nodes": nodes})
+        })
+        .collect();
+    json!({
+        "format": 1,
+        "start": "call",
+        "subflows": subflows,
+        "nodes": [
+            {"id": "call", "type": "flow", "flow": "s1", "next": "end"},
+            {"id": "end", "type": "end"}
+        ]
+    })
+}
+
+/// docs/flows.md: sub-flows nest at most 32 calls deep. A deeper flow is
+/// refused when written, naming the node whose call goes too deep, and
+/// when published; one stored all the same (by an older herald) ends its
+/// session as failed, saying why.
+#[tokio::test]
+async fn sub_flows_nest_at_most_32_calls_deep() {
+    let app = TestApp::spawn().await;
+    let key = app.new_key("deep").await;
+    let create = |flow: Value| {
+        app.post(
+            "/agents",
+            &key,
+            json!({"name": "deep", "type": "sms", "number": unique_number(), "flow": flow}),
+        )
+    };
+    assert_eq!(create(nested_flow(32)).await.status(), 201);
+    let too_deep =
+        "node 'c32': flow 's33' would run 33 calls deep; sub-flows nest at most 32 calls deep";
+    assert_error(create(nested_flow(33)).await, 400, too_deep).await;
+    let response = create(nested_flow(200)).await;
+    assert_eq!(response.status(), 400);
+
+    // Stored behind the API's back: publishing checks the draft, and a
+    // version that has it runs into the bound.
+    let deep = nested_flow(40).to_string();
+    let db = app.db().await;
+    let (key, agent, _) =
+        agent_with_flow(&app, Channel::Sms, greeting_flow(Channel::Sms, "Hi.")).await;
+    db.execute(
+        "UPDATE agents SET flow = $1 WHERE agent_id = $2",
+        &[&deep, &agent],
+    )
+    .await;
+    let publish = app
+        .post(&format!("/agents/{agent}/publish"), &key, json!({}))
+        .await;
+    assert_eq!(publish.status(), 400);
+    let body: Value = publish.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("would run 33 calls deep"),
+        "{body}"
+    );
+    db.execute(
+        "UPDATE agent_versions SET flow = $1 WHERE agent_id = $2",
+        &[&deep, &agent],
+    )
+    .await;
+    let id = trigger_sms(&app, &key, &agent, &person(), json!([])).await;
+    let session = app.ended_session(&key, &id).await;
+    assert_eq!(session["outcome"], "failed");
+    let ended = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "ended")
+        .unwrap();
+    assert_eq!(ended["reason"], "subflow_too_deep");
 }

@@ -63,8 +63,8 @@ impl TestApp {
         let dir = Arc::new(tempfile::tempdir().expect("a temporary directory"));
         let mut config = Config {
             listen: ([127, 0, 0, 1], 0).into(),
-            database_url: crate::BACKEND.fresh_database(dir.path()).await,
-            redis_url: crate::BACKEND.redis_url(),
+            database_url: crate::BACKEND.fresh_database(dir.path()).await.into(),
+            redis_url: crate::BACKEND.redis_url().map(Into::into),
             // The test receiver is on loopback.
             allow_private_callbacks: true,
             callback_retry_schedule: vec![Duration::from_millis(200); 3],
@@ -84,7 +84,7 @@ impl TestApp {
 
     /// The server's database, opened directly, as an operator would.
     pub async fn db(&self) -> TestDb {
-        TestDb::connect(&self.config.database_url).await
+        TestDb::connect(self.config.database_url.expose()).await
     }
 
     /// The sessions stored for `agent`, straight from the database.
@@ -294,6 +294,27 @@ impl TestDb {
                     .fetch_one(pool)
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    /// Runs one statement with text arguments, for changes the API would
+    /// refuse (a store as an older herald or an operator left it).
+    pub async fn execute(&self, sql: &str, args: &[&str]) {
+        match self {
+            TestDb::Sqlite(conn) => {
+                conn.execute(sql, rusqlite::params_from_iter(args))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            TestDb::Postgres(pool) => {
+                let mut query = sqlx::query(sql);
+                for arg in args {
+                    query = query.bind(*arg);
+                }
+                query
+                    .execute(pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
         }
     }
@@ -614,29 +635,72 @@ pub struct ServeProcess {
     child: std::process::Child,
 }
 
+/// How [`ServeProcess::start_with`] runs `herald serve`.
+#[derive(Default)]
+pub struct ServeOptions<'a> {
+    pub args: &'a [&'a str],
+    pub envs: &'a [(&'a str, &'a str)],
+    /// The file its standard error (its log) goes to; none when `None`.
+    pub log: Option<&'a std::path::Path>,
+    /// The limit on open files it runs under (soft and hard).
+    pub open_files: Option<u64>,
+}
+
 impl ServeProcess {
     /// Starts `herald serve` with these arguments and environment and waits
     /// until it answers `/healthz`.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_with(ServeOptions {
+            args,
+            envs,
+            ..ServeOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(options: ServeOptions<'_>) -> Self {
+        use std::os::unix::process::CommandExt;
+
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let stderr = match options.log {
+            Some(path) => std::fs::File::create(path).unwrap().into(),
+            None => std::process::Stdio::null(),
+        };
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
             .arg("serve")
-            .args(args)
+            .args(options.args)
             .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
             .envs(
                 crate::BACKEND
                     .redis_url()
                     .map(|url| ("HERALD_REDIS_URL", url)),
             )
-            .envs(envs.iter().copied())
+            .envs(options.envs.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("herald serve starts");
+            .stderr(stderr);
+        if let Some(limit) = options.open_files {
+            let limit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().expect("herald serve starts");
         let server = ServeProcess {
             base: format!("http://127.0.0.1:{port}"),
             child,

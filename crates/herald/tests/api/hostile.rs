@@ -785,17 +785,90 @@ async fn control_characters_fail_each_field_s_own_check() {
     f.refuse_all(cases).await;
 }
 
-/// Free text may hold any character: a session parameter's value comes
-/// back exactly as sent, NUL and escape sequences included, on every store.
+/// Free text may hold any character but NUL: a session parameter's value
+/// comes back exactly as sent, escape sequences included, on every store.
 #[tokio::test]
 async fn control_characters_in_a_session_parameter_are_kept_exactly() {
     let f = Fixture::new().await;
-    let value = "a\u{0}b\u{1}\u{1b}[31mred\u{7f}\u{85}\u{2028}\u{202e}\r\n\t\u{feff}";
+    let value = "a\u{1}b\u{1b}[31mred\u{7f}\u{85}\u{2028}\u{202e}\r\n\t\u{feff}";
     let params = json!([{"name": "note", "value": value}]);
     for (name, path, valid, _) in f.triggers() {
         let body = with(&valid, "session_parameters", params.clone());
         let session = f.accepted(name, path, body).await;
         assert_eq!(session["session_parameters"], params, "{name}");
+    }
+}
+
+/// NUL has no meaning in text and PostgreSQL cannot store it: in every
+/// field a client writes free text into, it gets the same 400 naming the
+/// field on every store, and nothing is stored.
+#[tokio::test]
+async fn a_nul_in_free_text_is_refused_naming_the_field() {
+    let f = Fixture::new().await;
+    let mut cases = Vec::new();
+    for (name, path, valid, _) in f.triggers() {
+        cases.push(case(
+            format!("{name}: NUL in a session parameter's value"),
+            path,
+            with(
+                &valid,
+                "session_parameters",
+                json!([{"name": "note", "value": "a\u{0}b"}]),
+            ),
+            400,
+            is("session_parameters[0].value must not contain NUL characters"),
+        ));
+    }
+    for (field, parameter) in [
+        ("text", json!({"type": "text", "text": "Ada\u{0}"})),
+        (
+            "currency.fallback_value",
+            json!({"type": "currency", "currency": {"fallback_value": "\u{0}", "code": "EUR", "amount_1000": 1}}),
+        ),
+        (
+            "image.link",
+            json!({"type": "image", "image": {"link": "https://example.com/\u{0}.png"}}),
+        ),
+    ] {
+        cases.push(case(
+            format!("whatsapp: NUL in a parameter's {field}"),
+            MESSAGE,
+            with(
+                &f.whatsapp(),
+                "components",
+                json!([{"type": "body", "parameters": [parameter]}]),
+            ),
+            400,
+            is(format!(
+                "components[0].parameters[0].{field} must not contain NUL characters"
+            )),
+        ));
+    }
+    f.refuse_all(cases).await;
+    for (flow, field) in [
+        (
+            json!({"format": 1, "start": "a", "nodes": [
+                {"id": "a", "type": "send_message", "text": "Hi\u{0}", "next": "b"},
+                {"id": "b", "type": "end"}]}),
+            "flow.nodes[0].text",
+        ),
+        (
+            json!({"format": 1, "start": "a", "nodes": [
+                {"id": "a", "type": "webhook", "url": "https://example.com/x",
+                 "body": "note: \u{0}", "success": "b", "failure": "b"},
+                {"id": "b", "type": "end"}]}),
+            "flow.nodes[0].body",
+        ),
+    ] {
+        let mut body = f.agent();
+        body["flow"] = flow;
+        let response = f.app.post(AGENTS, &f.key, body).await;
+        assert_error(
+            response,
+            400,
+            &format!("{field} must not contain NUL characters"),
+        )
+        .await;
     }
 }
 

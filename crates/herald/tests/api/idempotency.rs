@@ -301,6 +301,25 @@ async fn an_idempotency_key_longer_than_255_characters_gets_400() {
     assert_eq!(again, first);
 }
 
+/// The message and the OpenAPI document say visible ASCII: a space or a
+/// tab, which a header value may hold, is not part of a key.
+#[tokio::test]
+async fn an_idempotency_key_with_spaces_or_tabs_gets_400() {
+    let app = TestApp::spawn().await;
+    let (key, agent) = account_with_agent(&app, Channel::Voice).await;
+    for bad in ["a b", "a\tb", "order 17"] {
+        let response = make_call(&app, &key, bad, &call(&agent)).await;
+        assert_error(
+            response,
+            400,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .await;
+    }
+    assert_eq!(app.stored_sessions(&agent).await, 0, "nothing was started");
+    accepted(make_call(&app, &key, "order-17_!~", &call(&agent)).await).await;
+}
+
 #[tokio::test]
 async fn the_same_key_from_two_accounts_starts_two_sessions() {
     let app = TestApp::spawn().await;

@@ -9,11 +9,13 @@ mod helpers;
 
 mod agents;
 mod callbacks;
+mod connections;
 mod conventions;
 mod conversations;
 mod crash;
 mod durability;
 mod examples;
+mod fairness;
 mod hostile;
 mod idempotency;
 mod make_call;
@@ -21,6 +23,8 @@ mod messaging;
 mod operator;
 mod outage;
 mod rate_limits;
+mod secrets;
 mod sessions;
+mod tenancy;
 
 const BACKEND: helpers::Backend = helpers::Backend::Embedded;

@@ -485,6 +485,61 @@ async fn status_url_naming_the_host_clients_reach_us_by_is_refused() {
     }
 }
 
+/// Every spelling of this server's own address on its port is refused,
+/// not only `127.0.0.1` and `localhost`: callbacks to any of them would
+/// come back to herald itself.
+#[tokio::test]
+async fn status_url_spelling_this_server_s_address_any_way_is_refused() {
+    // On every address of the machine, so that a name that resolves to any
+    // of them names this server.
+    let app = TestApp::spawn_with(|c| c.listen = ([0, 0, 0, 0], 0).into()).await;
+    let (key, agent) = account_with_agent(&app, Channel::Voice).await;
+    app.set_rate(&agent, 100).await;
+    let port = app.server().local_addr().port();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the machine's host name")
+        .trim()
+        .to_owned();
+    assert!(
+        tokio::net::lookup_host((host.as_str(), port)).await.is_ok(),
+        "this test needs the machine's own name ({host}) to resolve"
+    );
+    let call = |url: String| {
+        app.post(
+            CALL,
+            &key,
+            json!({"agent_id": agent, "to": "447700900123", "status_url": url}),
+        )
+    };
+    for url in [
+        format!("http://localhost.:{port}/x"),
+        format!("http://LocalHost:{port}/x"),
+        format!("http://api.localhost:{port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/x"),
+        format!("http://[::ffff:7f00:1]:{port}/x"),
+        format!("http://[::1]:{port}/x"),
+        format!("http://127.1.2.3:{port}/x"),
+        format!("http://0.0.0.0:{port}/x"),
+        format!("http://{host}:{port}/x"),
+        format!("http://{host}.:{port}/x"),
+    ] {
+        assert_error(
+            call(url.clone()).await,
+            400,
+            "status_url must not point at this service",
+        )
+        .await;
+    }
+    // Another port of this machine is someone else's.
+    let elsewhere = if port == 9 { 10 } else { 9 };
+    for url in [
+        format!("http://localhost:{elsewhere}/x"),
+        format!("http://{host}:{elsewhere}/x"),
+    ] {
+        assert_eq!(call(url.clone()).await.status(), 200, "{url}");
+    }
+}
+
 #[tokio::test]
 async fn from_prefers_the_agent_of_this_server_s_region() {
     let app = TestApp::spawn().await;

@@ -98,7 +98,7 @@ async fn herald(app: &TestApp, args: &[&str], envs: &[(&str, &str)]) -> Output {
     command
         .args(args)
         .arg("--database")
-        .arg(&app.config.database_url)
+        .arg(app.config.database_url.expose())
         .env_remove("HERALD_MAX_RATE")
         .env_remove("HERALD_DATABASE_URL");
     for (name, value) in envs {
@@ -524,7 +524,8 @@ async fn an_unreachable_shared_limiter_answers_503_and_stores_nothing() {
         .unwrap()
         .port();
     let app =
-        TestApp::spawn_with(|c| c.redis_url = Some(format!("redis://127.0.0.1:{port}"))).await;
+        TestApp::spawn_with(|c| c.redis_url = Some(format!("redis://127.0.0.1:{port}").into()))
+            .await;
     let (key, agent) = account_with_agent(&app, Channel::Voice).await;
     let response = app.post("/telephony/make-call", &key, call(&agent)).await;
     let retry_after = response

@@ -13,6 +13,8 @@ mod helpers;
 mod agents;
 #[path = "../api/callbacks.rs"]
 mod callbacks;
+#[path = "../api/connections.rs"]
+mod connections;
 #[path = "../api/conventions.rs"]
 mod conventions;
 #[path = "../api/conversations.rs"]
@@ -23,6 +25,8 @@ mod crash;
 mod durability;
 #[path = "../api/examples.rs"]
 mod examples;
+#[path = "../api/fairness.rs"]
+mod fairness;
 #[path = "../api/hostile.rs"]
 mod hostile;
 #[path = "../api/idempotency.rs"]
@@ -37,8 +41,12 @@ mod operator;
 mod outage;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;
+#[path = "../api/secrets.rs"]
+mod secrets;
 #[path = "../api/sessions.rs"]
 mod sessions;
+#[path = "../api/tenancy.rs"]
+mod tenancy;
 
 mod instances;
 
