@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::SmtpSettings;
+use crate::startup::config::SmtpSettings;
 
 /// An aiosmtpd on 127.0.0.1 that keeps what it receives in a maildir;
 /// killed when dropped.

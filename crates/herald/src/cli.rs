@@ -12,7 +12,7 @@ use herald_core::keys::{generate_key, hash_key};
 use herald_core::secret::{redact_url, Secret, SecretUrl};
 use herald_core::{AgentId, Region};
 use herald_server::config::{parse_retry_schedule, Config, SmtpSettings};
-use herald_server::email::Mailer;
+use herald_server::outbound::email::Mailer;
 use herald_store::StoreOptions;
 
 #[derive(Parser)]
@@ -226,7 +226,7 @@ impl ServeArgs {
             .filter(|p| !p.is_empty())
             .map(SecretUrl::new);
         if let Some(proxy) = &outbound_proxy {
-            herald_server::outbound::check_proxy(proxy)?;
+            herald_server::outbound::guard::check_proxy(proxy)?;
         }
         if let Some(settings) = &smtp {
             // A mistake here stops the server now, not every email later.
@@ -260,11 +260,10 @@ impl ServeArgs {
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
             outbound_proxy,
-            max_connections: self
-                .max_connections
-                .map_or_else(herald_server::serve::default_max_connections, |n| {
-                    n as usize
-                }),
+            max_connections: self.max_connections.map_or_else(
+                herald_server::startup::listener::default_max_connections,
+                |n| n as usize,
+            ),
             header_timeout: secs(self.header_timeout_secs, defaults.header_timeout),
             body_timeout: secs(self.body_timeout_secs, defaults.body_timeout),
             max_running_sessions: self
@@ -329,7 +328,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await;
         }
         Command::Demo { serve, receiver } => {
-            herald_server::demo::run(serve.config()?, receiver).await?;
+            crate::demo::run(serve.config()?, receiver).await?;
         }
         Command::Keys { command } => match command {
             KeysCommand::Create { account, database } => {
@@ -374,7 +373,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("agent {agent} may now start {rate} session(s) per second");
             }
         },
-        Command::Openapi => print!("{}", herald_server::openapi::document()),
+        Command::Openapi => print!("{}", herald_server::api::openapi::document()),
         Command::Bench(args) => crate::bench::run(args).await?,
         Command::Chat(args) => crate::chat::run(args).await?,
     }

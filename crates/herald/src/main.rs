@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod cli;
+mod demo;
 
 /// mimalloc rather than the C library's allocator: a server's threads
 /// allocate and free small objects all the time, and glibc's arenas spent

@@ -533,7 +533,7 @@ async fn openapi_json_is_an_openapi_3_document_of_every_endpoint() {
 async fn the_committed_openapi_json_is_the_generated_document() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.json"))
         .expect("openapi.json at the repository root; create it with `cargo run -p herald -- openapi > openapi.json`");
-    let generated = herald_server::openapi::document();
+    let generated = herald_server::api::openapi::document();
     assert!(
         committed == generated,
         "openapi.json at the repository root is out of date with the handlers' annotations; \
@@ -557,7 +557,7 @@ fn openapi_json_passes_the_standard_validator() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let doc: Value = serde_json::from_str(&herald_server::openapi::document()).unwrap();
+    let doc: Value = serde_json::from_str(&herald_server::api::openapi::document()).unwrap();
     let mut ids = std::collections::HashSet::new();
     for (path, methods) in doc["paths"].as_object().unwrap() {
         for (method, operation) in methods.as_object().unwrap() {

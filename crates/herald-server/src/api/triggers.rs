@@ -25,7 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{authenticate, read_body};
-use crate::error::{ApiError, ErrorBody};
+use crate::api::error::{ApiError, ErrorBody};
 use crate::AppState;
 
 /// The contract's text for any failure to store a session (CONTRACT §2.2 step 9).
@@ -132,7 +132,7 @@ pub struct ConversationRequest {
     /// A phone number with country code (digits only, one leading `+` allowed).
     #[schema(example = "447700900123", pattern = r"^\+?[1-9][0-9]{6,14}$")]
     to: String,
-    #[schema(value_type = crate::openapi::MessagingChannel)]
+    #[schema(value_type = crate::api::openapi::MessagingChannel)]
     channel: String,
     /// Where status callbacks go: an absolute http or https URL; required on WhatsApp.
     #[schema(pattern = r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+", max_length = 2048)]

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{account, agents, conversations, ops, sessions, templates, trigger};
+use crate::api::{account, agents, ops, replies, sessions, templates, triggers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,8 +15,8 @@ use crate::routes::{account, agents, conversations, ops, sessions, templates, tr
         license(name = "Apache-2.0")
     ),
     paths(
-        trigger::make_call,
-        trigger::conversation,
+        triggers::make_call,
+        triggers::conversation,
         agents::create,
         agents::list,
         agents::read,
@@ -29,14 +29,14 @@ use crate::routes::{account, agents, conversations, ops, sessions, templates, tr
         sessions::read,
         sessions::list,
         sessions::read_transcript,
-        conversations::simulated,
-        conversations::provider,
-        conversations::live_agent,
+        replies::simulated,
+        replies::provider,
+        replies::live_agent,
         ops::healthz,
         ops::metrics,
         ops::openapi,
     ),
-    components(schemas(crate::error::ErrorBody, trigger::TriggerResponse)),
+    components(schemas(crate::api::error::ErrorBody, triggers::TriggerResponse)),
     modifiers(&Security),
     tags(
         (name = "triggers", description = "Start sessions (CONTRACT §2, §3)"),

@@ -23,8 +23,8 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use super::{authenticate, opt_string, read_object, req_string, PathParam};
-use crate::error::{ApiError, ErrorBody};
-use crate::runtime::input_kind;
+use crate::api::error::{ApiError, ErrorBody};
+use crate::session::driver::input_kind;
 use crate::AppState;
 
 /// The longest text one input may carry.
@@ -395,7 +395,7 @@ pub async fn live_agent(
 async fn session_of(app: &AppState, account: AccountId, raw: &str) -> Result<SessionId, ApiError> {
     let session = super::sessions::owned_session(app, account, raw).await?;
     let id = session.id;
-    if !crate::runtime::with_live_agent(&session) {
+    if !crate::session::driver::with_live_agent(&session) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("Session {id} is not with a live agent"),

@@ -15,7 +15,7 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::config::SmtpSettings;
+use crate::startup::config::SmtpSettings;
 
 /// How long one email may take, connecting included: the session waits for
 /// it.

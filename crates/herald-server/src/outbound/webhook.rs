@@ -15,7 +15,7 @@ use herald_core::secret::SecretUrl;
 use herald_flow::{Event, WebhookRequest};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 
-use crate::outbound::{refused_by_resolver, GuardedClient};
+use crate::outbound::guard::{refused_by_resolver, GuardedClient};
 
 /// The most of an answer that is read; a flow maps a few fields out of it.
 pub const MAX_ANSWER: usize = 64 * 1024;

@@ -1,12 +1,15 @@
-//! The HTTP API: one module per resource, and the pieces they share.
+//! The HTTP API: one module per resource, and the pieces they share
+//! (authentication, bodies, path parameters, the router and its layers).
 
 pub mod account;
 pub mod agents;
-pub mod conversations;
+pub mod error;
+pub mod openapi;
 pub mod ops;
+pub mod replies;
 pub mod sessions;
 pub mod templates;
-pub mod trigger;
+pub mod triggers;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -18,7 +21,7 @@ use axum::Router;
 use herald_core::AccountId;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::AppState;
 
@@ -27,8 +30,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 pub fn router(app: AppState) -> Router {
     let mut api = Router::new()
-        .route("/telephony/make-call", post(trigger::make_call))
-        .route("/messaging/conversation", post(trigger::conversation))
+        .route("/telephony/make-call", post(triggers::make_call))
+        .route("/messaging/conversation", post(triggers::conversation))
         .route("/agents", post(agents::create).get(agents::list))
         .route(
             "/agents/{agent_id}",
@@ -48,10 +51,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/sessions/{session_id}/live-agent",
-            post(conversations::live_agent),
+            post(replies::live_agent),
         )
-        .route("/simulator/inbound", post(conversations::simulated))
-        .route("/inbound/{channel}", post(conversations::provider))
+        .route("/simulator/inbound", post(replies::simulated))
+        .route("/inbound/{channel}", post(replies::provider))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));

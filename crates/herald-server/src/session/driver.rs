@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::dispatcher::Slot;
 use crate::metrics::{ChannelLabels, OutcomeLabels};
+use crate::session::dispatcher::Slot;
 use crate::AppState;
 
 /// How long a live agent's endpoint may take to take a message.
@@ -552,7 +552,10 @@ impl Driver<'_> {
                 let app = self.app;
                 let answer = self
                     .slot
-                    .outside(crate::webhook_call::call(&app.webhook_client, &request))
+                    .outside(crate::outbound::webhook::call(
+                        &app.webhook_client,
+                        &request,
+                    ))
                     .await;
                 match &answer {
                     Event::WebhookAnswered { status, .. } => {
@@ -594,7 +597,7 @@ impl Driver<'_> {
                     .session(self.session.account_id, self.session.id)
                     .await?
                 {
-                    Some(stored) => crate::routes::sessions::transcript(&stored.events),
+                    Some(stored) => crate::api::sessions::transcript(&stored.events),
                     None => Vec::new(),
                 };
                 let body = json!({
@@ -641,7 +644,10 @@ impl Driver<'_> {
         let app = self.app;
         let answer = self
             .slot
-            .outside(crate::webhook_call::call(&app.webhook_client, &request))
+            .outside(crate::outbound::webhook::call(
+                &app.webhook_client,
+                &request,
+            ))
             .await;
         match answer {
             Event::WebhookAnswered { status, .. } if (200..300).contains(&status) => {

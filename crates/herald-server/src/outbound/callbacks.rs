@@ -17,8 +17,8 @@ use herald_store::{DueCallback, Settlement, Verdict};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::outbound::{refused_by_resolver, GuardedClient, Refused};
-use crate::work::LeasedWork;
+use crate::leases::LeasedWork;
+use crate::outbound::guard::{refused_by_resolver, GuardedClient, Refused};
 use crate::{AppState, Shutdown};
 
 /// Callbacks in flight at once.

@@ -19,7 +19,7 @@ use herald_core::AccountId;
 use herald_store::{DispatchLease, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::work::LeasedWork;
+use crate::leases::LeasedWork;
 use crate::{AppState, Shutdown};
 
 const CLAIM_BATCH: usize = 128;
@@ -203,7 +203,7 @@ async fn run_holding_lease(app: &AppState, lease: DispatchLease, slot: Slot) -> 
     // session's end to count).
     tokio::select! {
         biased;
-        result = crate::runtime::run_session(app, lease, slot) => result,
+        result = crate::session::driver::run_session(app, lease, slot) => result,
         lost = keep_renewing(app, lease) => Err(lost.into()),
     }
 }

@@ -18,7 +18,7 @@ use herald_core::{AccountId, Channel};
 use herald_store::{AgentPatch, NewAgent, Store, StoreError, Template};
 use tokio::net::TcpListener;
 
-use crate::Config;
+use herald_server::Config;
 
 const ACCOUNT: &str = "demo";
 const TEMPLATE: (&str, &str, &str) = ("demo_namespace", "appointment_reminder", "en");
@@ -110,7 +110,7 @@ pub async fn run(mut config: Config, receiver_addr: std::net::SocketAddr) -> any
     // The demo's receiver is on this machine.
     config.allow_private_callbacks = true;
     let listener = TcpListener::bind(config.listen).await?;
-    let server = crate::start(config, listener).await?;
+    let server = herald_server::start(config, listener).await?;
     let store = server.app().store.clone();
 
     let key = generate_key();

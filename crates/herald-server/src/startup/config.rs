@@ -66,7 +66,7 @@ pub struct Config {
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
-/// by [`crate::email::Mailer::new`].
+/// by [`crate::outbound::email::Mailer::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpSettings {
     /// `smtp://HOST:PORT` (plain, such as a relay on this machine),

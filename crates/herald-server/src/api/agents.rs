@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{authenticate, opt_string, read_object, req_string, PathParam};
-use crate::error::{ApiError, ErrorBody};
+use crate::api::error::{ApiError, ErrorBody};
 use crate::AppState;
 
 const MAX_NAME: usize = 200;
