@@ -13,38 +13,11 @@ use herald_core::session::MessageStatus;
 use herald_core::Channel;
 use tokio::sync::mpsc;
 
-/// How a call attempt ended before any conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallFailure {
-    Busy,
-    Rejected,
-    Timeout,
-    Failed,
-    Cancelled,
-}
-
-impl CallFailure {
-    /// The status word callbacks and outcomes use (CONTRACT §5.1).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallFailure::Busy => "busy",
-            CallFailure::Rejected => "rejected",
-            CallFailure::Timeout => "timeout",
-            CallFailure::Failed => "failed",
-            CallFailure::Cancelled => "cancelled",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallAnswer {
-    Person,
-    Machine,
-}
+pub use herald_core::session::{AnsweredBy, CallFailure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallResult {
-    Answered(CallAnswer),
+    Answered(AnsweredBy),
     NotAnswered(CallFailure),
 }
 

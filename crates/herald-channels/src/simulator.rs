@@ -37,8 +37,8 @@ impl Simulator {
             Some(92) => CallResult::NotAnswered(CallFailure::Timeout),
             Some(93) => CallResult::NotAnswered(CallFailure::Failed),
             Some(94) => CallResult::NotAnswered(CallFailure::Cancelled),
-            Some(95) => CallResult::Answered(CallAnswer::Machine),
-            _ => CallResult::Answered(CallAnswer::Person),
+            Some(95) => CallResult::Answered(AnsweredBy::Machine),
+            _ => CallResult::Answered(AnsweredBy::Person),
         }
     }
 
@@ -106,15 +106,15 @@ mod tests {
         );
         assert_eq!(
             Simulator::call_result(Some(95)),
-            CallResult::Answered(CallAnswer::Machine)
+            CallResult::Answered(AnsweredBy::Machine)
         );
         assert_eq!(
             Simulator::call_result(Some(23)),
-            CallResult::Answered(CallAnswer::Person)
+            CallResult::Answered(AnsweredBy::Person)
         );
         assert_eq!(
             Simulator::call_result(None),
-            CallResult::Answered(CallAnswer::Person)
+            CallResult::Answered(AnsweredBy::Person)
         );
         assert_eq!(
             Simulator::message_statuses(Channel::Sms, Some(90)),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{criterion_group, criterion_main, Criterion};
 use herald_core::flow::FlowDefinition;
 use herald_core::Channel;
-use herald_flow::{step, Action, Event, FlowState, Input, InputKind, Wait};
+use herald_flow::{step, Action, Event, FlowState, Input, InputMode, Wait};
 use serde_json::json;
 
 /// Wednesday 20 November 2024, 00:00:00 UTC.
@@ -116,7 +116,7 @@ fn input_date(c: &mut Criterion) {
         ("weekday", "friday"),
     ] {
         let event = Event::Input(Input {
-            kind: InputKind::Text,
+            mode: InputMode::Text,
             text: text.into(),
         });
         let (_, actions) = step(&flow, waiting.clone(), event.clone(), now());

@@ -41,7 +41,7 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, Weekday};
 use herald_core::flow::{CustomEntity, FlowDefinition};
 
 use crate::classifier::words;
-use crate::InputKind;
+use crate::InputMode;
 
 /// The names of the built-in entities.
 pub const BUILT_IN: [&str; 7] = [
@@ -65,7 +65,7 @@ pub const NO: &[&str] = &["no", "n", "nope", "nah", "not", "wrong", "cancel", "2
 pub fn extract(
     entity: &str,
     text: &str,
-    kind: InputKind,
+    kind: InputMode,
     flow: &FlowDefinition,
     now: SystemTime,
 ) -> Option<String> {
@@ -146,8 +146,8 @@ const TENS: [&str; 8] = [
     "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
 
-pub fn number(text: &str, kind: InputKind) -> Option<String> {
-    if kind == InputKind::Dtmf {
+pub fn number(text: &str, kind: InputMode) -> Option<String> {
+    if kind == InputMode::Dtmf {
         let keys = text.trim().trim_end_matches('#');
         if !keys.is_empty() && keys.bytes().all(|b| b.is_ascii_digit()) {
             return Some(keys.to_owned());

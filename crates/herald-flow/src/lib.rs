@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod classifier;
 pub mod conditions;
 pub mod entities;
+pub mod lifecycle;
 mod machine;
 pub mod webhook;
 
@@ -135,13 +136,14 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
-    pub kind: InputKind,
+    pub mode: InputMode,
     pub text: String,
 }
 
+/// How the person answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum InputKind {
+pub enum InputMode {
     /// A message (SMS, WhatsApp).
     Text,
     /// Keypad digits on a call.
@@ -212,30 +214,8 @@ pub struct WebhookRequest {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// An end node, or a flow that ran out of nodes.
-    Completed,
-    /// A Call Routing node handed the call over.
-    Transferred,
-    /// The live agent ended the conversation.
-    LiveAgentEnded,
-    /// The session's maximum lifetime ran out.
-    Expired,
-    /// The step bound was reached (a loop validation could not rule out).
-    Looped,
-    /// A sub-flow call would have gone deeper than [`MAX_SUBFLOW_DEPTH`].
-    SubflowTooDeep,
-}
-
-impl EndReason {
-    /// Whether the conversation ended because the flow could not go on,
-    /// rather than by its own design: the session's outcome is `failed`.
-    pub fn is_failure(self) -> bool {
-        matches!(self, EndReason::SubflowTooDeep)
-    }
-}
+/// Why a conversation ended: the session vocabulary's own.
+pub use herald_core::session::EndReason;
 
 /// The most nodes one step may pass through. Validation rejects flows that
 /// could loop without waiting; this bound makes sure a step always returns.

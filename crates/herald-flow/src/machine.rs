@@ -223,7 +223,7 @@ impl<'a> Machine<'a> {
                 if self.context_switch(*context_switch, &input.text) {
                     return;
                 }
-                let value = entities::extract(entity, &input.text, input.kind, self.flow, self.now);
+                let value = entities::extract(entity, &input.text, input.mode, self.flow, self.now);
                 if let Some(value) = value {
                     self.set(parameter, value);
                     self.stop_waiting();

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use herald_core::flow::FlowDefinition;
 use herald_core::Channel;
 use herald_flow::{
-    step, Action, EndReason, Event, FlowState, Input, InputKind, Wait, WebhookRequest,
+    step, Action, EndReason, Event, FlowState, Input, InputMode, Wait, WebhookRequest,
     MAX_NODES_PER_STEP, MAX_SUBFLOW_DEPTH,
 };
 use serde_json::{json, Value};
@@ -72,12 +72,12 @@ impl Talk {
     }
 
     fn say(&mut self, text: &str) -> Vec<Action> {
-        self.input(InputKind::Text, text)
+        self.input(InputMode::Text, text)
     }
 
-    fn input(&mut self, kind: InputKind, text: &str) -> Vec<Action> {
+    fn input(&mut self, mode: InputMode, text: &str) -> Vec<Action> {
         self.send(Event::Input(Input {
-            kind,
+            mode,
             text: text.into(),
         }))
     }
@@ -232,7 +232,7 @@ fn a_second_start_and_events_before_the_start_are_ignored() {
     ])));
     for event in [
         Event::Input(Input {
-            kind: InputKind::Text,
+            mode: InputMode::Text,
             text: "hi".into(),
         }),
         Event::Timer,
@@ -268,7 +268,7 @@ fn an_ended_conversation_ignores_everything() {
             parameters: BTreeMap::new(),
         },
         Event::Input(Input {
-            kind: InputKind::Text,
+            mode: InputMode::Text,
             text: "hi".into(),
         }),
         Event::Timer,
@@ -717,9 +717,9 @@ fn collect_input_with_a_custom_entity_and_keypad() {
         ]}]}),
     ));
     talk.start_on(Channel::Voice, &[]);
-    talk.input(InputKind::Speech, "a big one");
+    talk.input(InputMode::Speech, "a big one");
     assert_eq!(talk.param("SIZE"), Some("large"));
-    talk.input(InputKind::Dtmf, "0042#");
+    talk.input(InputMode::Dtmf, "0042#");
     assert_eq!(talk.param("PIN"), Some("0042"));
 }
 

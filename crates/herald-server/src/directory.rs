@@ -241,7 +241,7 @@ impl Directory {
 mod tests {
     use herald_core::flow::FlowDefinition;
     use herald_store::sqlite::SqliteStore;
-    use herald_store::{NewAgent, StoreOptions};
+    use herald_store::{AccountStore, AgentStore, NewAgent, StoreOptions};
 
     use super::*;
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use herald_core::{AccountId, AgentId, Channel, SessionId};
 use herald_store::sqlite::SqliteStore;
 use herald_store::testing::new_session;
-use herald_store::{NewSession, Store, StoreOptions};
+use herald_store::{AccountStore, NewSession, SessionStore, StoreOptions};
 
 const TASKS: usize = 64;
 const AGENTS: usize = 64;

@@ -43,13 +43,12 @@ fn callback_failed_event(
 ) -> NewEvent {
     NewEvent {
         key: None,
-        kind: "callback_failed".into(),
+        event: herald_core::session::SessionEvent::CallbackFailed {
+            webhook_id: webhook_id.to_owned(),
+            attempts,
+            error: error.to_owned(),
+        },
         at,
-        data: Some(serde_json::json!({
-            "webhook_id": webhook_id,
-            "attempts": attempts,
-            "error": error,
-        })),
     }
 }
 
@@ -57,6 +56,58 @@ fn callback_failed_event(
 /// held by one agent at a time, so between one person and one number there
 /// is one open session, or a few after an agent was deleted and replaced.
 pub const MAX_OPEN_SESSIONS: usize = 16;
+
+/// The columns of the session row an update sets, however the update
+/// says it (see [`SessionUpdate`]).
+struct SessionChange {
+    status: Option<herald_core::session::SessionStatus>,
+    outcome: Option<herald_core::session::Outcome>,
+    ended_at: Option<DateTime<Utc>>,
+    conversation_uuid: Option<String>,
+}
+
+impl SessionChange {
+    fn of(u: &SessionUpdate) -> Self {
+        use herald_core::session::SessionStatus;
+        let ending = match &u.job {
+            JobFate::Finish(Some(ending)) => Some(*ending),
+            _ => None,
+        };
+        SessionChange {
+            status: match (&ending, &u.activate) {
+                (Some(_), _) => Some(SessionStatus::Ended),
+                (None, Some(_)) => Some(SessionStatus::Active),
+                (None, None) => None,
+            },
+            outcome: ending.map(|e| e.outcome),
+            ended_at: ending.map(|e| e.at),
+            conversation_uuid: u
+                .activate
+                .as_ref()
+                .and_then(|a| a.conversation_uuid.clone()),
+        }
+    }
+
+    /// Whether the session's row changes at all.
+    fn touches_session(&self, u: &SessionUpdate) -> bool {
+        self.status.is_some() || u.flow_state.is_some() || u.inputs_consumed.is_some()
+    }
+}
+
+/// An input row read back; an input this build cannot read is an error,
+/// never taken for something else.
+fn read_input(
+    kind: String,
+    text: String,
+    data: Option<serde_json::Value>,
+) -> Result<herald_core::session::SessionInput> {
+    use herald_core::session::{SessionInput, StoredInput};
+    let kind = kind
+        .parse()
+        .map_err(|e| StoreError::Internal(anyhow::Error::new(e)))?;
+    SessionInput::from_stored(StoredInput { kind, text, data })
+        .map_err(|e| StoreError::Internal(anyhow::Error::new(e)))
+}
 
 /// How long an idempotency key answers with its first response (CONTRACT §2.4).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -114,10 +165,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// Accounts and their API keys.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // ---- accounts and keys -------------------------------------------------
-
+pub trait AccountStore: Send + Sync + 'static {
     /// Stores a key for the account called `name`, creating the account (and
     /// its webhook secret) if it is new.
     async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId>;
@@ -127,9 +177,11 @@ pub trait Store: Send + Sync + 'static {
     async fn accounts(&self) -> Result<Vec<AccountRow>>;
     /// Counters that change whenever keys, agents or limits change.
     async fn revisions(&self) -> Result<Revisions>;
+}
 
-    // ---- agents and templates ----------------------------------------------
-
+/// Agents, their published versions and rates, and WhatsApp templates.
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
     async fn create_agent(&self, agent: NewAgent) -> Result<Agent>;
     async fn agents(&self, account: AccountId) -> Result<Vec<Agent>>;
     async fn agent(&self, account: AccountId, id: &AgentId) -> Result<Option<Agent>>;
@@ -157,9 +209,12 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         locale: &str,
     ) -> Result<Option<Template>>;
+}
 
-    // ---- sessions ----------------------------------------------------------
-
+/// Sessions: stored by triggers, read by the API, and the inputs that
+/// reach them.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     /// Stores a session, its first event and its dispatch job in one
     /// transaction, with the idempotency record if there is one. When the
     /// same idempotency key was committed first by another request, nothing
@@ -183,14 +238,34 @@ pub trait Store: Send + Sync + 'static {
     /// A session by id alone, for workers.
     async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>>;
 
-    // ---- work: dispatch jobs and the callback outbox -----------------------
+    /// Stores an input for a session that is still open (its job exists)
+    /// and makes the job due at once, in one transaction. `None` when the
+    /// session has ended (nothing is stored).
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>>;
+    /// The session's inputs with an id above `after`, oldest first; an
+    /// error if one cannot be read.
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>>;
+    /// The sessions of `channel` that are not over between the person `to`
+    /// and the agent number `from`, newest first (at most
+    /// [`MAX_OPEN_SESSIONS`]), with the account and agent of each, so that
+    /// the caller can route a reply to the one it may reach.
+    async fn open_sessions(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Vec<OpenSession>>;
+}
 
+/// The dispatch queue: a job per open session, leased to the worker that
+/// runs it, and the session's progress written under that lease.
+#[async_trait]
+pub trait DispatchQueue: Send + Sync + 'static {
     /// Leases up to `limit` due dispatch jobs until `now + lease`. A job is
     /// due when its lease (if any) has run out, so a job held by a live
-    /// worker is never handed to a second one.
-    ///
-    /// Jobs of the accounts in `skip_accounts` are passed over: they have
-    /// their share of the claimer's places already.
+    /// worker is never handed to a second one. Jobs of the accounts in
+    /// `skip_accounts` are passed over: they have their share of the
+    /// claimer's places already.
     async fn claim_dispatches(
         &self,
         now: DateTime<Utc>,
@@ -208,24 +283,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records a session's progress in one transaction (all of it or, with
     /// a lease that is no longer held, none of it).
     async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;
+}
 
-    /// Stores an input for a session that is still open (its job exists)
-    /// and makes the job due at once, in one transaction. `None` when the
-    /// session has ended (nothing is stored).
-    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>>;
-    /// The session's inputs with an id above `after`, oldest first.
-    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>>;
-    /// The sessions of `channel` that are not over between the person `to`
-    /// and the agent number `from`, newest first (at most
-    /// [`MAX_OPEN_SESSIONS`]), with the account and agent of each, so that
-    /// the caller can route a reply to the one it may reach.
-    async fn open_sessions(
-        &self,
-        channel: herald_core::Channel,
-        to: &str,
-        from: &str,
-    ) -> Result<Vec<OpenSession>>;
-
+/// The callback outbox (CONTRACT §5.4): written with the session's
+/// progress, drained by the callback sender.
+#[async_trait]
+pub trait CallbackOutbox: Send + Sync + 'static {
     /// Leases up to `limit` due callbacks, at most one per session (the
     /// oldest pending), so that a session's callbacks go out in order.
     async fn claim_callbacks(
@@ -239,4 +302,13 @@ pub trait Store: Send + Sync + 'static {
     async fn release_callbacks(&self, leases: Vec<(i64, LeaseToken)>) -> Result<()>;
     /// The earliest time a pending callback falls due, if any.
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>>;
+}
+
+/// The whole store: every part, on one backend. Workers take the part they
+/// use (an `Arc<dyn Store>` coerces to an `Arc<dyn DispatchQueue>`, say).
+pub trait Store: AccountStore + AgentStore + SessionStore + DispatchQueue + CallbackOutbox {}
+
+impl<T> Store for T where
+    T: AccountStore + AgentStore + SessionStore + DispatchQueue + CallbackOutbox
+{
 }

@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use herald_core::flow::FlowDefinition;
 use herald_core::keys::KeyHash;
-use herald_core::session::SessionParameters;
-use herald_core::session::{Outcome, SessionStatus};
+use herald_core::session::event::{BadEvent, StoredEvent};
+use herald_core::session::{Outcome, SessionEvent, SessionInput, SessionParameters, SessionStatus};
 use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 
 #[derive(Debug, Clone)]
@@ -161,15 +161,26 @@ pub struct SessionRecord {
     /// The flow runtime's state as of the last step, `None` before the
     /// session's first step. The store keeps it as opaque JSON.
     pub flow_state: Option<serde_json::Value>,
-    /// Filled by [`crate::Store::session`]; empty in listings.
-    pub events: Vec<SessionEvent>,
+    /// Filled by [`crate::SessionStore::session`]; empty in listings.
+    pub events: Vec<EventRecord>,
 }
 
+/// An event as stored: its kind and its fields, as they were written.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionEvent {
+pub struct EventRecord {
     pub kind: String,
     pub at: DateTime<Utc>,
     pub data: Option<serde_json::Value>,
+}
+
+impl EventRecord {
+    /// The event itself; an error for a kind this build does not know.
+    pub fn event(&self) -> Result<SessionEvent, BadEvent> {
+        SessionEvent::from_stored(&StoredEvent {
+            kind: self.kind.clone(),
+            data: self.data.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -185,9 +196,8 @@ pub struct SessionFilter {
 pub struct NewEvent {
     /// Makes re-recording the same step a no-op; `None` always records.
     pub key: Option<String>,
-    pub kind: String,
+    pub event: SessionEvent,
     pub at: DateTime<Utc>,
-    pub data: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,31 +211,68 @@ pub struct NewCallback {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Default)]
+/// A session's progress, written in one transaction under the lease of
+/// its dispatch job: all of it, or (when the lease is no longer held)
+/// nothing.
+#[derive(Debug, Clone)]
 pub struct SessionUpdate {
-    pub status: Option<SessionStatus>,
-    pub outcome: Option<Outcome>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub conversation_uuid: Option<String>,
+    /// The dispatch lease the update is made under. Nothing is written
+    /// unless the job still carries it ([`crate::StoreError::LeaseLost`]).
+    pub lease: LeaseToken,
+    /// What becomes of the session's dispatch job.
+    pub job: JobFate,
+    /// The session is under way: its first wake reached for the person.
+    pub activate: Option<Activation>,
     pub events: Vec<NewEvent>,
     pub callbacks: Vec<NewCallback>,
-    /// Remove the session's dispatch job: its work is done.
-    pub finish_dispatch: bool,
-    /// The flow runtime's state after this step.
+    /// The driver's state after this step.
     pub flow_state: Option<serde_json::Value>,
     /// The id of the last input this step consumed: inputs up to it are
     /// done with.
     pub inputs_consumed: Option<i64>,
-    /// Put the session's job to sleep until this time and give up its
-    /// lease (the session waits; [`crate::Store::deliver_input`] wakes it
-    /// sooner). If an input newer than `inputs_consumed` has arrived
-    /// meanwhile, the job is due at once instead, so no input is left
-    /// unhandled.
-    pub wake_at: Option<DateTime<Utc>>,
-    /// The dispatch lease the update is made under. When given, nothing is
-    /// written unless the job still carries this lease
-    /// ([`crate::StoreError::LeaseLost`]).
-    pub lease: Option<LeaseToken>,
+}
+
+impl SessionUpdate {
+    /// An update under `lease` that only records: the job stays leased.
+    pub fn keep(lease: LeaseToken) -> Self {
+        SessionUpdate {
+            lease,
+            job: JobFate::Keep,
+            activate: None,
+            events: Vec::new(),
+            callbacks: Vec::new(),
+            flow_state: None,
+            inputs_consumed: None,
+        }
+    }
+}
+
+/// What becomes of a session's dispatch job after an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobFate {
+    /// The worker goes on: the job stays leased to it.
+    Keep,
+    /// The session waits: the job sleeps until this time and gives up its
+    /// lease ([`crate::SessionStore::deliver_input`] wakes it sooner). If
+    /// an input newer than `inputs_consumed` arrived meanwhile, the job is
+    /// due at once instead, so that no input is left unhandled.
+    SleepUntil(DateTime<Utc>),
+    /// The session's work is done: the job goes. With an [`Ending`], the
+    /// session ends now; without, it had ended already.
+    Finish(Option<Ending>),
+}
+
+/// How and when a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub outcome: Outcome,
+    pub at: DateTime<Utc>,
+}
+
+/// A session under way: `active`, with its call's conversation uuid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub conversation_uuid: Option<String>,
 }
 
 /// Names one claim of a piece of leased work. Every claim draws a new
@@ -313,21 +360,18 @@ pub struct OpenSession {
     pub agent_id: AgentId,
 }
 
-/// Something the person (or a live agent) said to an open session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something that wakes an open session: the person's words, a provider's
+/// report, a live agent's words.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewInput {
-    /// `text`, `dtmf`, `speech`, `live_agent_message`,
-    /// `live_agent_hand_back` or `live_agent_end`.
-    pub kind: String,
-    pub text: String,
+    pub input: SessionInput,
     pub at: DateTime<Utc>,
 }
 
 /// A stored input; ids grow in arrival order within a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InputRow {
     pub id: i64,
-    pub kind: String,
-    pub text: String,
+    pub input: SessionInput,
     pub at: DateTime<Utc>,
 }

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_conversations.sql"),
     include_str!("../migrations/postgres/0003_tenancy.sql"),
+    include_str!("../migrations/postgres/0004_input_data.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -343,13 +344,16 @@ fn idempotent_from_row(row: &PgRow) -> Result<IdempotentResponse> {
 
 /// Stores an input; returns its id.
 async fn insert_input(conn: &mut PgConnection, session: &str, input: &NewInput) -> Result<i64> {
+    let stored = input.input.to_stored();
+    let data = stored.data.as_ref().map(to_json).transpose()?;
     sqlx::query_scalar(
-        "INSERT INTO session_inputs (session_id, kind, text, at) VALUES ($1, $2, $3, $4) \
-         RETURNING id",
+        "INSERT INTO session_inputs (session_id, kind, text, data, at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(session)
-    .bind(&input.kind)
-    .bind(&input.text)
+    .bind(stored.kind.as_str())
+    .bind(&stored.text)
+    .bind(data)
     .bind(to_micros(input.at))
     .fetch_one(conn)
     .await
@@ -357,14 +361,15 @@ async fn insert_input(conn: &mut PgConnection, session: &str, input: &NewInput) 
 }
 
 async fn insert_event(conn: &mut PgConnection, session: &str, event: &NewEvent) -> Result<()> {
-    let data = event.data.as_ref().map(to_json).transpose()?;
+    let stored = event.event.to_stored();
+    let data = stored.data.as_ref().map(to_json).transpose()?;
     sqlx::query(
         "INSERT INTO session_events (session_id, key, type, at, data) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, key) DO NOTHING",
     )
     .bind(session)
     .bind(&event.key)
-    .bind(&event.kind)
+    .bind(&stored.kind)
     .bind(to_micros(event.at))
     .bind(data)
     .execute(conn)
@@ -661,9 +666,8 @@ impl PostgresStore {
             &id,
             &NewEvent {
                 key: Some("queued".into()),
-                kind: "queued".into(),
+                event: herald_core::session::SessionEvent::Queued,
                 at: s.created_at,
-                data: None,
             },
         )
         .await?;
@@ -683,38 +687,24 @@ impl PostgresStore {
     async fn update_session_now(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
         let sid = id.to_string();
         let mut tx = self.pool.begin().await.db()?;
-        if let Some(token) = u.lease {
-            // Locked to the commit: the job cannot be claimed again (nor
-            // its lease checked by another write, nor an input delivered)
-            // until this update lands.
-            let held = sqlx::query(
-                "SELECT 1 FROM dispatch_jobs \
-                 WHERE session_id = $1 AND lease_token = $2 FOR UPDATE",
-            )
-            .bind(&sid)
-            .bind(token.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .db()?
-            .is_some();
-            if !held {
-                return Err(StoreError::LeaseLost);
-            }
-        } else if u.wake_at.is_some() && !u.finish_dispatch {
-            // Putting the job to sleep needs its lock all the same (below).
-            sqlx::query("SELECT 1 FROM dispatch_jobs WHERE session_id = $1 FOR UPDATE")
-                .bind(&sid)
-                .fetch_optional(&mut *tx)
-                .await
-                .db()?;
+        // Locked to the commit: the job cannot be claimed again (nor its
+        // lease checked by another write, nor an input delivered) until
+        // this update lands.
+        let held = sqlx::query(
+            "SELECT 1 FROM dispatch_jobs \
+             WHERE session_id = $1 AND lease_token = $2 FOR UPDATE",
+        )
+        .bind(&sid)
+        .bind(u.lease.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .db()?
+        .is_some();
+        if !held {
+            return Err(StoreError::LeaseLost);
         }
-        if u.status.is_some()
-            || u.outcome.is_some()
-            || u.ended_at.is_some()
-            || u.conversation_uuid.is_some()
-            || u.flow_state.is_some()
-            || u.inputs_consumed.is_some()
-        {
+        let change = SessionChange::of(&u);
+        if change.touches_session(&u) {
             let flow_state = u.flow_state.as_ref().map(to_json).transpose()?;
             sqlx::query(
                 "UPDATE sessions SET status = COALESCE($2, status), \
@@ -724,10 +714,10 @@ impl PostgresStore {
                  inputs_consumed = GREATEST(inputs_consumed, COALESCE($7, 0)) WHERE id = $1",
             )
             .bind(&sid)
-            .bind(u.status.map(SessionStatus::as_str))
-            .bind(u.outcome.map(Outcome::as_str))
-            .bind(u.ended_at.map(to_micros))
-            .bind(&u.conversation_uuid)
+            .bind(change.status.map(SessionStatus::as_str))
+            .bind(change.outcome.map(Outcome::as_str))
+            .bind(change.ended_at.map(to_micros))
+            .bind(&change.conversation_uuid)
             .bind(flow_state)
             .bind(u.inputs_consumed)
             .execute(&mut *tx)
@@ -757,13 +747,13 @@ impl PostgresStore {
             .await
             .db()?;
         }
-        if u.finish_dispatch {
+        if let JobFate::Finish(_) = u.job {
             sqlx::query("DELETE FROM dispatch_jobs WHERE session_id = $1")
                 .bind(&sid)
                 .execute(&mut *tx)
                 .await
                 .db()?;
-        } else if let Some(wake_at) = u.wake_at {
+        } else if let JobFate::SleepUntil(wake_at) = u.job {
             // The job's row has been locked since this transaction's first
             // statement, and a delivery locks it before storing its input.
             // So a delivery either committed before that lock was granted,
@@ -877,7 +867,7 @@ async fn detached<T: Send + 'static>(
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl AccountStore for PostgresStore {
     async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId> {
         let (this, account) = (self.clone(), account.to_owned());
         detached(async move { this.add_key_now(&account, hash).await }).await
@@ -936,7 +926,10 @@ impl Store for PostgresStore {
         }
         Ok(revs)
     }
+}
 
+#[async_trait]
+impl AgentStore for PostgresStore {
     async fn create_agent(&self, agent: NewAgent) -> Result<Agent> {
         let this = self.clone();
         detached(async move { this.create_agent_now(agent).await }).await
@@ -1105,7 +1098,10 @@ impl Store for PostgresStore {
         .map(|row| template_from_row(&row))
         .transpose()
     }
+}
 
+#[async_trait]
+impl SessionStore for PostgresStore {
     async fn create_session(&self, s: NewSession) -> Result<Created> {
         let this = self.clone();
         detached(async move { this.create_session_now(s).await }).await
@@ -1164,7 +1160,7 @@ impl Store for PostgresStore {
         .db()?
         .iter()
         .map(|row| {
-            Ok(SessionEvent {
+            Ok(EventRecord {
                 kind: row.try_get("type").db()?,
                 at: time_col(row, "at")?,
                 data: opt_json_col(row, "data")?,
@@ -1213,6 +1209,73 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
+        let this = self.clone();
+        detached(async move { this.deliver_input_now(session, input).await }).await
+    }
+
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
+        sqlx::query(
+            "SELECT id, kind, text, data, at FROM session_inputs \
+             WHERE session_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(session.to_string())
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(InputRow {
+                id: row.try_get("id").db()?,
+                input: read_input(
+                    row.try_get("kind").db()?,
+                    row.try_get("text").db()?,
+                    opt_json_col(row, "data")?,
+                )?,
+                at: time_col(row, "at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn open_sessions(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Vec<OpenSession>> {
+        // No stored address holds U+0000 (PostgreSQL text cannot).
+        if to.contains('\0') || from.contains('\0') {
+            return Ok(Vec::new());
+        }
+        // `status <> 'ended'` as the index has it, so that it serves.
+        sqlx::query(
+            "SELECT id, account_id, agent_id FROM sessions \
+             WHERE channel = $1 AND from_number = $2 AND to_addr = $3 AND status <> 'ended' \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(channel.as_str())
+        .bind(from)
+        .bind(to)
+        .bind(MAX_OPEN_SESSIONS as i64)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(|row| {
+            Ok(OpenSession {
+                id: parse_col(row, "id")?,
+                account_id: row.try_get("account_id").db()?,
+                agent_id: parse_col(row, "agent_id")?,
+            })
+        })
+        .collect()
+    }
+}
+
+#[async_trait]
+impl DispatchQueue for PostgresStore {
     async fn claim_dispatches(
         &self,
         now: DateTime<Utc>,
@@ -1293,7 +1356,10 @@ impl Store for PostgresStore {
         let this = self.clone();
         detached(async move { this.update_session_now(id, u).await }).await
     }
+}
 
+#[async_trait]
+impl CallbackOutbox for PostgresStore {
     async fn claim_callbacks(
         &self,
         now: DateTime<Utc>,
@@ -1364,67 +1430,6 @@ impl Store for PostgresStore {
         .await
         .db()?;
         Ok(())
-    }
-
-    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
-        let this = self.clone();
-        detached(async move { this.deliver_input_now(session, input).await }).await
-    }
-
-    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
-        sqlx::query(
-            "SELECT id, kind, text, at FROM session_inputs \
-             WHERE session_id = $1 AND id > $2 ORDER BY id",
-        )
-        .bind(session.to_string())
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await
-        .db()?
-        .iter()
-        .map(|row| {
-            Ok(InputRow {
-                id: row.try_get("id").db()?,
-                kind: row.try_get("kind").db()?,
-                text: row.try_get("text").db()?,
-                at: time_col(row, "at")?,
-            })
-        })
-        .collect()
-    }
-
-    async fn open_sessions(
-        &self,
-        channel: herald_core::Channel,
-        to: &str,
-        from: &str,
-    ) -> Result<Vec<OpenSession>> {
-        // No stored address holds U+0000 (PostgreSQL text cannot).
-        if to.contains('\0') || from.contains('\0') {
-            return Ok(Vec::new());
-        }
-        // `status <> 'ended'` as the index has it, so that it serves.
-        sqlx::query(
-            "SELECT id, account_id, agent_id FROM sessions \
-             WHERE channel = $1 AND from_number = $2 AND to_addr = $3 AND status <> 'ended' \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(channel.as_str())
-        .bind(from)
-        .bind(to)
-        .bind(MAX_OPEN_SESSIONS as i64)
-        .fetch_all(&self.pool)
-        .await
-        .db()?
-        .iter()
-        .map(|row| {
-            Ok(OpenSession {
-                id: parse_col(row, "id")?,
-                account_id: row.try_get("account_id").db()?,
-                agent_id: parse_col(row, "agent_id")?,
-            })
-        })
-        .collect()
     }
 
     async fn next_callback_due(&self) -> Result<Option<DateTime<Utc>>> {

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_lease_tokens.sql"),
     include_str!("../migrations/sqlite/0003_conversations.sql"),
     include_str!("../migrations/sqlite/0004_tenancy.sql"),
+    include_str!("../migrations/sqlite/0005_input_data.sql"),
 ];
 
 const READERS: usize = 4;
@@ -361,7 +362,7 @@ fn template_from_row(row: &Row) -> rusqlite::Result<Template> {
     })
 }
 
-fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<SessionEvent>> {
+fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<EventRecord>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT type, at, data FROM session_events WHERE session_id = ?1 ORDER BY id",
@@ -369,7 +370,7 @@ fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<SessionEvent>>
         .db()?;
     let rows = stmt
         .query_map([id.to_string()], |row| {
-            Ok(SessionEvent {
+            Ok(EventRecord {
                 kind: row.get(0)?,
                 at: from_micros(row.get(1)?),
                 data: opt_json_col(row, 2)?,
@@ -390,11 +391,32 @@ struct EventRow {
 
 impl EventRow {
     fn new(event: &NewEvent) -> Result<EventRow> {
+        let stored = event.event.to_stored();
         Ok(EventRow {
             key: event.key.clone(),
-            kind: event.kind.clone(),
+            kind: stored.kind,
             at: to_micros(event.at),
-            data: event.data.as_ref().map(to_json).transpose()?,
+            data: stored.data.as_ref().map(to_json).transpose()?,
+        })
+    }
+}
+
+/// An input ready to insert, its data already serialised (as events are).
+struct InputInsert {
+    kind: &'static str,
+    text: String,
+    data: Option<String>,
+    at: i64,
+}
+
+impl InputInsert {
+    fn new(input: &NewInput) -> Result<InputInsert> {
+        let stored = input.input.to_stored();
+        Ok(InputInsert {
+            kind: stored.kind.as_str(),
+            text: stored.text,
+            data: stored.data.as_ref().map(to_json).transpose()?,
+            at: to_micros(input.at),
         })
     }
 }
@@ -413,21 +435,21 @@ fn insert_event(conn: &Connection, session: &str, event: &EventRow) -> Result<()
 }
 
 /// Stores an input; returns its id.
-fn insert_input(conn: &Connection, session: &str, input: &NewInput) -> Result<i64> {
+fn insert_input(conn: &Connection, session: &str, input: &InputInsert) -> Result<i64> {
     conn.prepare_cached(
-        "INSERT INTO session_inputs (session_id, kind, text, at) VALUES (?1, ?2, ?3, ?4) \
-         RETURNING id",
+        "INSERT INTO session_inputs (session_id, kind, text, data, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
     )
     .db()?
     .query_row(
-        params![session, input.kind, input.text, to_micros(input.at)],
+        params![session, input.kind, input.text, input.data, input.at],
         |r| r.get(0),
     )
     .db()
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     async fn add_key(&self, account: &str, hash: KeyHash) -> Result<AccountId> {
         let account = account.to_owned();
         self.write(move |conn| {
@@ -528,7 +550,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl AgentStore for SqliteStore {
     async fn create_agent(&self, agent: NewAgent) -> Result<Agent> {
         self.write(move |conn| {
             let id = AgentId::generate();
@@ -829,9 +854,13 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl SessionStore for SqliteStore {
     async fn create_session(&self, s: NewSession) -> Result<Created> {
         let parameters = to_json(&s.parameters)?;
+        let first_input = s.first_input.as_ref().map(InputInsert::new).transpose()?;
         let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
         self.write(move |conn| {
             let id = s.id.to_string();
@@ -894,18 +923,17 @@ impl Store for SqliteStore {
                 s.inbound
             ])
             .db()?;
-            if let Some(input) = &s.first_input {
+            if let Some(input) = &first_input {
                 insert_input(conn, &id, input)?;
             }
             insert_event(
                 conn,
                 &id,
-                &EventRow {
+                &EventRow::new(&NewEvent {
                     key: Some("queued".into()),
-                    kind: "queued".into(),
-                    at: created,
-                    data: None,
-                },
+                    event: herald_core::session::SessionEvent::Queued,
+                    at: s.created_at,
+                })?,
             )?;
             conn.prepare_cached(
                 "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES (?1, ?2, ?3)",
@@ -1022,6 +1050,93 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
+        let input = InputInsert::new(&input)?;
+        self.write(move |conn| {
+            let sid = session.to_string();
+            // The lease is left alone: a worker holding it sees the input
+            // when it next puts the session to sleep.
+            let open = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET run_at = MIN(run_at, ?2) WHERE session_id = ?1",
+                )
+                .db()?
+                .execute(params![sid, now_micros()])
+                .db()?
+                > 0;
+            if !open {
+                return Ok(None);
+            }
+            insert_input(conn, &sid, &input).map(Some)
+        })
+        .await
+    }
+
+    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
+        self.read_point(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, kind, text, data, at FROM session_inputs \
+                     WHERE session_id = ?1 AND id > ?2 ORDER BY id",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![session.to_string(), after], |row| {
+                    let kind: String = row.get(1)?;
+                    let stored = (kind, row.get(2)?, opt_json_col(row, 3)?);
+                    Ok((row.get(0)?, stored, from_micros(row.get(4)?)))
+                })
+                .db()?;
+            rows.map(|row| {
+                let (id, (kind, text, data), at) = row.db()?;
+                Ok(InputRow {
+                    id,
+                    input: read_input(kind, text, data)?,
+                    at,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn open_sessions(
+        &self,
+        channel: herald_core::Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Vec<OpenSession>> {
+        let (to, from) = (to.to_owned(), from.to_owned());
+        self.read_point(move |conn| {
+            // `status <> 'ended'` as the index has it, so that it serves.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, account_id, agent_id FROM sessions \
+                     WHERE channel = ?1 AND from_number = ?2 AND to_addr = ?3 \
+                       AND status <> 'ended' \
+                     ORDER BY id DESC LIMIT ?4",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(
+                    params![channel.as_str(), from, to, MAX_OPEN_SESSIONS as i64],
+                    |row| {
+                        Ok(OpenSession {
+                            id: parse_col(row, 0)?,
+                            account_id: row.get(1)?,
+                            agent_id: parse_col(row, 2)?,
+                        })
+                    },
+                )
+                .db()?;
+            rows.collect::<rusqlite::Result<_>>().db()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DispatchQueue for SqliteStore {
     async fn claim_dispatches(
         &self,
         now: DateTime<Utc>,
@@ -1104,27 +1219,20 @@ impl Store for SqliteStore {
             .iter()
             .map(EventRow::new)
             .collect::<Result<Vec<_>>>()?;
+        let change = SessionChange::of(&u);
         self.write(move |conn| {
             let sid = id.to_string();
-            if let Some(token) = u.lease {
-                let held = conn
-                    .prepare_cached(
-                        "SELECT 1 FROM dispatch_jobs WHERE session_id = ?1 AND lease_token = ?2",
-                    )
-                    .db()?
-                    .exists(params![sid, token.0])
-                    .db()?;
-                if !held {
-                    return Err(StoreError::LeaseLost);
-                }
+            let held = conn
+                .prepare_cached(
+                    "SELECT 1 FROM dispatch_jobs WHERE session_id = ?1 AND lease_token = ?2",
+                )
+                .db()?
+                .exists(params![sid, u.lease.0])
+                .db()?;
+            if !held {
+                return Err(StoreError::LeaseLost);
             }
-            if u.status.is_some()
-                || u.outcome.is_some()
-                || u.ended_at.is_some()
-                || u.conversation_uuid.is_some()
-                || u.flow_state.is_some()
-                || u.inputs_consumed.is_some()
-            {
+            if change.touches_session(&u) {
                 conn.prepare_cached(
                     "UPDATE sessions SET status = COALESCE(?2, status), \
                      outcome = COALESCE(?3, outcome), ended_at = COALESCE(?4, ended_at), \
@@ -1135,10 +1243,10 @@ impl Store for SqliteStore {
                 .db()?
                 .execute(params![
                     sid,
-                    u.status.map(SessionStatus::as_str),
-                    u.outcome.map(Outcome::as_str),
-                    u.ended_at.map(to_micros),
-                    u.conversation_uuid,
+                    change.status.map(SessionStatus::as_str),
+                    change.outcome.map(Outcome::as_str),
+                    change.ended_at.map(to_micros),
+                    change.conversation_uuid,
                     flow_state,
                     u.inputs_consumed
                 ])
@@ -1170,12 +1278,12 @@ impl Store for SqliteStore {
                 ])
                 .db()?;
             }
-            if u.finish_dispatch {
+            if let JobFate::Finish(_) = u.job {
                 conn.prepare_cached("DELETE FROM dispatch_jobs WHERE session_id = ?1")
                     .db()?
                     .execute([&sid])
                     .db()?;
-            } else if let Some(wake_at) = u.wake_at {
+            } else if let JobFate::SleepUntil(wake_at) = u.job {
                 // The one writer runs this and every delivery in turn, so an
                 // input either is seen here or makes the job due after it.
                 // Token 0 is never drawn (a claim's token is negative), so
@@ -1195,7 +1303,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl CallbackOutbox for SqliteStore {
     async fn claim_callbacks(
         &self,
         now: DateTime<Utc>,
@@ -1316,84 +1427,6 @@ impl Store for SqliteStore {
                 stmt.execute(params![id, token.0, now]).db()?;
             }
             Ok(())
-        })
-        .await
-    }
-
-    async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
-        self.write(move |conn| {
-            let sid = session.to_string();
-            // The lease is left alone: a worker holding it sees the input
-            // when it next puts the session to sleep.
-            let open = conn
-                .prepare_cached(
-                    "UPDATE dispatch_jobs SET run_at = MIN(run_at, ?2) WHERE session_id = ?1",
-                )
-                .db()?
-                .execute(params![sid, now_micros()])
-                .db()?
-                > 0;
-            if !open {
-                return Ok(None);
-            }
-            insert_input(conn, &sid, &input).map(Some)
-        })
-        .await
-    }
-
-    async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
-        self.read_point(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, kind, text, at FROM session_inputs \
-                     WHERE session_id = ?1 AND id > ?2 ORDER BY id",
-                )
-                .db()?;
-            let rows = stmt
-                .query_map(params![session.to_string(), after], |row| {
-                    Ok(InputRow {
-                        id: row.get(0)?,
-                        kind: row.get(1)?,
-                        text: row.get(2)?,
-                        at: from_micros(row.get(3)?),
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
-        })
-        .await
-    }
-
-    async fn open_sessions(
-        &self,
-        channel: herald_core::Channel,
-        to: &str,
-        from: &str,
-    ) -> Result<Vec<OpenSession>> {
-        let (to, from) = (to.to_owned(), from.to_owned());
-        self.read_point(move |conn| {
-            // `status <> 'ended'` as the index has it, so that it serves.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, account_id, agent_id FROM sessions \
-                     WHERE channel = ?1 AND from_number = ?2 AND to_addr = ?3 \
-                       AND status <> 'ended' \
-                     ORDER BY id DESC LIMIT ?4",
-                )
-                .db()?;
-            let rows = stmt
-                .query_map(
-                    params![channel.as_str(), from, to, MAX_OPEN_SESSIONS as i64],
-                    |row| {
-                        Ok(OpenSession {
-                            id: parse_col(row, 0)?,
-                            account_id: row.get(1)?,
-                            agent_id: parse_col(row, 2)?,
-                        })
-                    },
-                )
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::flow::FlowDefinition;
+use herald_core::session::{SessionEvent, SessionInput};
 use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 use herald_store::testing::new_session as session;
 use herald_store::*;
@@ -306,6 +307,19 @@ async fn every_cached_change_bumps_its_revision(store: Arc<dyn Store>) {
     assert!(store.keys().await.unwrap()[0].revoked);
 }
 
+/// An event that stands for any step's: the flow entered node `name`.
+fn node(name: &str) -> SessionEvent {
+    SessionEvent::NodeEntered { node: name.into() }
+}
+
+/// The job's fate when the session ends now.
+fn ended_now() -> JobFate {
+    JobFate::Finish(Some(Ending {
+        outcome: herald_core::session::Outcome::Completed,
+        at: Utc::now(),
+    }))
+}
+
 fn callback(account: AccountId, n: u32) -> NewCallback {
     NewCallback {
         dedupe_key: format!("c{n}"),
@@ -339,9 +353,10 @@ fn delivered(due: &DueCallback) -> Settlement {
 
 async fn only_the_oldest_pending_callback_of_a_session_is_due(store: Arc<dyn Store>) {
     let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0].token;
     let enqueue = |callbacks| SessionUpdate {
         callbacks,
-        ..Default::default()
+        ..SessionUpdate::keep(lease)
     };
     store
         .update_session(
@@ -380,9 +395,10 @@ async fn only_the_oldest_pending_callback_of_a_session_is_due(store: Arc<dyn Sto
 /// up, its lease given back or run out, and retried (which does not).
 async fn a_sessions_callbacks_come_due_one_after_another(store: Arc<dyn Store>) {
     let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0].token;
     let enqueue = |n| SessionUpdate {
         callbacks: vec![callback(account, n)],
-        ..Default::default()
+        ..SessionUpdate::keep(lease)
     };
     // Written one by one, each while the earlier ones are pending.
     for n in 1..=4 {
@@ -517,23 +533,23 @@ async fn a_lost_lease_refuses_the_old_workers_writes(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(second.len(), 1);
     let stale = SessionUpdate {
-        status: Some(herald_core::session::SessionStatus::Ended),
         events: vec![NewEvent {
             key: Some("run:1".into()),
-            kind: "stale".into(),
+            event: node("stale"),
             at: Utc::now(),
-            data: None,
         }],
         callbacks: vec![callback(account, 1)],
-        finish_dispatch: true,
-        lease: Some(first[0].token),
-        ..Default::default()
+        job: ended_now(),
+        ..SessionUpdate::keep(first[0].token)
     };
     let refused = store.update_session(id, stale).await;
     assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
     let session = store.session(account, id).await.unwrap().unwrap();
     assert_eq!(session.status, herald_core::session::SessionStatus::Queued);
-    assert!(session.events.iter().all(|e| e.kind != "stale"));
+    assert!(session
+        .events
+        .iter()
+        .all(|e| e.event().unwrap() != node("stale")));
     assert!(store
         .claim_callbacks(Utc::now(), LEASE, 10)
         .await
@@ -546,13 +562,11 @@ async fn a_lost_lease_refuses_the_old_workers_writes(store: Arc<dyn Store>) {
             SessionUpdate {
                 events: vec![NewEvent {
                     key: Some("run:1".into()),
-                    kind: "dispatched".into(),
+                    event: SessionEvent::Dispatched,
                     at: Utc::now(),
-                    data: None,
                 }],
-                finish_dispatch: true,
-                lease: Some(second[0].token),
-                ..Default::default()
+                job: JobFate::Finish(None),
+                ..SessionUpdate::keep(second[0].token)
             },
         )
         .await
@@ -564,12 +578,13 @@ async fn a_lost_lease_refuses_the_old_workers_writes(store: Arc<dyn Store>) {
 
 async fn a_settlement_under_a_lost_lease_changes_nothing(store: Arc<dyn Store>) {
     let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0].token;
     store
         .update_session(
             id,
             SessionUpdate {
                 callbacks: vec![callback(account, 1)],
-                ..Default::default()
+                ..SessionUpdate::keep(lease)
             },
         )
         .await
@@ -666,13 +681,14 @@ async fn finished_sessions_leave_the_queue(store: Arc<dyn Store>) {
         .update_session(
             id,
             SessionUpdate {
-                status: Some(herald_core::session::SessionStatus::Ended),
-                outcome: Some(herald_core::session::Outcome::Completed),
-                ended_at: Some(ended),
-                conversation_uuid: Some("CON-x".into()),
-                finish_dispatch: true,
-                lease: Some(lease.token),
-                ..Default::default()
+                activate: Some(Activation {
+                    conversation_uuid: Some("CON-x".into()),
+                }),
+                job: JobFate::Finish(Some(Ending {
+                    outcome: herald_core::session::Outcome::Completed,
+                    at: ended,
+                })),
+                ..SessionUpdate::keep(lease.token)
             },
         )
         .await
@@ -710,12 +726,10 @@ async fn a_write_whose_caller_stops_waiting_leaves_no_lock_behind(store: Arc<dyn
             SessionUpdate {
                 events: vec![NewEvent {
                     key: None,
-                    kind: "step".into(),
+                    event: node("step"),
                     at: Utc::now(),
-                    data: None,
                 }],
-                lease: Some(lease.token),
-                ..Default::default()
+                ..SessionUpdate::keep(lease.token)
             },
         );
         tokio::pin!(write);
@@ -752,8 +766,7 @@ async fn claim_soon(store: &dyn Store, now: chrono::DateTime<Utc>) -> DispatchLe
 /// An input made now, to the microsecond (as the store keeps times).
 fn input(text: &str) -> NewInput {
     NewInput {
-        kind: "text".into(),
-        text: text.into(),
+        input: SessionInput::Text(text.into()),
         at: herald_core::time::from_micros(Utc::now().timestamp_micros()),
     }
 }
@@ -773,9 +786,8 @@ fn sleep(
 ) -> SessionUpdate {
     SessionUpdate {
         inputs_consumed: consumed,
-        wake_at: Some(wake_at),
-        lease: Some(lease.token),
-        ..Default::default()
+        job: JobFate::SleepUntil(wake_at),
+        ..SessionUpdate::keep(lease.token)
     }
 }
 
@@ -824,8 +836,7 @@ async fn inputs_reach_an_open_session_and_wake_it(store: Arc<dyn Store>) {
     assert_eq!(mine.len(), 1, "{woken:?}");
     let row = |id, i: &NewInput| InputRow {
         id,
-        kind: i.kind.clone(),
-        text: i.text.clone(),
+        input: i.input.clone(),
         at: i.at,
     };
     assert_eq!(
@@ -842,10 +853,8 @@ async fn inputs_reach_an_open_session_and_wake_it(store: Arc<dyn Store>) {
         .update_session(
             id,
             SessionUpdate {
-                status: Some(herald_core::session::SessionStatus::Ended),
-                finish_dispatch: true,
-                lease: Some(mine[0].token),
-                ..Default::default()
+                job: ended_now(),
+                ..SessionUpdate::keep(mine[0].token)
             },
         )
         .await
@@ -869,9 +878,8 @@ async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: 
             SessionUpdate {
                 events: vec![NewEvent {
                     key: Some("asked".into()),
-                    kind: "asked".into(),
+                    event: node("asked"),
                     at: Utc::now(),
-                    data: None,
                 }],
                 ..sleep(lease, None, later(600))
             },
@@ -891,10 +899,8 @@ async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: 
         .update_session(
             id,
             SessionUpdate {
-                status: Some(herald_core::session::SessionStatus::Ended),
-                finish_dispatch: true,
-                lease: Some(lease.token),
-                ..Default::default()
+                job: ended_now(),
+                ..SessionUpdate::keep(lease.token)
             },
         )
         .await;
@@ -903,7 +909,10 @@ async fn a_session_put_to_sleep_wakes_at_its_time_and_gives_up_its_lease(store: 
     assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
     let session = store.session(account, id).await.unwrap().unwrap();
     assert_eq!(session.status, herald_core::session::SessionStatus::Queued);
-    assert!(session.events.iter().any(|e| e.kind == "asked"));
+    assert!(session
+        .events
+        .iter()
+        .any(|e| e.event().unwrap() == node("asked")));
     // At its time it is taken up again, under a new token.
     let woken = store
         .claim_dispatches(later(601), LEASE, 10, &[])
@@ -1079,8 +1088,7 @@ async fn flow_state_and_inbound_first_inputs_are_stored(store: Arc<dyn Store>) {
             id,
             SessionUpdate {
                 flow_state: Some(state.clone()),
-                lease: Some(lease.token),
-                ..Default::default()
+                ..SessionUpdate::keep(lease.token)
             },
         )
         .await
@@ -1108,9 +1116,10 @@ async fn flow_state_and_inbound_first_inputs_are_stored(store: Arc<dyn Store>) {
         .update_session(
             id,
             SessionUpdate {
-                status: Some(herald_core::session::SessionStatus::Active),
-                lease: Some(lease.token),
-                ..Default::default()
+                activate: Some(Activation {
+                    conversation_uuid: None,
+                }),
+                ..SessionUpdate::keep(lease.token)
             },
         )
         .await
@@ -1186,12 +1195,8 @@ async fn flow_state_and_inbound_first_inputs_are_stored(store: Arc<dyn Store>) {
     let pending = store.pending_inputs(inbound, 0).await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(
-        (
-            pending[0].kind.as_str(),
-            pending[0].text.as_str(),
-            pending[0].at
-        ),
-        ("text", "hello", hello.at)
+        (&pending[0].input, pending[0].at),
+        (&SessionInput::Text("hello".into()), hello.at)
     );
     assert!(store
         .pending_inputs(inbound, pending[0].id)
@@ -1206,7 +1211,6 @@ async fn flow_state_and_inbound_first_inputs_are_stored(store: Arc<dyn Store>) {
 }
 
 async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>) {
-    use herald_core::session::SessionStatus;
     let (account, agent) = agent(store.as_ref()).await;
     let (person, number) = ("447700900123", "447700900001");
     let create = |channel: Channel, to: &str| {
@@ -1225,16 +1229,28 @@ async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>)
             id
         }
     };
+    // A worker's leases on the sessions' jobs, claimed as they come.
+    let leases = std::sync::Mutex::new(std::collections::HashMap::new());
+    let lease_of = |id: SessionId| {
+        let store = store.clone();
+        let leases = &leases;
+        async move {
+            for lease in claim_now(store.as_ref()).await {
+                leases.lock().unwrap().insert(lease.session_id, lease.token);
+            }
+            leases.lock().unwrap()[&id]
+        }
+    };
     let end = |id: SessionId| {
         let store = store.clone();
         async move {
+            let lease = lease_of(id).await;
             store
                 .update_session(
                     id,
                     SessionUpdate {
-                        status: Some(SessionStatus::Ended),
-                        finish_dispatch: true,
-                        ..Default::default()
+                        job: ended_now(),
+                        ..SessionUpdate::keep(lease)
                     },
                 )
                 .await
@@ -1277,8 +1293,10 @@ async fn an_inbound_message_finds_the_newest_open_session(store: Arc<dyn Store>)
         .update_session(
             newer,
             SessionUpdate {
-                status: Some(SessionStatus::Active),
-                ..Default::default()
+                activate: Some(Activation {
+                    conversation_uuid: None,
+                }),
+                ..SessionUpdate::keep(lease_of(newer).await)
             },
         )
         .await
@@ -1363,14 +1381,14 @@ async fn a_number_is_held_by_a_published_version_and_by_open_sessions(store: Arc
     store.publish_agent(a, &held).await.unwrap();
     store.delete_agent(a, &held).await.unwrap();
     assert!(is_conflict(store.create_agent(new_agent(b, number)).await));
-    // An agent given the number behind the check cannot publish it.
+    // Once the session ends, another agent may take the number.
+    let lease = claim_now(store.as_ref()).await[0].token;
     store
         .update_session(
             id,
             SessionUpdate {
-                status: Some(herald_core::session::SessionStatus::Ended),
-                finish_dispatch: true,
-                ..Default::default()
+                job: ended_now(),
+                ..SessionUpdate::keep(lease)
             },
         )
         .await
@@ -1521,7 +1539,7 @@ async fn a_sqlite_database_of_the_previous_schema_upgrades() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 /// A PostgreSQL schema made by the previous release (version 1) opens,
@@ -1570,5 +1588,5 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
 }

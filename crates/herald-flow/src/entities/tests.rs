@@ -7,7 +7,7 @@ use proptest::prelude::any;
 use proptest::prelude::*;
 
 fn text_number(text: &str) -> Option<String> {
-    number(text, InputKind::Text)
+    number(text, InputMode::Text)
 }
 
 /// Wednesday 20 November 2024.
@@ -64,11 +64,11 @@ fn numbers() {
 
 #[test]
 fn keypad_digits_are_kept_as_they_are() {
-    assert_eq!(number("0042", InputKind::Dtmf).as_deref(), Some("0042"));
-    assert_eq!(number("0042#", InputKind::Dtmf).as_deref(), Some("0042"));
-    assert_eq!(number("0042", InputKind::Speech).as_deref(), Some("42"));
-    assert_eq!(number("*", InputKind::Dtmf), None);
-    assert_eq!(number("#", InputKind::Dtmf), None);
+    assert_eq!(number("0042", InputMode::Dtmf).as_deref(), Some("0042"));
+    assert_eq!(number("0042#", InputMode::Dtmf).as_deref(), Some("0042"));
+    assert_eq!(number("0042", InputMode::Speech).as_deref(), Some("42"));
+    assert_eq!(number("*", InputMode::Dtmf), None);
+    assert_eq!(number("#", InputMode::Dtmf), None);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn today_is_the_utc_date_of_now() {
     assert_eq!(today(now), wednesday());
     let flow = FlowDefinition::default_for(herald_core::Channel::Sms);
     assert_eq!(
-        extract("date", "today", InputKind::Text, &flow, now).as_deref(),
+        extract("date", "today", InputMode::Text, &flow, now).as_deref(),
         Some("2024-11-20")
     );
 }
@@ -256,7 +256,7 @@ fn custom_entities() {
     let mut flow = FlowDefinition::default_for(herald_core::Channel::Sms);
     flow.entities.push(e);
     let extract =
-        |entity: &str, text: &str| extract(entity, text, InputKind::Text, &flow, UNIX_EPOCH);
+        |entity: &str, text: &str| extract(entity, text, InputMode::Text, &flow, UNIX_EPOCH);
     assert_eq!(extract("size", "big").as_deref(), Some("large"));
     assert_eq!(extract("colour", "big"), None);
     assert_eq!(extract("any", " big ").as_deref(), Some("big"));
@@ -343,7 +343,7 @@ proptest! {
 
     #[test]
     fn keypad_digits_read_back(digits in "[0-9]{1,20}") {
-        prop_assert_eq!(number(&digits, InputKind::Dtmf), Some(digits.clone()));
+        prop_assert_eq!(number(&digits, InputMode::Dtmf), Some(digits.clone()));
     }
 
     #[test]

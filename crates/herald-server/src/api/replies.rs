@@ -16,7 +16,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
+use herald_core::session::SessionInput;
 use herald_core::{AccountId, Channel, Destination, SessionId};
+use herald_flow::lifecycle::SessionState;
 use herald_store::{AgentIndexRow, Created, NewInput, NewSession};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,7 +26,6 @@ use subtle::ConstantTimeEq;
 
 use super::{authenticate, opt_string, read_object, req_string, PathParam};
 use crate::api::error::{ApiError, ErrorBody};
-use crate::session::driver::input_kind;
 use crate::AppState;
 
 /// The longest text one input may carry.
@@ -161,15 +162,10 @@ fn read_input(
     .map_err(|_| ApiError::bad_request("Bad sender number format"))?;
     let number = Destination::parse_messaging(&to)
         .map_err(|_| ApiError::bad_request("Bad destination number format"))?;
-    let fields = [
-        ("text", input_kind::TEXT),
-        ("digits", input_kind::DTMF),
-        ("speech", input_kind::SPEECH),
-    ];
     let mut given = Vec::new();
-    for (field, kind) in fields {
+    for field in ["text", "digits", "speech"] {
         if let Some(value) = opt_string(obj, field)? {
-            given.push((field, kind, value));
+            given.push((field, value));
         }
     }
     let allowed: &[&str] = if channel.is_messaging() {
@@ -177,7 +173,7 @@ fn read_input(
     } else {
         &["digits", "speech"]
     };
-    let (field, kind, text) = match given.as_slice() {
+    let (field, text) = match given.as_slice() {
         [one] if allowed.contains(&one.0) => one.clone(),
         _ => {
             return Err(ApiError::bad_request(format!(
@@ -194,9 +190,16 @@ fn read_input(
     {
         return Err(ApiError::bad_request("digits may hold only 0-9, * and #"));
     }
+    let input = match field {
+        "digits" => SessionInput::Digits(text),
+        "speech" => SessionInput::Speech {
+            text,
+            confidence: None,
+        },
+        _ => SessionInput::Text(text),
+    };
     let input = NewInput {
-        kind: kind.to_owned(),
-        text,
+        input,
         at: Utc::now(),
     };
     Ok((
@@ -356,14 +359,14 @@ pub async fn live_agent(
     let account = authenticate(&app, &headers)?;
     let obj = read_object(body).await?;
     let kind = req_string(&obj, "type")?;
-    let (kind, text) = match kind.as_str() {
+    let input = match kind.as_str() {
         "message" => {
             let text = req_string(&obj, "text")?;
             check_text("text", &text)?;
-            (input_kind::LIVE_AGENT_MESSAGE, text)
+            SessionInput::LiveAgentMessage(text)
         }
-        "hand_back" => (input_kind::LIVE_AGENT_HAND_BACK, String::new()),
-        "end" => (input_kind::LIVE_AGENT_END, String::new()),
+        "hand_back" => SessionInput::LiveAgentHandBack,
+        "end" => SessionInput::LiveAgentEnd,
         _ => {
             return Err(ApiError::bad_request(
                 "type must be one of message, hand_back, end",
@@ -372,8 +375,7 @@ pub async fn live_agent(
     };
     let id = session_of(&app, account, &raw).await?;
     let input = NewInput {
-        kind: kind.to_owned(),
-        text,
+        input,
         at: Utc::now(),
     };
     match app.store.deliver_input(id, input).await? {
@@ -395,7 +397,12 @@ pub async fn live_agent(
 async fn session_of(app: &AppState, account: AccountId, raw: &str) -> Result<SessionId, ApiError> {
     let session = super::sessions::owned_session(app, account, raw).await?;
     let id = session.id;
-    if !crate::session::driver::with_live_agent(&session) {
+    let with_live_agent = session
+        .flow_state
+        .as_ref()
+        .and_then(|state| SessionState::from_stored(state).ok())
+        .is_some_and(|state| state.with_live_agent());
+    if !with_live_agent {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("Session {id} is not with a live agent"),

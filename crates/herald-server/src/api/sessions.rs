@@ -3,10 +3,13 @@
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use chrono::{DateTime, Utc};
+use herald_core::session::transcript::{transcript, TranscriptEntry};
+use herald_core::session::SessionEvent;
 use herald_core::session::{Outcome, SessionParameter, SessionStatus};
 use herald_core::time::{rfc3339, session_start_time};
 use herald_core::{AccountId, AgentId, Channel, SessionId};
-use herald_store::{SessionFilter, SessionRecord};
+use herald_store::{EventRecord, SessionFilter, SessionRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -203,36 +206,6 @@ pub async fn list(
     }))
 }
 
-/// One line of a conversation, as `GET /sessions/{id}/transcript` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TranscriptEntry {
-    /// Said or sent to the person (`outbound`), or by them (`inbound`).
-    Message {
-        direction: Direction,
-        text: String,
-        /// Inbound only: `text`, `dtmf` or `speech`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        input: Option<String>,
-        timestamp: String,
-    },
-    /// The flow entered a node.
-    Node { node: String, timestamp: String },
-    /// A parameter changed.
-    Parameter {
-        name: String,
-        value: String,
-        timestamp: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transcript {
     pub session_id: String,
@@ -242,58 +215,14 @@ pub struct Transcript {
     pub transcript: Vec<TranscriptEntry>,
 }
 
-/// The conversation told by a session's events: messages both ways, nodes
-/// entered and parameters changed, in the order they happened.
-pub fn transcript(events: &[herald_store::SessionEvent]) -> Vec<TranscriptEntry> {
-    let text = |e: &herald_store::SessionEvent, path: &str| -> Option<String> {
-        e.data.as_ref()?.pointer(path)?.as_str().map(str::to_owned)
-    };
-    events
+/// The conversation `events` tell; events this build cannot read (a newer
+/// herald's) are not part of it.
+pub fn transcript_of(events: &[EventRecord]) -> Vec<TranscriptEntry> {
+    let events: Vec<(SessionEvent, DateTime<Utc>)> = events
         .iter()
-        .filter_map(|e| {
-            let timestamp = rfc3339(e.at);
-            match e.kind.as_str() {
-                "speak" => Some(TranscriptEntry::Message {
-                    direction: Direction::Outbound,
-                    text: text(e, "/text")?,
-                    input: None,
-                    timestamp,
-                }),
-                // A template's text is filled in by WhatsApp; the transcript
-                // shows text messages only.
-                "message_sent" => Some(TranscriptEntry::Message {
-                    direction: Direction::Outbound,
-                    text: text(e, "/content/text")?,
-                    input: None,
-                    timestamp,
-                }),
-                "input_received" => {
-                    let input = text(e, "/input")?;
-                    // A live agent's words reach the person as a message
-                    // of their own, shown there.
-                    if input.starts_with("live_agent") {
-                        return None;
-                    }
-                    Some(TranscriptEntry::Message {
-                        direction: Direction::Inbound,
-                        text: text(e, "/text")?,
-                        input: Some(input),
-                        timestamp,
-                    })
-                }
-                "node_entered" => Some(TranscriptEntry::Node {
-                    node: text(e, "/node")?,
-                    timestamp,
-                }),
-                "parameter_set" => Some(TranscriptEntry::Parameter {
-                    name: text(e, "/name")?,
-                    value: text(e, "/value")?,
-                    timestamp,
-                }),
-                _ => None,
-            }
-        })
-        .collect()
+        .filter_map(|e| Some((e.event().ok()?, e.at)))
+        .collect();
+    transcript(events.iter().map(|(e, at)| (e, *at)))
 }
 
 /// A session's conversation
@@ -312,6 +241,6 @@ pub async fn read_transcript(
         session_id: session.id.to_string(),
         status: session.status,
         outcome: session.outcome,
-        transcript: transcript(&session.events),
+        transcript: transcript_of(&session.events),
     }))
 }

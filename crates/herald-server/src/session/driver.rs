@@ -1,4 +1,4 @@
-//! The runtime driver: runs a session's conversation, one wake at a time.
+//! The session driver: runs a session's conversation, one wake at a time.
 //!
 //! A session's dispatch job stays in the store for as long as the session
 //! is open; the dispatcher hands this module a job whenever it is due: when
@@ -14,28 +14,31 @@
 //! 4. ends the session, or puts its job to sleep until the next deadline,
 //!    holding nothing in memory.
 //!
+//! What each happening means for the session (an outcome, a callback, the
+//! end) is decided by [`herald_flow::lifecycle`]; this module carries out
+//! those decisions and the flow's actions, and nothing else.
+//!
 //! A crash anywhere loses nothing that was acknowledged: the job's lease
 //! runs out and another worker starts again from the last stored state.
 //! Actions of the step under way may then be carried out twice (at least
 //! once), but they are recorded once, because every event is keyed by the
 //! step that made it.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use herald_channels::{
-    CallAnswer, CallRequest, CallResult, MessageContent, OutboundMessage, Provider,
-};
+use herald_channels::{CallRequest, CallResult, MessageContent, OutboundMessage, Provider};
 use herald_core::flow::FlowDefinition;
 use herald_core::secret::redact_url;
-use herald_core::session::{MessageStatus, Outcome, SessionStatus};
+use herald_core::session::transcript::transcript;
+use herald_core::session::{CallProgress, Outcome, SessionEvent, SessionInput, ShownContent};
 use herald_core::{Channel, ConversationUuid, Destination};
-use herald_flow::{Action, EndReason, Event, FlowState, Input, InputKind, WebhookRequest};
+use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, SessionState};
+use herald_flow::{Action, EndReason, Event, Input, InputMode, WebhookRequest};
 use herald_store::{
-    DispatchLease, InputRow, LeaseToken, NewCallback, NewEvent, SessionRecord, SessionUpdate,
+    Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
+    SessionRecord, SessionUpdate,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -46,35 +49,6 @@ use crate::AppState;
 /// How long a live agent's endpoint may take to take a message.
 const LIVE_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the driver keeps between wakes, stored as the session's flow state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Conversation {
-    flow: FlowState,
-    /// The id of the last input handled.
-    inputs_consumed: i64,
-    /// Messages sent to the person so far; names each message's uuid.
-    messages: u32,
-}
-
-/// Input kinds as the store keeps them (see `herald_store::NewInput`).
-pub mod input_kind {
-    pub const TEXT: &str = "text";
-    pub const DTMF: &str = "dtmf";
-    pub const SPEECH: &str = "speech";
-    pub const LIVE_AGENT_MESSAGE: &str = "live_agent_message";
-    pub const LIVE_AGENT_HAND_BACK: &str = "live_agent_hand_back";
-    pub const LIVE_AGENT_END: &str = "live_agent_end";
-}
-
-/// Whether a live agent holds the session's conversation now.
-pub fn with_live_agent(session: &SessionRecord) -> bool {
-    session
-        .flow_state
-        .clone()
-        .and_then(|state| serde_json::from_value::<Conversation>(state).ok())
-        .is_some_and(|c| matches!(c.flow.waiting, Some(herald_flow::Wait::LiveAgent { .. })))
-}
-
 /// Runs one wake of a session (see the module's comment).
 #[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
 pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> anyhow::Result<()> {
@@ -82,18 +56,15 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
     let Some(session) = app.store.session_for_work(id).await? else {
         anyhow::bail!("a dispatch job names a session that does not exist");
     };
-    if session.status == SessionStatus::Ended {
+    if session.status == herald_core::session::SessionStatus::Ended {
         // A re-run after the end was recorded but before the job was removed.
+        let update = SessionUpdate {
+            job: JobFate::Finish(None),
+            ..SessionUpdate::keep(lease.token)
+        };
         return app
             .store
-            .update_session(
-                id,
-                SessionUpdate {
-                    finish_dispatch: true,
-                    lease: Some(lease.token),
-                    ..Default::default()
-                },
-            )
+            .update_session(id, update)
             .await
             .map_err(Into::into);
     }
@@ -102,9 +73,9 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the session's agent version is missing"))?;
-    let conversation = match &session.flow_state {
+    let state = match &session.flow_state {
         Some(state) => Some(
-            serde_json::from_value::<Conversation>(state.clone())
+            SessionState::from_stored(state)
                 .map_err(|e| anyhow::anyhow!("the stored flow state is unreadable: {e}"))?,
         ),
         None => None,
@@ -115,9 +86,24 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         Destination::parse_voice(&session.to)
     };
     let digits = destination.ok().and_then(|d| d.last_two_digits());
+    let conversation_uuid = session
+        .conversation_uuid
+        .clone()
+        .map(ConversationUuid::from_stored)
+        .unwrap_or_else(ConversationUuid::generate);
     let mut driver = Driver {
         app,
         provider: app.provider.as_ref(),
+        lifecycle: lifecycle::Session {
+            id: session.id,
+            agent_id: session.agent_id.clone(),
+            channel: session.channel,
+            to: session.to.clone(),
+            from: session.from.clone(),
+            hangup_on_machine: session.hangup_on_machine,
+            inbound: session.inbound,
+            conversation_uuid,
+        },
         session: &session,
         flow: &version.flow,
         lease: lease.token,
@@ -126,18 +112,13 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
             from: session.from.clone(),
             last_two_digits: digits,
         },
-        conversation_uuid: session
-            .conversation_uuid
-            .clone()
-            .map(ConversationUuid::from_stored)
-            .unwrap_or_else(ConversationUuid::generate),
-        conv: conversation.clone().unwrap_or_default(),
+        state: state.clone().unwrap_or_default(),
         pending: Vec::new(),
-        prefix: "run".into(),
-        n: 0,
+        reports: Vec::new(),
+        keys: EventKeys::first_wake(),
         slot,
     };
-    let first_wake = conversation.is_none();
+    let first_wake = state.is_none();
     if first_wake
         && (driver.reach_person().await?.is_some() || driver.start_flow().await?.is_some())
     {
@@ -149,17 +130,18 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
 struct Driver<'a> {
     app: &'a AppState,
     provider: &'a dyn Provider,
+    /// The session's lifecycle, which decides what each happening means.
+    lifecycle: lifecycle::Session,
     session: &'a SessionRecord,
     flow: &'a FlowDefinition,
     lease: LeaseToken,
     call: CallRequest,
-    conversation_uuid: ConversationUuid,
-    conv: Conversation,
+    state: SessionState,
     /// Events recorded since the last write; written with the next one.
     pending: Vec<NewEvent>,
-    /// Names the phase or step events are recorded in, for their keys.
-    prefix: String,
-    n: u32,
+    /// Callbacks made since the last write; written with the next one.
+    reports: Vec<NewCallback>,
+    keys: EventKeys,
     /// The session's running place, given up during outside calls.
     slot: Slot,
 }
@@ -172,97 +154,113 @@ impl Driver<'_> {
 
     /// An event keyed by its place in the phase or step, so that a re-run of
     /// the same step records nothing twice.
-    fn event(&mut self, kind: &str, data: Option<serde_json::Value>) -> NewEvent {
-        self.n += 1;
+    fn event(&mut self, event: SessionEvent, at: DateTime<Utc>) -> NewEvent {
         NewEvent {
-            key: Some(format!("{}:{}", self.prefix, self.n)),
-            kind: kind.to_owned(),
-            at: Utc::now(),
-            data,
+            key: Some(self.keys.next_key()),
+            event,
+            at,
         }
     }
 
-    fn note(&mut self, kind: &str, data: serde_json::Value) {
-        let event = self.event(kind, Some(data));
+    fn note(&mut self, event: SessionEvent) {
+        let event = self.event(event, Utc::now());
         self.pending.push(event);
     }
 
-    /// Writes `update` with the events noted so far, under the lease.
+    /// Writes `update` with the events and callbacks noted so far, under
+    /// the lease.
     async fn record(&mut self, mut update: SessionUpdate) -> anyhow::Result<()> {
         let mut events = std::mem::take(&mut self.pending);
         events.append(&mut update.events);
         update.events = events;
-        update.lease = Some(self.lease);
+        let mut callbacks = std::mem::take(&mut self.reports);
+        callbacks.append(&mut update.callbacks);
+        let reported = !callbacks.is_empty();
+        update.callbacks = callbacks;
         self.app
             .store
             .update_session(self.session.id, update)
             .await?;
+        if reported {
+            self.app.callback_wakeup.notify_one();
+        }
         Ok(())
     }
 
-    fn state_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.conv).expect("the flow state serialises")
+    fn update(&self) -> SessionUpdate {
+        SessionUpdate::keep(self.lease)
     }
 
     /// Stores the conversation's state with what was noted.
-    async fn save(&mut self, wake_at: Option<DateTime<Utc>>) -> anyhow::Result<()> {
+    async fn save(&mut self, job: JobFate) -> anyhow::Result<()> {
         let update = SessionUpdate {
-            flow_state: Some(self.state_json()),
-            inputs_consumed: Some(self.conv.inputs_consumed),
-            wake_at,
-            ..Default::default()
+            job,
+            flow_state: Some(self.state.to_stored()),
+            inputs_consumed: Some(self.state.inputs_consumed),
+            ..self.update()
         };
         self.record(update).await
     }
 
-    fn callback(&self, dedupe_key: String, body: serde_json::Value) -> Option<NewCallback> {
+    /// The callback of a report, if the session has a `status_url`.
+    fn callback(
+        &self,
+        key: String,
+        callback: &herald_core::session::callback::Callback,
+    ) -> Option<NewCallback> {
         let url = self.session.status_url.clone()?;
         Some(NewCallback {
-            dedupe_key,
+            dedupe_key: key,
             webhook_id: format!("msg_{}", Uuid::new_v4().simple()),
             account_id: self.session.account_id,
             url,
-            body: body.to_string(),
+            body: callback.body(),
             created_at: Utc::now(),
         })
     }
 
-    fn voice_callback(&self, status: &str) -> Option<NewCallback> {
-        let session = self.session;
-        self.callback(
-            format!("call:{status}"),
-            json!({
-                "agent_id": session.agent_id,
-                "to": session.to,
-                "conversation_uuid": self.conversation_uuid.as_str(),
-                "status": status,
-                "timestamp": herald_core::time::rfc3339(Utc::now()),
-            }),
-        )
+    /// Carries out the lifecycle's effects of one happening at `at`:
+    /// events are noted, hang-ups happen in place; the session's end is
+    /// written with all of it, and a report otherwise goes out at once with
+    /// what was noted. `Some(Ended)` once the session has ended.
+    async fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Ended>> {
+        for effect in effects {
+            match effect {
+                Effect::Record(event) => {
+                    let event = self.event(event, at);
+                    self.pending.push(event);
+                }
+                Effect::Report { key, callback } => {
+                    let callback = self.callback(key, &callback);
+                    self.reports.extend(callback);
+                }
+                Effect::HangUp => self.provider.hang_up(&self.call).await,
+                Effect::End { outcome, reason } => {
+                    self.finish(outcome, reason).await?;
+                    return Ok(Some(Ended));
+                }
+            }
+        }
+        if !self.reports.is_empty() {
+            self.record(self.update()).await?;
+        }
+        Ok(None)
     }
 
-    async fn finish(
-        &mut self,
-        outcome: Outcome,
-        reason: Option<EndReason>,
-        callbacks: Vec<NewCallback>,
-    ) -> anyhow::Result<()> {
-        let mut data = json!({ "outcome": outcome });
-        if let Some(reason) = reason {
-            data["reason"] = json!(reason);
-        }
-        let event = self.event("ended", Some(data));
-        let flow_state = (self.conv.flow.node.is_some()).then(|| self.state_json());
+    async fn finish(&mut self, outcome: Outcome, reason: Option<EndReason>) -> anyhow::Result<()> {
+        let at = Utc::now();
+        let ended = self.event(SessionEvent::Ended { outcome, reason }, at);
+        let flow_state = (self.state.flow.node.is_some()).then(|| self.state.to_stored());
         self.record(SessionUpdate {
-            status: Some(SessionStatus::Ended),
-            outcome: Some(outcome),
-            ended_at: Some(Utc::now()),
-            events: vec![event],
-            callbacks,
+            job: JobFate::Finish(Some(Ending { outcome, at })),
+            events: vec![ended],
             flow_state,
-            inputs_consumed: Some(self.conv.inputs_consumed),
-            finish_dispatch: true,
-            ..Default::default()
+            inputs_consumed: Some(self.state.inputs_consumed),
+            ..self.update()
         })
         .await?;
         self.app
@@ -273,7 +271,6 @@ impl Driver<'_> {
                 outcome: outcome.as_str(),
             })
             .inc();
-        self.app.callback_wakeup.notify_one();
         Ok(())
     }
 
@@ -291,133 +288,92 @@ impl Driver<'_> {
                 channel: session.channel.as_str(),
             })
             .inc();
-        let dispatched = self.event("dispatched", None);
+        let dispatched = self.event(SessionEvent::Dispatched, Utc::now());
+        let conversation_uuid = (!session.channel.is_messaging())
+            .then(|| self.lifecycle.conversation_uuid.as_str().to_owned());
         self.record(SessionUpdate {
-            status: Some(SessionStatus::Active),
-            conversation_uuid: (!session.channel.is_messaging())
-                .then(|| self.conversation_uuid.as_str().to_owned()),
+            activate: Some(Activation { conversation_uuid }),
             events: vec![dispatched],
-            ..Default::default()
+            ..self.update()
         })
         .await?;
         if session.channel.is_messaging() {
-            let Some(outcome) = self.open_messaging().await? else {
-                return Ok(None);
-            };
-            self.finish(outcome, None, Vec::new()).await?;
-            return Ok(Some(Ended));
+            return self.open_messaging().await;
         }
-        self.note("ringing", serde_json::Value::Null);
-        match self.provider.call(&self.call).await {
-            CallResult::NotAnswered(failure) => {
-                let status = failure.as_str();
-                let outcome: Outcome = status.parse().expect("call failures are outcomes");
-                let callbacks = self.voice_callback(status).into_iter().collect();
-                self.note("call_status", json!({ "status": status }));
-                self.finish(outcome, None, callbacks).await?;
-                Ok(Some(Ended))
-            }
-            CallResult::Answered(CallAnswer::Machine) if session.hangup_on_machine => {
-                self.note("answered", json!({ "by": "machine" }));
-                self.provider.hang_up(&self.call).await;
-                self.note("hangup", json!({ "reason": "answering machine" }));
-                let callbacks = self.voice_callback("machine").into_iter().collect();
-                self.finish(Outcome::Machine, None, callbacks).await?;
-                Ok(Some(Ended))
-            }
-            CallResult::Answered(by) => {
-                let by = match by {
-                    CallAnswer::Person => "person",
-                    CallAnswer::Machine => "machine",
-                };
-                self.note("answered", json!({ "by": by }));
-                Ok(None)
-            }
-        }
+        let now = Utc::now();
+        let ringing = self.lifecycle.call_progress(CallProgress::Ringing, now);
+        self.apply(ringing, now).await?;
+        let progress = match self.provider.call(&self.call).await {
+            CallResult::NotAnswered(failure) => CallProgress::NotAnswered { failure },
+            CallResult::Answered(by) => CallProgress::Answered { by },
+        };
+        let now = Utc::now();
+        let effects = self.lifecycle.call_progress(progress, now);
+        self.apply(effects, now).await
     }
 
-    /// Opens a messaging session; `Some(outcome)` when it is to end at once.
-    async fn open_messaging(&mut self) -> anyhow::Result<Option<Outcome>> {
+    /// Opens a messaging session; `Some(Ended)` when it ended at once.
+    async fn open_messaging(&mut self) -> anyhow::Result<Option<Ended>> {
         if self.session.inbound {
-            // Only a flow that says it takes them runs for a stranger's
-            // message; without an `inbound` policy it declines, silently.
-            let policy = self.flow.inbound.as_ref();
-            if policy.is_some_and(|p| p.accept) {
+            let Inbound::Decline { reply } =
+                lifecycle::Session::inbound(self.flow.inbound.as_ref())
+            else {
                 return Ok(None);
-            }
+            };
             // What the person said is kept, as in a session that runs.
-            if let Some(first) = self
-                .app
-                .store
-                .pending_inputs(self.session.id, 0)
-                .await?
-                .into_iter()
-                .next()
-            {
+            if let Some(first) = self.first_input().await? {
                 self.note_input(&first);
-                self.conv.inputs_consumed = first.id;
+                self.state.inputs_consumed = first.id;
             }
-            self.note("inbound_declined", serde_json::Value::Null);
-            if let Some(reply) = policy.and_then(|p| p.reply.clone()) {
-                let outcome = self.send_message(MessageContent::Text(reply)).await?;
-                return Ok(Some(outcome));
+            self.note(SessionEvent::InboundDeclined);
+            if let Some(reply) = reply {
+                if self
+                    .send_message(MessageContent::Text(reply))
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Some(Ended));
+                }
             }
-            return Ok(Some(Outcome::Completed));
+            self.finish(Outcome::Completed, None).await?;
+            return Ok(Some(Ended));
         }
         // A WhatsApp conversation opens with the trigger's template.
         if let Some(template) = self.session.whatsapp.clone() {
-            let outcome = self
-                .send_message(MessageContent::Template(template))
-                .await?;
-            if outcome != Outcome::Completed {
-                return Ok(Some(outcome));
-            }
+            return self.send_message(MessageContent::Template(template)).await;
         }
         Ok(None)
+    }
+
+    async fn first_input(&self) -> anyhow::Result<Option<InputRow>> {
+        Ok(self
+            .app
+            .store
+            .pending_inputs(self.session.id, 0)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// Starts the flow; `Some(Ended)` if it ended at once.
     async fn start_flow(&mut self) -> anyhow::Result<Option<Ended>> {
         let session = self.session;
-        let mut parameters: BTreeMap<String, String> = session
-            .parameters
-            .iter()
-            .map(|p| (p.name.clone(), p.value.clone()))
-            .collect();
-        let system = [
-            ("SESSION_ID", session.id.to_string()),
-            ("AGENT_ID", session.agent_id.to_string()),
-            ("AGENT_NUMBER", session.from.clone()),
-            ("RECIPIENT", session.to.clone()),
-            ("CHANNEL", session.channel.as_str().to_owned()),
-            (
-                "DIRECTION",
-                if session.inbound {
-                    "inbound"
-                } else {
-                    "outbound"
-                }
-                .to_owned(),
-            ),
-            ("LAST_INPUT", String::new()),
-        ];
-        for (name, value) in system {
-            parameters.insert(name.to_owned(), value);
-        }
+        let mut parameters = self.lifecycle.start_parameters(
+            session
+                .parameters
+                .iter()
+                .map(|p| (p.name.as_str(), p.value.as_str())),
+        );
         // An inbound session's first message is what started it: it is the
         // flow's first LAST_INPUT rather than an answer to anything.
         if session.inbound {
-            if let Some(first) = self
-                .app
-                .store
-                .pending_inputs(session.id, 0)
-                .await?
-                .into_iter()
-                .next()
-            {
+            if let Some(first) = self.first_input().await? {
                 self.note_input(&first);
-                self.conv.inputs_consumed = first.id;
-                parameters.insert("LAST_INPUT".into(), first.text);
+                self.state.inputs_consumed = first.id;
+                parameters.insert(
+                    herald_flow::LAST_INPUT.into(),
+                    first.input.text().unwrap_or_default().to_owned(),
+                );
             }
         }
         let started = Event::Started {
@@ -434,56 +390,43 @@ impl Driver<'_> {
             let inputs = self
                 .app
                 .store
-                .pending_inputs(self.session.id, self.conv.inputs_consumed)
+                .pending_inputs(self.session.id, self.state.inputs_consumed)
                 .await?;
             if inputs.is_empty() {
                 break;
             }
             for input in inputs {
                 self.note_input(&input);
-                self.conv.inputs_consumed = input.id;
-                let event = match input.kind.as_str() {
-                    input_kind::LIVE_AGENT_MESSAGE => Event::LiveAgentMessage { text: input.text },
-                    input_kind::LIVE_AGENT_HAND_BACK => Event::LiveAgentHandBack,
-                    input_kind::LIVE_AGENT_END => Event::LiveAgentEnd,
-                    kind => Event::Input(Input {
-                        kind: match kind {
-                            input_kind::DTMF => InputKind::Dtmf,
-                            input_kind::SPEECH => InputKind::Speech,
-                            _ => InputKind::Text,
-                        },
-                        text: input.text,
-                    }),
+                self.state.inputs_consumed = input.id;
+                let Some(event) = flow_event(input.input) else {
+                    continue;
                 };
                 if self.advance(event).await?.is_some() {
                     return Ok(());
                 }
             }
         }
-        if let Some(deadline) = self.conv.flow.next_deadline() {
+        if let Some(deadline) = self.state.flow.next_deadline() {
             if deadline <= SystemTime::now() && self.advance(Event::Timer).await?.is_some() {
                 return Ok(());
             }
         }
         // Nothing more to do until the next deadline, or an input.
         let wake_at = self
-            .conv
+            .state
             .flow
             .next_deadline()
             .map(DateTime::<Utc>::from)
             .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1));
-        self.save(Some(wake_at)).await
+        self.save(JobFate::SleepUntil(wake_at)).await
     }
 
     fn note_input(&mut self, input: &InputRow) {
-        let data = json!({ "input": input.kind, "text": input.text });
-        let event = NewEvent {
-            key: Some(format!("in:{}", input.id)),
-            kind: "input_received".into(),
+        self.pending.push(NewEvent {
+            key: Some(EventKeys::input(input.id)),
+            event: lifecycle::input_received(&input.input),
             at: input.at,
-            data: Some(data),
-        };
-        self.pending.push(event);
+        });
     }
 
     /// Steps the flow with `event` and carries out what it asks, again for
@@ -492,63 +435,52 @@ impl Driver<'_> {
     async fn advance(&mut self, event: Event) -> anyhow::Result<Option<Ended>> {
         let mut next = Some(event);
         while let Some(event) = next.take() {
-            let before = self.conv.flow.seq;
+            let before = self.state.flow.seq;
             let (state, actions) =
-                herald_flow::step(self.flow, self.conv.flow.clone(), event, SystemTime::now());
+                herald_flow::step(self.flow, self.state.flow.clone(), event, SystemTime::now());
             if state.seq == before {
                 // Ignored (a stray event): only what was noted is stored.
-                self.save(None).await?;
+                self.save(JobFate::Keep).await?;
                 continue;
             }
-            self.prefix = format!("s{}", state.seq);
-            self.n = 0;
-            self.conv.flow = state;
+            self.keys.step(state.seq);
+            self.state.flow = state;
             for action in actions {
                 match self.perform(action).await? {
                     Performed::Done => {}
                     Performed::Then(event) => next = Some(event),
-                    Performed::Unreachable(outcome) => {
-                        // The person cannot be reached any more.
-                        self.finish(outcome, None, Vec::new()).await?;
-                        return Ok(Some(Ended));
-                    }
-                    Performed::End(reason) => {
-                        let outcome = if reason.is_failure() {
-                            Outcome::Failed
-                        } else {
-                            Outcome::Completed
-                        };
-                        self.finish(outcome, Some(reason), Vec::new()).await?;
-                        return Ok(Some(Ended));
-                    }
+                    Performed::Ended => return Ok(Some(Ended)),
                 }
             }
-            self.save(None).await?;
+            self.save(JobFate::Keep).await?;
         }
         Ok(None)
     }
 
     async fn perform(&mut self, action: Action) -> anyhow::Result<Performed> {
         match action {
-            Action::Entered { node } => self.note("node_entered", json!({ "node": node })),
+            Action::Entered { node } => self.note(SessionEvent::NodeEntered { node }),
             Action::Speak { text } => {
                 self.provider.say(&self.call, &text).await;
-                self.note("speak", json!({ "text": text }));
+                self.note(SessionEvent::Speak { text });
             }
             Action::SendMessage { text } => {
-                let outcome = self.send_message(MessageContent::Text(text)).await?;
-                if outcome != Outcome::Completed {
-                    return Ok(Performed::Unreachable(outcome));
+                if self
+                    .send_message(MessageContent::Text(text))
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Performed::Ended);
                 }
             }
             Action::ParameterSet { name, value } => {
-                self.note("parameter_set", json!({ "name": name, "value": value }))
+                self.note(SessionEvent::ParameterSet { name, value })
             }
             Action::CallWebhook(request) => {
-                self.note(
-                    "webhook_called",
-                    json!({ "method": request.method, "url": redact_url(&request.url) }),
-                );
+                self.note(SessionEvent::WebhookCalled {
+                    method: request.method.clone(),
+                    url: redact_url(&request.url),
+                });
                 let app = self.app;
                 let answer = self
                     .slot
@@ -559,11 +491,11 @@ impl Driver<'_> {
                     .await;
                 match &answer {
                     Event::WebhookAnswered { status, .. } => {
-                        self.note("webhook_answered", json!({ "status": status }))
+                        self.note(SessionEvent::WebhookAnswered { status: *status })
                     }
-                    Event::WebhookFailed { error } => {
-                        self.note("webhook_failed", json!({ "error": error }))
-                    }
+                    Event::WebhookFailed { error } => self.note(SessionEvent::WebhookFailed {
+                        error: error.clone(),
+                    }),
                     _ => {}
                 }
                 return Ok(Performed::Then(answer));
@@ -580,35 +512,37 @@ impl Driver<'_> {
                     None => Err("no SMTP relay is configured (--smtp-url)".to_owned()),
                 };
                 match result {
-                    Ok(()) => self.note("email_sent", json!({ "to": to, "subject": subject })),
-                    Err(error) => self.note("email_failed", json!({ "to": to, "error": error })),
+                    Ok(()) => self.note(SessionEvent::EmailSent { to, subject }),
+                    Err(error) => self.note(SessionEvent::EmailFailed { to, error }),
                 }
             }
             Action::Transfer { to } => {
                 self.provider.transfer(&self.call, &to).await;
-                self.note("transferred", json!({ "to": to }));
+                self.note(SessionEvent::Transferred { to });
             }
             Action::LiveAgentStart { url } => {
                 // The transcript so far: what is stored and what is noted.
-                self.record(SessionUpdate::default()).await?;
-                let transcript = match self
+                self.record(self.update()).await?;
+                let stored = self
                     .app
                     .store
                     .session(self.session.account_id, self.session.id)
-                    .await?
-                {
-                    Some(stored) => crate::api::sessions::transcript(&stored.events),
-                    None => Vec::new(),
-                };
+                    .await?;
+                let events: Vec<(SessionEvent, DateTime<Utc>)> = stored
+                    .map(|s| s.events)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| Some((e.event().ok()?, e.at)))
+                    .collect();
                 let body = json!({
                     "session_id": self.session.id,
                     "event": "start",
                     "agent_id": self.session.agent_id,
                     "channel": self.session.channel,
                     "to": self.session.to,
-                    "transcript": transcript,
+                    "transcript": transcript(events.iter().map(|(e, at)| (e, *at))),
                 });
-                self.tell_live_agent(url, body, "live_agent_started").await;
+                self.tell_live_agent(url, body, true).await;
             }
             Action::LiveAgentForward { url, text } => {
                 let body = json!({
@@ -616,22 +550,25 @@ impl Driver<'_> {
                     "event": "message",
                     "text": text,
                 });
-                self.tell_live_agent(url, body, "live_agent_forwarded")
-                    .await;
+                self.tell_live_agent(url, body, false).await;
             }
-            Action::LiveAgentStop => self.note("live_agent_stopped", serde_json::Value::Null),
+            Action::LiveAgentStop => self.note(SessionEvent::LiveAgentStopped),
             Action::End { reason } => {
                 if self.session.channel == Channel::Voice && reason != EndReason::Transferred {
                     self.provider.hang_up(&self.call).await;
-                    self.note("hangup", serde_json::Value::Null);
+                    self.note(SessionEvent::Hangup { reason: None });
                 }
-                return Ok(Performed::End(reason));
+                let end = self.lifecycle.flow_ended(reason);
+                self.apply(vec![end], Utc::now()).await?;
+                return Ok(Performed::Ended);
             }
         }
         Ok(Performed::Done)
     }
 
-    async fn tell_live_agent(&mut self, url: String, body: serde_json::Value, done: &str) {
+    /// Posts to a live agent's endpoint: the hand-over (`starting`) or the
+    /// person's words.
+    async fn tell_live_agent(&mut self, url: String, body: serde_json::Value, starting: bool) {
         // As the session's events show it: never a token the URL carries.
         let shown = redact_url(&url);
         let request = WebhookRequest {
@@ -649,37 +586,37 @@ impl Driver<'_> {
                 &request,
             ))
             .await;
-        match answer {
+        let event = match answer {
             Event::WebhookAnswered { status, .. } if (200..300).contains(&status) => {
-                self.note(done, json!({ "url": shown }))
+                if starting {
+                    SessionEvent::LiveAgentStarted { url: shown }
+                } else {
+                    SessionEvent::LiveAgentForwarded { url: shown }
+                }
             }
-            Event::WebhookAnswered { status, .. } => self.note(
-                "live_agent_failed",
-                json!({ "url": shown, "error": format!("the live agent's endpoint answered {status}") }),
-            ),
-            Event::WebhookFailed { error } => {
-                self.note("live_agent_failed", json!({ "url": shown, "error": error }))
-            }
-            _ => {}
-        }
+            Event::WebhookAnswered { status, .. } => SessionEvent::LiveAgentFailed {
+                url: shown,
+                error: format!("the live agent's endpoint answered {status}"),
+            },
+            Event::WebhookFailed { error } => SessionEvent::LiveAgentFailed { url: shown, error },
+            _ => return,
+        };
+        self.note(event);
     }
 
     /// Sends one message to the person and records its statuses, each with
-    /// its callback; answers how the message ended.
-    async fn send_message(&mut self, content: MessageContent) -> anyhow::Result<Outcome> {
+    /// its callback; `Some(Ended)` when the message could not be delivered
+    /// and the session has ended so.
+    async fn send_message(&mut self, content: MessageContent) -> anyhow::Result<Option<Ended>> {
         let session = self.session;
-        let n = self.conv.messages;
-        self.conv.messages += 1;
-        // Stable per session and message, so a re-run reports the same id.
-        let message_uuid = Uuid::new_v5(&session.id.as_uuid(), format!("message-{n}").as_bytes());
+        let n = self.state.messages;
+        self.state.messages += 1;
         let shown = match &content {
-            MessageContent::Text(t) => json!({ "text": t }),
-            MessageContent::Template(t) => json!({ "template": t }),
+            MessageContent::Text(t) => ShownContent::Text(t.clone()),
+            MessageContent::Template(t) => ShownContent::Template(t.clone()),
         };
-        self.note(
-            "message_sent",
-            json!({ "message_uuid": message_uuid, "content": shown }),
-        );
+        let sent = self.lifecycle.message_sent(n, shown);
+        self.note(sent);
         let mut statuses = self
             .provider
             .send(&OutboundMessage {
@@ -690,38 +627,14 @@ impl Driver<'_> {
                 last_two_digits: self.call.last_two_digits,
             })
             .await;
-        let mut outcome = Outcome::Completed;
         while let Some(status) = statuses.recv().await {
-            let event = self.event(
-                "message_status",
-                Some(json!({ "message_uuid": message_uuid, "status": status })),
-            );
-            let callback = self.callback(
-                format!("message:{n}:{}", status.as_str()),
-                json!({
-                    "agent_id": session.agent_id,
-                    "to": session.to,
-                    "session_id": session.id,
-                    "message_uuid": message_uuid,
-                    "channel": session.channel,
-                    "status": status,
-                    "timestamp": herald_core::time::rfc3339(event.at),
-                }),
-            );
-            self.record(SessionUpdate {
-                events: vec![event],
-                callbacks: callback.into_iter().collect(),
-                ..Default::default()
-            })
-            .await?;
-            self.app.callback_wakeup.notify_one();
-            match status {
-                MessageStatus::Rejected => outcome = Outcome::Rejected,
-                MessageStatus::Failed => outcome = Outcome::Failed,
-                _ => {}
+            let now = Utc::now();
+            let effects = self.lifecycle.message_status(n, status, now);
+            if self.apply(effects, now).await?.is_some() {
+                return Ok(Some(Ended));
             }
         }
-        Ok(outcome)
+        Ok(None)
     }
 
     /// A Send SMS node's message: to anyone, from the agent's number; its
@@ -730,14 +643,17 @@ impl Driver<'_> {
     async fn send_sms(&mut self, to: String, text: String) {
         let Ok(destination) = Destination::parse_messaging(&to) else {
             // Recorded as failed; the flow goes on.
-            self.note(
-                "sms_failed",
-                json!({ "to": to, "error": "not a phone number" }),
-            );
+            self.note(SessionEvent::SmsFailed {
+                to,
+                error: "not a phone number".into(),
+            });
             return;
         };
         let digits = destination.last_two_digits();
-        self.note("sms_sent", json!({ "to": to, "text": text }));
+        self.note(SessionEvent::SmsSent {
+            to: to.clone(),
+            text: text.clone(),
+        });
         let mut statuses = self
             .provider
             .send(&OutboundMessage {
@@ -749,16 +665,43 @@ impl Driver<'_> {
             })
             .await;
         while let Some(status) = statuses.recv().await {
-            self.note("sms_status", json!({ "to": to, "status": status }));
+            self.note(SessionEvent::SmsStatus {
+                to: to.clone(),
+                status,
+            });
         }
     }
+}
+
+/// The flow's event for an input; `None` for one the flow does not step on.
+fn flow_event(input: SessionInput) -> Option<Event> {
+    Some(match input {
+        SessionInput::Text(text) => Event::Input(Input {
+            mode: InputMode::Text,
+            text,
+        }),
+        SessionInput::Digits(text) => Event::Input(Input {
+            mode: InputMode::Dtmf,
+            text,
+        }),
+        SessionInput::Speech { text, .. } => Event::Input(Input {
+            mode: InputMode::Speech,
+            text,
+        }),
+        SessionInput::LiveAgentMessage(text) => Event::LiveAgentMessage { text },
+        SessionInput::LiveAgentHandBack => Event::LiveAgentHandBack,
+        SessionInput::LiveAgentEnd => Event::LiveAgentEnd,
+        // Reported by providers; no provider reports them yet.
+        SessionInput::NoInput
+        | SessionInput::CallProgress(_)
+        | SessionInput::MessageStatus { .. } => return None,
+    })
 }
 
 enum Performed {
     Done,
     /// Step again with this event.
     Then(Event),
-    /// A message could not be delivered: the session ends so.
-    Unreachable(Outcome),
-    End(EndReason),
+    /// The session ended.
+    Ended,
 }

@@ -1,4 +1,18 @@
-//! Sessions: their parameters, states and outcomes (CONTRACT §2.1, §5, §7).
+//! Sessions: their parameters, states and outcomes (CONTRACT §2.1, §5, §7),
+//! and the vocabulary of what happens in one: what wakes it ([`input`]),
+//! what it records ([`event`]), how a call goes ([`call`]), what it reports
+//! to its `status_url` ([`callback`]), and the conversation its events tell
+//! ([`transcript`]).
+
+pub mod call;
+pub mod callback;
+pub mod event;
+pub mod input;
+pub mod transcript;
+
+pub use call::{AnsweredBy, CallFailure, CallProgress};
+pub use event::{SessionEvent, ShownContent};
+pub use input::{InputKind, SessionInput, StoredInput};
 
 use std::fmt;
 use std::str::FromStr;
@@ -83,6 +97,33 @@ impl FromStr for Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a conversation ended, as its `ended` event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// An end node, or a flow that ran out of nodes.
+    Completed,
+    /// A Call Routing node handed the call over.
+    Transferred,
+    /// The live agent ended the conversation.
+    LiveAgentEnded,
+    /// The session's maximum lifetime ran out.
+    Expired,
+    /// The step bound was reached (a loop validation could not rule out).
+    Looped,
+    /// A sub-flow call would have gone deeper than
+    /// [`crate::flow::MAX_SUBFLOW_DEPTH`].
+    SubflowTooDeep,
+}
+
+impl EndReason {
+    /// Whether the conversation ended because the flow could not go on,
+    /// rather than by its own design: the session's outcome is `failed`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, EndReason::SubflowTooDeep)
     }
 }
 

@@ -1,0 +1,309 @@
+//! A session's lifecycle as a pure state machine, beside the flow's: what
+//! becomes of a session when its call rings, is answered or fails, when a
+//! message to the person gets a status, when its flow ends, and when a
+//! stranger's message opens it.
+//!
+//! The driver (in `herald-server`) reports what happened and carries out
+//! the [`Effect`]s that come back, in order: it records events, writes
+//! callbacks, hangs up, ends the session. Every decision lives here: which
+//! outcome a call result is, which callback a status makes and under which
+//! key, when a failed message ends the session, and the keys that keep a
+//! re-run step from being recorded twice. Like `step`, nothing here does
+//! I/O; time is an input.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use herald_core::flow::InboundPolicy;
+use herald_core::session::callback::{Callback, MessageCallback, VoiceCallback};
+use herald_core::session::{
+    AnsweredBy, CallProgress, EndReason, MessageStatus, Outcome, SessionEvent, SessionInput,
+    ShownContent,
+};
+use herald_core::time::rfc3339;
+use herald_core::{AgentId, Channel, ConversationUuid, SessionId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{FlowState, Wait};
+
+/// What the lifecycle needs to know of a session: fixed by its trigger.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: SessionId,
+    pub agent_id: AgentId,
+    pub channel: Channel,
+    /// The person.
+    pub to: String,
+    /// The agent's number.
+    pub from: String,
+    pub hangup_on_machine: bool,
+    /// Started by the person's message rather than by a trigger.
+    pub inbound: bool,
+    /// A call's id in voice callbacks.
+    pub conversation_uuid: ConversationUuid,
+}
+
+/// What the driver keeps of a session between wakes (its stored flow
+/// state): where the flow is, which inputs it has handled, how many
+/// messages went to the person.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub flow: FlowState,
+    /// The id of the last input handled.
+    pub inputs_consumed: i64,
+    /// Messages sent to the person so far; names each message's uuid.
+    pub messages: u32,
+}
+
+impl SessionState {
+    /// Reads a stored state; an error if it is not one.
+    pub fn from_stored(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        SessionState::deserialize(value)
+    }
+
+    pub fn to_stored(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a session state serialises")
+    }
+
+    /// Whether a live agent holds the conversation now.
+    pub fn with_live_agent(&self) -> bool {
+        matches!(self.flow.waiting, Some(Wait::LiveAgent { .. }))
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Record this event.
+    Record(SessionEvent),
+    /// Report to the session's `status_url` (if it has one): the callback,
+    /// and the key that makes a second report of the same status a no-op.
+    Report { key: String, callback: Callback },
+    /// Hang the call up.
+    HangUp,
+    /// The session is over.
+    End {
+        outcome: Outcome,
+        reason: Option<EndReason>,
+    },
+}
+
+/// What a stranger's message that opens a session leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// The flow runs, with the message as its first `LAST_INPUT`.
+    Run,
+    /// The flow does not run; `reply`, if any, goes back to the person.
+    Decline { reply: Option<String> },
+}
+
+impl Session {
+    /// How a call attempt went, and what follows.
+    pub fn call_progress(&self, progress: CallProgress, now: DateTime<Utc>) -> Vec<Effect> {
+        match progress {
+            CallProgress::Ringing => vec![Effect::Record(SessionEvent::Ringing)],
+            CallProgress::NotAnswered { failure } => {
+                let outcome = failure.outcome();
+                vec![
+                    Effect::Record(SessionEvent::CallStatus { status: failure }),
+                    self.voice_report(outcome, now),
+                    Effect::End {
+                        outcome,
+                        reason: None,
+                    },
+                ]
+            }
+            CallProgress::Answered {
+                by: AnsweredBy::Machine,
+            } if self.hangup_on_machine => vec![
+                Effect::Record(SessionEvent::Answered {
+                    by: AnsweredBy::Machine,
+                }),
+                Effect::HangUp,
+                Effect::Record(SessionEvent::Hangup {
+                    reason: Some("answering machine".into()),
+                }),
+                self.voice_report(Outcome::Machine, now),
+                Effect::End {
+                    outcome: Outcome::Machine,
+                    reason: None,
+                },
+            ],
+            CallProgress::Answered { by } => vec![Effect::Record(SessionEvent::Answered { by })],
+            // The person hung up: the conversation is over.
+            CallProgress::Completed => vec![Effect::End {
+                outcome: Outcome::Completed,
+                reason: None,
+            }],
+        }
+    }
+
+    /// The uuid of the session's `message`-th message to the person: the
+    /// same on every run of a step, so that a re-run reports the same id.
+    pub fn message_uuid(&self, message: u32) -> Uuid {
+        Uuid::new_v5(&self.id.as_uuid(), format!("message-{message}").as_bytes())
+    }
+
+    /// The event of a message going to the person.
+    pub fn message_sent(&self, message: u32, content: ShownContent) -> SessionEvent {
+        SessionEvent::MessageSent {
+            message_uuid: self.message_uuid(message),
+            content,
+        }
+    }
+
+    /// A status of the `message`-th message to the person: its event, its
+    /// callback, and the end of the session when the message could not be
+    /// delivered (the person cannot be reached).
+    pub fn message_status(
+        &self,
+        message: u32,
+        status: MessageStatus,
+        at: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let message_uuid = self.message_uuid(message);
+        let mut effects = vec![
+            Effect::Record(SessionEvent::MessageStatus {
+                message_uuid,
+                status,
+            }),
+            Effect::Report {
+                key: format!("message:{message}:{}", status.as_str()),
+                callback: Callback::Message(MessageCallback {
+                    agent_id: self.agent_id.clone(),
+                    channel: self.channel,
+                    message_uuid,
+                    session_id: self.id,
+                    status,
+                    timestamp: rfc3339(at),
+                    to: self.to.clone(),
+                }),
+            },
+        ];
+        if let Some(outcome) = undelivered(status) {
+            effects.push(Effect::End {
+                outcome,
+                reason: None,
+            });
+        }
+        effects
+    }
+
+    /// The session's end when its flow ends: `completed`, or `failed`
+    /// when the flow could not go on.
+    pub fn flow_ended(&self, reason: EndReason) -> Effect {
+        let outcome = if reason.is_failure() {
+            Outcome::Failed
+        } else {
+            Outcome::Completed
+        };
+        Effect::End {
+            outcome,
+            reason: Some(reason),
+        }
+    }
+
+    /// What a stranger's message leads to, by the flow's `inbound` policy:
+    /// without one, the flow declines, silently.
+    pub fn inbound(policy: Option<&InboundPolicy>) -> Inbound {
+        match policy {
+            Some(p) if p.accept => Inbound::Run,
+            policy => Inbound::Decline {
+                reply: policy.and_then(|p| p.reply.clone()),
+            },
+        }
+    }
+
+    /// The parameters a flow starts with: the trigger's, then the system's
+    /// (`LAST_INPUT` empty until the person says something).
+    pub fn start_parameters<'a>(
+        &self,
+        trigger: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> BTreeMap<String, String> {
+        let mut parameters: BTreeMap<String, String> = trigger
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        let direction = if self.inbound { "inbound" } else { "outbound" };
+        let system = [
+            ("SESSION_ID", self.id.to_string()),
+            ("AGENT_ID", self.agent_id.to_string()),
+            ("AGENT_NUMBER", self.from.clone()),
+            ("RECIPIENT", self.to.clone()),
+            ("CHANNEL", self.channel.as_str().to_owned()),
+            ("DIRECTION", direction.to_owned()),
+            ("LAST_INPUT", String::new()),
+        ];
+        for (name, value) in system {
+            parameters.insert(name.to_owned(), value);
+        }
+        parameters
+    }
+
+    fn voice_report(&self, status: Outcome, now: DateTime<Utc>) -> Effect {
+        Effect::Report {
+            key: format!("call:{status}"),
+            callback: Callback::Voice(VoiceCallback {
+                agent_id: self.agent_id.clone(),
+                conversation_uuid: self.conversation_uuid.as_str().to_owned(),
+                status,
+                timestamp: rfc3339(now),
+                to: self.to.clone(),
+            }),
+        }
+    }
+}
+
+/// The outcome of a session whose message ends so, if it ends it.
+fn undelivered(status: MessageStatus) -> Option<Outcome> {
+    match status {
+        MessageStatus::Rejected => Some(Outcome::Rejected),
+        MessageStatus::Failed => Some(Outcome::Failed),
+        _ => None,
+    }
+}
+
+/// The event of an input reaching the session.
+pub fn input_received(input: &SessionInput) -> SessionEvent {
+    SessionEvent::InputReceived {
+        input: input.kind().as_str().to_owned(),
+        text: input.text().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The keys events are recorded under: each names its place in the phase
+/// or step that made it, so that a step run again (after a crash) records
+/// nothing twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKeys {
+    prefix: String,
+    n: u32,
+}
+
+impl EventKeys {
+    /// The keys of a session's first wake, before its flow's first step.
+    pub fn first_wake() -> Self {
+        EventKeys {
+            prefix: "run".into(),
+            n: 0,
+        }
+    }
+
+    /// Starts the keys of the flow's step `seq`.
+    pub fn step(&mut self, seq: u64) {
+        self.prefix = format!("s{seq}");
+        self.n = 0;
+    }
+
+    /// The key of the next event.
+    pub fn next_key(&mut self) -> String {
+        self.n += 1;
+        format!("{}:{}", self.prefix, self.n)
+    }
+
+    /// The key of the event of the input with this id.
+    pub fn input(id: i64) -> String {
+        format!("in:{id}")
+    }
+}
