@@ -204,6 +204,20 @@ impl Session {
         }
     }
 
+    /// The end of a session that cannot run, for good (`error` says why):
+    /// it fails, and a call's owner hears that it did.
+    pub fn broken(&self, error: String, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut effects = vec![Effect::Record(SessionEvent::Error { error })];
+        if self.channel == Channel::Voice {
+            effects.push(self.voice_report(Outcome::Failed, now));
+        }
+        effects.push(Effect::End {
+            outcome: Outcome::Failed,
+            reason: None,
+        });
+        effects
+    }
+
     /// What a stranger's message leads to, by the flow's `inbound` policy:
     /// without one, the flow declines, silently.
     pub fn inbound(policy: Option<&InboundPolicy>) -> Inbound {
@@ -286,6 +300,14 @@ impl EventKeys {
     pub fn first_wake() -> Self {
         EventKeys {
             prefix: "run".into(),
+            n: 0,
+        }
+    }
+
+    /// The keys of the events that end a session that cannot run.
+    pub fn failure() -> Self {
+        EventKeys {
+            prefix: "fail".into(),
             n: 0,
         }
     }

@@ -302,3 +302,25 @@ fn the_stored_state_reads_back_and_says_when_a_live_agent_holds_it() {
     assert!(!SessionState::default().with_live_agent());
     assert!(SessionState::from_stored(&serde_json::json!({"flow": 3})).is_err());
 }
+
+#[test]
+fn a_session_that_cannot_run_fails_and_a_call_reports_it() {
+    let call = session(Channel::Voice);
+    let error = SessionEvent::Error {
+        error: "the stored flow state is unreadable".into(),
+    };
+    assert_eq!(
+        call.broken("the stored flow state is unreadable".into(), now()),
+        vec![
+            Effect::Record(error.clone()),
+            voice_report(&call, Outcome::Failed),
+            end(Outcome::Failed),
+        ]
+    );
+    // Messaging reports statuses of messages only: nothing to report.
+    let sms = session(Channel::Sms);
+    assert_eq!(
+        sms.broken("the stored flow state is unreadable".into(), now()),
+        vec![Effect::Record(error), end(Outcome::Failed)]
+    );
+}

@@ -104,9 +104,11 @@ fn read_input(
     use herald_core::session::{SessionInput, StoredInput};
     let kind = kind
         .parse()
-        .map_err(|e| StoreError::Internal(anyhow::Error::new(e)))?;
+        .map_err(|e: herald_core::session::input::BadInput| {
+            StoreError::Unreadable(e.to_string())
+        })?;
     SessionInput::from_stored(StoredInput { kind, text, data })
-        .map_err(|e| StoreError::Internal(anyhow::Error::new(e)))
+        .map_err(|e| StoreError::Unreadable(e.to_string()))
 }
 
 /// How long an idempotency key answers with its first response (CONTRACT §2.4).
@@ -121,6 +123,10 @@ pub enum StoreError {
     /// by another worker after the lease ran out.
     #[error("the lease on this work is no longer held")]
     LeaseLost,
+    /// A stored row this build cannot read (written by a newer herald, or
+    /// damaged): reading it again will not help.
+    #[error("unreadable: {0}")]
+    Unreadable(String),
     /// Anything else: the backend failed. Never shown to clients.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -280,6 +286,10 @@ pub trait DispatchQueue: Send + Sync + 'static {
     /// shutdown), so another worker need not wait for the lease. Leases no
     /// longer held are left alone.
     async fn release_dispatches(&self, leases: Vec<DispatchLease>) -> Result<()>;
+    /// Gives a job's lease up and makes the job due at `at`, its attempts
+    /// counted on: a run that failed for a reason that may pass tries
+    /// again then. False if the lease was no longer held.
+    async fn retry_dispatch(&self, lease: DispatchLease, at: DateTime<Utc>) -> Result<bool>;
     /// Records a session's progress in one transaction (all of it or, with
     /// a lease that is no longer held, none of it).
     async fn update_session(&self, id: SessionId, update: SessionUpdate) -> Result<()>;

@@ -253,9 +253,10 @@ pub enum JobFate {
     /// The worker goes on: the job stays leased to it.
     Keep,
     /// The session waits: the job sleeps until this time and gives up its
-    /// lease ([`crate::SessionStore::deliver_input`] wakes it sooner). If
-    /// an input newer than `inputs_consumed` arrived meanwhile, the job is
-    /// due at once instead, so that no input is left unhandled.
+    /// lease ([`crate::SessionStore::deliver_input`] wakes it sooner), and
+    /// its count of attempts starts again. If an input newer than
+    /// `inputs_consumed` arrived meanwhile, the job is due at once instead,
+    /// so that no input is left unhandled.
     SleepUntil(DateTime<Utc>),
     /// The session's work is done: the job goes. With an [`Ending`], the
     /// session ends now; without, it had ended already.
@@ -310,6 +311,9 @@ pub struct DispatchLease {
     pub session_id: SessionId,
     /// The session's account, whose share of places the job takes.
     pub account_id: AccountId,
+    /// Claims of the job since the session last went to sleep, this one
+    /// included: more than one means earlier runs did not get there.
+    pub attempts: u32,
     pub token: LeaseToken,
 }
 

@@ -764,7 +764,7 @@ impl PostgresStore {
             // never drawn (a claim's token is negative): the lease is given
             // up for good, and writes under the old token are refused.
             sqlx::query(
-                "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, \
+                "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, attempts = 0, \
                  run_at = CASE WHEN EXISTS (SELECT 1 FROM session_inputs i \
                      JOIN sessions s ON s.id = i.session_id \
                      WHERE i.session_id = $1 AND i.id > s.inputs_consumed) \
@@ -1295,7 +1295,7 @@ impl DispatchQueue for PostgresStore {
                 WHERE run_at <= $1 AND lease_until <= $1 AND NOT (account_id = ANY($5)) \
                 ORDER BY run_at LIMIT $3 \
                 FOR UPDATE SKIP LOCKED) \
-             RETURNING session_id, account_id",
+             RETURNING session_id, account_id, attempts",
         )
         .bind(now)
         .bind(now + lease.as_micros() as i64)
@@ -1310,6 +1310,8 @@ impl DispatchQueue for PostgresStore {
             Ok(DispatchLease {
                 session_id: parse_col(row, "session_id")?,
                 account_id: row.try_get("account_id").db()?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts").db()?)
+                    .unwrap_or(u32::MAX),
                 token,
             })
         })
@@ -1350,6 +1352,21 @@ impl DispatchQueue for PostgresStore {
         .await
         .db()?;
         Ok(())
+    }
+
+    async fn retry_dispatch(&self, lease: DispatchLease, at: DateTime<Utc>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, run_at = $3 \
+             WHERE session_id = $1 AND lease_token = $2",
+        )
+        .bind(lease.session_id.to_string())
+        .bind(lease.token.0)
+        .bind(to_micros(at))
+        .execute(&self.pool)
+        .await
+        .db()?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     async fn update_session(&self, id: SessionId, u: SessionUpdate) -> Result<()> {

@@ -1159,7 +1159,7 @@ impl DispatchQueue for SqliteStore {
                         WHERE run_at <= ?1 AND lease_until <= ?1 \
                           AND account_id NOT IN (SELECT value FROM json_each(?5)) \
                         ORDER BY run_at LIMIT ?3) \
-                     RETURNING session_id, account_id",
+                     RETURNING session_id, account_id, attempts",
                 )
                 .db()?;
             let rows = stmt
@@ -1167,6 +1167,7 @@ impl DispatchQueue for SqliteStore {
                     Ok(DispatchLease {
                         session_id: parse_col(row, 0)?,
                         account_id: row.get(1)?,
+                        attempts: row.get(2)?,
                         token,
                     })
                 })
@@ -1208,6 +1209,25 @@ impl DispatchQueue for SqliteStore {
                     .db()?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn retry_dispatch(&self, lease: DispatchLease, at: DateTime<Utc>) -> Result<bool> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, run_at = ?3 \
+                     WHERE session_id = ?1 AND lease_token = ?2",
+                )
+                .db()?
+                .execute(params![
+                    lease.session_id.to_string(),
+                    lease.token.0,
+                    to_micros(at)
+                ])
+                .db()?;
+            Ok(n > 0)
         })
         .await
     }
@@ -1289,7 +1309,7 @@ impl DispatchQueue for SqliteStore {
                 // Token 0 is never drawn (a claim's token is negative), so
                 // the lease is given up for good.
                 conn.prepare_cached(
-                    "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, \
+                    "UPDATE dispatch_jobs SET lease_until = 0, lease_token = 0, attempts = 0, \
                      run_at = CASE WHEN EXISTS (SELECT 1 FROM session_inputs i, sessions s \
                          WHERE s.id = ?1 AND i.session_id = ?1 AND i.id > s.inputs_consumed) \
                        THEN ?3 ELSE ?2 END \

@@ -1,18 +1,18 @@
-//! herald's command line (CONTRACT §9). Every flag has a `HERALD_*`
-//! environment variable; flags win over the environment, which wins over
-//! the defaults.
+//! herald's command line (CONTRACT §9). The server's settings come in
+//! layers (see `herald_server::config`): the built-in defaults, a file
+//! (`--config`), `HERALD_*` variables, flags, each winning over the one
+//! before.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_core::keys::{generate_key, hash_key};
-use herald_core::secret::{redact_url, Secret, SecretUrl};
-use herald_core::{AgentId, Region};
-use herald_server::config::{parse_retry_schedule, Config, SmtpSettings};
-use herald_server::outbound::email::Mailer;
+use herald_core::secret::redact_url;
+use herald_core::AgentId;
+use herald_server::config::{Config, Settings};
 use herald_store::StoreOptions;
 
 #[derive(Parser)]
@@ -54,6 +54,9 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Print the built-in settings, each with its default and a comment: a
+    /// start for a configuration file of your own (`herald serve --config`).
+    Config,
     /// Measure herald on this machine: start a server on a fresh database,
     /// load it, and print throughput, latency, callback and memory figures
     /// against the targets (see BENCHMARKS.md).
@@ -67,13 +70,19 @@ enum Command {
 #[derive(Args)]
 struct DatabaseArg {
     /// The store: sqlite://PATH (one server) or postgres://USER@HOST/DB
-    /// (any number of servers).
-    #[arg(
-        long = "database",
-        env = "HERALD_DATABASE_URL",
-        default_value = "sqlite://herald.db"
-    )]
-    url: String,
+    /// (any number of servers) [default: sqlite://herald.db].
+    #[arg(long = "database", env = "HERALD_DATABASE_URL", hide_env_values = true)]
+    url: Option<String>,
+}
+
+impl DatabaseArg {
+    /// The URL given, or the built-in default's.
+    fn url(&self) -> String {
+        self.url
+            .clone()
+            .or(Settings::defaults().database_url)
+            .expect("the built-in settings name a database")
+    }
 }
 
 #[derive(Subcommand)]
@@ -101,9 +110,9 @@ enum LimitsCommand {
         agent: String,
         #[arg(long)]
         rate: u32,
-        /// The highest rate allowed.
-        #[arg(long, env = "HERALD_MAX_RATE", default_value_t = 10_000)]
-        max_rate: u32,
+        /// The highest rate allowed [default: 10000].
+        #[arg(long, env = "HERALD_MAX_RATE")]
+        max_rate: Option<u32>,
         #[command(flatten)]
         database: DatabaseArg,
     },
@@ -111,169 +120,19 @@ enum LimitsCommand {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// A configuration file (TOML, as `herald config` prints): its settings
+    /// override the built-in ones; variables and flags override it.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    database: DatabaseArg,
-    /// The region this server serves.
-    #[arg(long, env = "HERALD_REGION", default_value = "eu", value_parser = ["eu", "us"])]
-    region: String,
-    /// Allow callbacks to loopback and private addresses.
-    #[arg(long, env = "HERALD_ALLOW_PRIVATE_CALLBACKS")]
-    allow_private_callbacks: bool,
-    /// The rate of agents without a limit of their own (sessions per second).
-    #[arg(long, env = "HERALD_DEFAULT_RATE", default_value_t = 1)]
-    default_rate: u32,
-    /// The highest rate `herald limits set` accepts.
-    #[arg(long, env = "HERALD_MAX_RATE", default_value_t = 10_000)]
-    max_rate: u32,
-    /// Seconds before each callback retry, comma-separated.
-    #[arg(long, env = "HERALD_CALLBACK_RETRY_SCHEDULE", value_parser = parse_schedule)]
-    callback_retry_schedule: Option<Schedule>,
-    /// Seconds a callback attempt may take before it counts as failed.
-    /// Twice this is how long a dead server's callbacks wait for another.
-    #[arg(long, env = "HERALD_CALLBACK_TIMEOUT_SECS", default_value_t = 15.0, value_parser = parse_seconds)]
-    callback_timeout_secs: f64,
-    /// The simulator's pause before each step, in milliseconds.
-    #[arg(long, env = "HERALD_SIMULATOR_DELAY_MS", default_value_t = 20)]
-    simulator_delay_ms: u64,
-    /// Seconds a worker holds a session's dispatch job; after a crash, its
-    /// sessions are taken up again once this runs out.
-    #[arg(long, env = "HERALD_DISPATCH_LEASE_SECS", default_value_t = 60.0, value_parser = parse_seconds)]
-    dispatch_lease_secs: f64,
-    /// Commit with synchronous=NORMAL: safe from a crash of herald, not
-    /// from a power cut.
-    #[arg(long, env = "HERALD_RELAXED_COMMITS")]
-    relaxed_commits: bool,
-    /// Share rate limits with other servers through this Redis
-    /// (redis://HOST:PORT). Without it, limits are kept in this process,
-    /// which is exact only while it is the one server.
-    #[arg(long, env = "HERALD_REDIS_URL")]
-    redis: Option<String>,
-    /// Serve `POST /bench/noop`, the baseline route of `herald bench`.
-    #[arg(long, env = "HERALD_BENCH_ROUTES")]
-    bench_routes: bool,
-    /// The SMTP relay that flows' email nodes send through:
-    /// smtp://HOST:PORT (plain, such as a relay on this machine),
-    /// smtp://USER:PASSWORD@HOST:587?tls=required (STARTTLS) or
-    /// smtps://USER:PASSWORD@HOST:465. Without it, email nodes fail.
-    // hide_env_values: --help must not print the password.
-    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
-    smtp_url: Option<String>,
-    /// The From of flows' emails: ADDRESS or "NAME <ADDRESS>".
-    #[arg(long, env = "HERALD_SMTP_FROM", default_value = "herald@localhost")]
-    smtp_from: String,
-    /// The secret channel providers send as `X-Herald-Inbound-Token` with
-    /// inbound messages (`POST /inbound/{channel}`). Without it, that
-    /// endpoint is off.
-    #[arg(long, env = "HERALD_INBOUND_TOKEN", hide_env_values = true)]
-    inbound_token: Option<String>,
-    /// Send calls to customers' URLs (callbacks, webhook nodes, live
-    /// agents) through this HTTP proxy: http://HOST:PORT. herald still
-    /// checks each target's address itself. Proxy variables of the
-    /// environment (HTTP_PROXY and the like) are never read.
-    #[arg(long, env = "HERALD_OUTBOUND_PROXY", hide_env_values = true)]
-    outbound_proxy: Option<String>,
-    /// Connections served at once (a few more are kept for health checks).
-    /// Default: 1024, or less when the limit on open files is lower.
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_connections: Option<u32>,
-    /// Seconds a client may take to send a request's headers [default: 5].
-    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECS", value_parser = parse_seconds)]
-    header_timeout_secs: Option<f64>,
-    /// Seconds a client may take to send a request's body [default: 10].
-    #[arg(long, env = "HERALD_BODY_TIMEOUT_SECS", value_parser = parse_seconds)]
-    body_timeout_secs: Option<f64>,
-    /// Sessions this server runs at once [default: 1024].
-    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_running_sessions: Option<u32>,
-    /// Sessions of one account this server runs at once [default: 256].
-    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS_PER_ACCOUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_running_sessions_per_account: Option<u32>,
-}
-
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.1 && *s <= 86_400.0)
-        .ok_or_else(|| format!("{text:?} is not a number of seconds between 0.1 and 86400"))
-}
-
-/// A whole retry schedule as one value: clap would take a bare
-/// `Vec<Duration>` for a flag given once per delay.
-#[derive(Clone)]
-struct Schedule(Vec<Duration>);
-
-fn parse_schedule(text: &str) -> Result<Schedule, String> {
-    parse_retry_schedule(text).map(Schedule)
+    settings: Settings,
 }
 
 impl ServeArgs {
+    /// The configuration: the built-in settings, the file, the variables
+    /// and the flags, checked once.
     fn config(self) -> anyhow::Result<Config> {
-        if self.default_rate == 0 || self.default_rate > self.max_rate {
-            anyhow::bail!(
-                "HERALD_DEFAULT_RATE must be between 1 and HERALD_MAX_RATE ({})",
-                self.max_rate
-            );
-        }
-        let smtp = self.smtp_url.map(|url| SmtpSettings {
-            url: url.into(),
-            from: self.smtp_from,
-        });
-        let outbound_proxy = self
-            .outbound_proxy
-            .filter(|p| !p.is_empty())
-            .map(SecretUrl::new);
-        if let Some(proxy) = &outbound_proxy {
-            herald_server::outbound::guard::check_proxy(proxy)?;
-        }
-        if let Some(settings) = &smtp {
-            // A mistake here stops the server now, not every email later.
-            Mailer::new(settings)?;
-        }
-        let defaults = Config::default();
-        let secs =
-            |given: Option<f64>, default: Duration| given.map_or(default, Duration::from_secs_f64);
-        Ok(Config {
-            listen: self.listen,
-            database_url: self.database.url.into(),
-            region: self
-                .region
-                .parse::<Region>()
-                .expect("clap checks the region"),
-            allow_private_callbacks: self.allow_private_callbacks,
-            default_rate: self.default_rate,
-            max_rate: self.max_rate,
-            callback_retry_schedule: self
-                .callback_retry_schedule
-                .map_or(defaults.callback_retry_schedule, |s| s.0),
-            callback_timeout: Duration::from_secs_f64(self.callback_timeout_secs),
-            simulator_delay: Duration::from_millis(self.simulator_delay_ms),
-            dispatch_lease: Duration::from_secs_f64(self.dispatch_lease_secs),
-            durable_commits: !self.relaxed_commits,
-            redis_url: self.redis.map(SecretUrl::new),
-            bench_routes: self.bench_routes,
-            smtp,
-            inbound_token: self
-                .inbound_token
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
-            outbound_proxy,
-            max_connections: self.max_connections.map_or_else(
-                herald_server::startup::listener::default_max_connections,
-                |n| n as usize,
-            ),
-            header_timeout: secs(self.header_timeout_secs, defaults.header_timeout),
-            body_timeout: secs(self.body_timeout_secs, defaults.body_timeout),
-            max_running_sessions: self
-                .max_running_sessions
-                .map_or(defaults.max_running_sessions, |n| n as usize),
-            max_running_sessions_per_account: self
-                .max_running_sessions_per_account
-                .map_or(defaults.max_running_sessions_per_account, |n| n as usize),
-            ..defaults
-        })
+        Ok(Settings::layered(self.config.as_deref(), self.settings)?.resolve()?)
     }
 }
 
@@ -310,9 +169,10 @@ fn init_tracing(format: &str) {
 }
 
 async fn open(database: &DatabaseArg) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
-    herald_store::open(&database.url, &StoreOptions::default())
+    let url = database.url();
+    herald_store::open(&url, &StoreOptions::default())
         .await
-        .with_context(|| format!("opening {}", redact_url(&database.url)))
+        .with_context(|| format!("opening {}", redact_url(&url)))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -361,6 +221,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_rate,
                 database,
             } => {
+                let max_rate = max_rate
+                    .or(Settings::defaults().max_rate)
+                    .expect("the built-in settings have a maximum rate");
                 if rate == 0 || rate > max_rate {
                     anyhow::bail!("--rate must be between 1 and {max_rate} (HERALD_MAX_RATE)");
                 }
@@ -374,6 +237,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Openapi => print!("{}", herald_server::api::openapi::document()),
+        Command::Config => print!("{}", herald_server::config::DEFAULTS),
         Command::Bench(args) => crate::bench::run(args).await?,
         Command::Chat(args) => crate::chat::run(args).await?,
     }
@@ -382,6 +246,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use herald_core::secret::SecretUrl;
+    use herald_server::config::SmtpSettings;
+
     use super::*;
 
     fn serve_config(args: &[&str]) -> Config {

@@ -122,6 +122,11 @@ pub enum SessionEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<EndReason>,
     },
+    /// The session could not run, for good: why, in words fit for its
+    /// owner (the whole cause is in the server's log).
+    Error {
+        error: String,
+    },
     /// A callback was given up on.
     CallbackFailed {
         webhook_id: String,

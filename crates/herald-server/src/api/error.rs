@@ -80,6 +80,9 @@ impl From<herald_store::StoreError> for ApiError {
             e @ herald_store::StoreError::LeaseLost => {
                 ApiError::internal("Internal server error", e.to_string())
             }
+            e @ herald_store::StoreError::Unreadable(_) => {
+                ApiError::internal("Internal server error", e.to_string())
+            }
             herald_store::StoreError::Internal(cause) => {
                 ApiError::internal("Internal server error", format!("{cause:#}"))
             }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::secret::redact_url;
-use herald_store::{DueCallback, Settlement, Verdict};
+use herald_store::{CallbackOutbox, DueCallback, Settlement, Verdict};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -21,32 +21,35 @@ use crate::leases::LeasedWork;
 use crate::outbound::guard::{refused_by_resolver, GuardedClient, Refused};
 use crate::{AppState, Shutdown};
 
-/// Callbacks in flight at once.
-const MAX_IN_FLIGHT: usize = 256;
 /// Most attempts recorded in one write.
 const MAX_SETTLE_BATCH: usize = 256;
 
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
+    // As many idle connections as can be in flight, so that a busy sender
+    // reuses its connections rather than opening one per callback.
     let client = GuardedClient::new(
         app.config.allow_private_callbacks,
         app.config.callback_timeout,
         app.config.outbound_proxy.as_ref(),
-    );
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    )
+    .keeping_idle(app.config.callback_max_in_flight);
+    let in_flight = Arc::new(Semaphore::new(app.config.callback_max_in_flight));
     // An attempt is cut off at the timeout; the lease lasts as long again,
     // so that recording the attempt fits well inside it. A callback whose
     // sender died is taken up by another once the lease runs out.
     let lease = app.config.callback_timeout * 2;
+    // The part of the store the sender works on.
+    let outbox: Arc<dyn CallbackOutbox> = app.store.clone();
     let mut work = LeasedWork::default();
     let (settle, settlements) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(app.clone(), settlements));
+    let settler = tokio::spawn(settle_loop(app.clone(), outbox.clone(), settlements));
     loop {
         work.reap();
         let free = in_flight.available_permits();
         let due = if free == 0 {
             Vec::new()
         } else {
-            app.store
+            outbox
                 .claim_callbacks(Utc::now(), lease, free)
                 .await
                 .unwrap_or_else(|e| {
@@ -81,7 +84,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             }
             continue;
         }
-        let wait = match app.store.next_callback_due().await {
+        let wait = match outbox.next_callback_due().await {
             Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
             _ => Duration::from_secs(1),
         }
@@ -98,7 +101,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
     drop(settle);
     let _ = settler.await;
     if !unfinished.is_empty() {
-        if let Err(e) = app.store.release_callbacks(unfinished).await {
+        if let Err(e) = outbox.release_callbacks(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back callbacks");
         }
     }
@@ -110,11 +113,15 @@ type Recorded = oneshot::Sender<()>;
 /// while the last was being written, so that a busy sender spends one store
 /// write on many callbacks rather than one each. Ends when every sender of
 /// attempts has gone.
-async fn settle_loop(app: AppState, mut finished: mpsc::UnboundedReceiver<(Settlement, Recorded)>) {
+async fn settle_loop(
+    app: AppState,
+    outbox: Arc<dyn CallbackOutbox>,
+    mut finished: mpsc::UnboundedReceiver<(Settlement, Recorded)>,
+) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, MAX_SETTLE_BATCH).await > 0 {
         let (settlements, waiting): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        if let Err(e) = app.store.settle_callbacks(settlements).await {
+        if let Err(e) = outbox.settle_callbacks(settlements).await {
             tracing::error!(error = %format!("{e:#}"), "could not record callback attempts");
         }
         for w in waiting {

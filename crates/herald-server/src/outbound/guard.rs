@@ -25,8 +25,8 @@ use herald_core::net::is_internal;
 use herald_core::secret::SecretUrl;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// The most idle connections kept to one host: as many as the callback
-/// sender may have in flight, so a busy sender reuses its connections.
+/// The most idle connections kept to one host, unless
+/// [`GuardedClient::keeping_idle`] says otherwise.
 const POOL_PER_HOST: usize = 256;
 
 /// Why a call is not made at all.
@@ -63,18 +63,33 @@ impl Resolve for GuardedResolver {
 pub struct GuardedClient {
     client: reqwest::Client,
     allow_private: bool,
-    proxied: bool,
+    timeout: Duration,
+    proxy: Option<SecretUrl>,
 }
 
 impl GuardedClient {
     /// `allow_private` turns the guard off (tests, demos, receivers on the
     /// same network); `proxy` was checked by [`check_proxy`].
     pub fn new(allow_private: bool, timeout: Duration, proxy: Option<&SecretUrl>) -> Self {
+        Self::build(allow_private, timeout, proxy, POOL_PER_HOST)
+    }
+
+    /// The same client, keeping up to `idle` connections to one host.
+    pub fn keeping_idle(self, idle: usize) -> Self {
+        Self::build(self.allow_private, self.timeout, self.proxy.as_ref(), idle)
+    }
+
+    fn build(
+        allow_private: bool,
+        timeout: Duration,
+        proxy: Option<&SecretUrl>,
+        idle: usize,
+    ) -> Self {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(POOL_PER_HOST)
+            .pool_max_idle_per_host(idle)
             .no_proxy();
         if let Some(proxy) = proxy {
             let proxy = reqwest::Proxy::all(proxy.expose()).expect("checked at start-up");
@@ -88,7 +103,8 @@ impl GuardedClient {
                 .build()
                 .expect("the HTTP client's settings are valid"),
             allow_private,
-            proxied: proxy.is_some(),
+            timeout,
+            proxy: proxy.cloned(),
         }
     }
 
@@ -111,7 +127,7 @@ impl GuardedClient {
             Some(url::Host::Domain(name)) => name,
             None => return Ok(()),
         };
-        if !self.proxied {
+        if self.proxy.is_none() {
             return Ok(());
         }
         let port = url.port_or_known_default().unwrap_or(80);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use herald_core::AccountId;
-use herald_store::{DispatchLease, StoreError};
+use herald_store::{DispatchLease, DispatchQueue, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::leases::LeasedWork;
@@ -102,6 +102,8 @@ impl Slot {
 }
 
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
+    // The part of the store the dispatcher works on.
+    let queue: Arc<dyn DispatchQueue> = app.store.clone();
     let running = Arc::new(Semaphore::new(app.config.max_running_sessions.max(1)));
     let per_account = app.config.max_running_sessions_per_account.max(1);
     let shares = Arc::new(Shares::default());
@@ -113,8 +115,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             Vec::new()
         } else {
             let full = shares.full(per_account);
-            match app
-                .store
+            match queue
                 .claim_dispatches(Utc::now(), app.config.dispatch_lease, free, &full)
                 .await
             {
@@ -143,22 +144,18 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             };
             let (app, shares) = (app.clone(), shares.clone());
             work.spawn(lease, async move {
-                let id = lease.session_id;
                 match run_holding_lease(&app, lease, slot).await {
                     Ok(()) => {}
                     Err(e) if is_lease_lost(&e) => {
-                        tracing::warn!(session_id = %id, "lost the lease on a session; another worker has it");
+                        tracing::warn!(session_id = %lease.session_id, "lost the lease on a session; another worker has it");
                     }
-                    // The job keeps its lease and runs again when it expires.
-                    Err(e) => {
-                        tracing::error!(session_id = %id, error = %format!("{e:#}"), "session run failed")
-                    }
+                    Err(e) => after_failed_run(&app, lease, e).await,
                 }
                 shares.give_back(lease.account_id);
             });
         }
         if !over_share.is_empty() {
-            if let Err(e) = app.store.release_dispatches(over_share).await {
+            if let Err(e) = queue.release_dispatches(over_share).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not give back dispatch jobs");
             }
         }
@@ -180,10 +177,55 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             count = unfinished.len(),
             "giving back unfinished dispatch jobs"
         );
-        if let Err(e) = app.store.release_dispatches(unfinished).await {
+        if let Err(e) = queue.release_dispatches(unfinished).await {
             tracing::warn!(error = %format!("{e:#}"), "could not give back dispatch jobs");
         }
     }
+}
+
+/// A run failed: a session that cannot run (for a reason that will not
+/// pass, or after too many runs in a row that failed) ends `failed`; any
+/// other tries again after a pause that grows with each failure.
+async fn after_failed_run(app: &AppState, lease: DispatchLease, error: anyhow::Error) {
+    let id = lease.session_id;
+    let permanent = crate::session::driver::permanent(&error);
+    let max = app.config.dispatch_max_attempts;
+    if permanent.is_some() || lease.attempts >= max {
+        tracing::error!(session_id = %id, attempts = lease.attempts, error = %format!("{error:#}"),
+            "session run failed for good; ending the session");
+        let why = permanent.unwrap_or_else(|| {
+            format!(
+                "the session could not run: {} attempts failed",
+                lease.attempts
+            )
+        });
+        if let Err(e) = crate::session::driver::fail_session(app, lease, why).await {
+            // The lease runs out and the next claim tries again.
+            tracing::error!(session_id = %id, error = %format!("{e:#}"), "could not end a failed session");
+        }
+        return;
+    }
+    let pause = retry_pause(lease.attempts);
+    tracing::warn!(session_id = %id, attempts = lease.attempts, error = %format!("{error:#}"),
+        "session run failed; trying again in {pause:?}");
+    let at = Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default();
+    let queue: &dyn DispatchQueue = app.store.as_ref();
+    if let Err(e) = queue.retry_dispatch(lease, at).await {
+        // The lease runs out all the same, and the job is due then.
+        tracing::warn!(session_id = %id, error = %format!("{e:#}"), "could not put a failed run off");
+    }
+}
+
+/// The pause before the next run after `attempts` runs failed in a row:
+/// 5 s, doubling, at most 10 minutes, with ±20% jitter so that sessions
+/// failing together do not retry together.
+fn retry_pause(attempts: u32) -> std::time::Duration {
+    let base = std::time::Duration::from_secs(5);
+    let cap = std::time::Duration::from_secs(600);
+    let pause = base
+        .saturating_mul(1 << attempts.saturating_sub(1).min(10))
+        .min(cap);
+    pause.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..=1.2))
 }
 
 fn is_lease_lost(e: &anyhow::Error) -> bool {
@@ -216,12 +258,32 @@ async fn keep_renewing(app: &AppState, lease: DispatchLease) -> StoreError {
     loop {
         renew.tick().await;
         let until = Utc::now() + chrono::Duration::from_std(length).unwrap_or_default();
-        match app.store.renew_dispatch(lease, until).await {
+        let queue: &dyn DispatchQueue = app.store.as_ref();
+        match queue.renew_dispatch(lease, until).await {
             Ok(true) => {}
             Ok(false) => return StoreError::LeaseLost,
             Err(e) => {
                 tracing::warn!(session_id = %lease.session_id, error = %format!("{e:#}"), "could not renew a lease");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::retry_pause;
+
+    #[test]
+    fn retries_back_off_to_ten_minutes() {
+        for (attempts, nominal) in [(1, 5), (2, 10), (3, 20), (4, 40), (8, 600), (40, 600)] {
+            let pause = retry_pause(attempts);
+            let nominal = Duration::from_secs(nominal);
+            assert!(
+                pause >= nominal.mul_f64(0.8) && pause <= nominal.mul_f64(1.2),
+                "{attempts}: {pause:?}"
+            );
         }
     }
 }

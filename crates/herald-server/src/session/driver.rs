@@ -49,12 +49,43 @@ use crate::AppState;
 /// How long a live agent's endpoint may take to take a message.
 const LIVE_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a session cannot run, however often it is tried: the dispatcher
+/// ends it (see [`fail_session`]) rather than trying again. The text is
+/// for the session's owner; the log has the whole cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub &'static str);
+
+/// Whether a run's error is [`Permanent`] (or a stored row that cannot be
+/// read); the text to record if it is.
+pub fn permanent(error: &anyhow::Error) -> Option<String> {
+    if let Some(Permanent(why)) = error.downcast_ref::<Permanent>() {
+        return Some((*why).to_owned());
+    }
+    match error.downcast_ref::<herald_store::StoreError>() {
+        Some(herald_store::StoreError::Unreadable(_)) => {
+            Some("an input of the session cannot be read".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Runs one wake of a session (see the module's comment).
 #[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
 pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> anyhow::Result<()> {
     let id = lease.session_id;
     let Some(session) = app.store.session_for_work(id).await? else {
-        anyhow::bail!("a dispatch job names a session that does not exist");
+        // Nothing to run or to end: the job goes.
+        tracing::warn!("a dispatch job names a session that does not exist; removing it");
+        let update = SessionUpdate {
+            job: JobFate::Finish(None),
+            ..SessionUpdate::keep(lease.token)
+        };
+        return app
+            .store
+            .update_session(id, update)
+            .await
+            .map_err(Into::into);
     };
     if session.status == herald_core::session::SessionStatus::Ended {
         // A re-run after the end was recorded but before the job was removed.
@@ -72,12 +103,12 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         .directory
         .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("the session's agent version is missing"))?;
+        .ok_or(Permanent("the session's agent version is missing"))?;
     let state = match &session.flow_state {
-        Some(state) => Some(
-            SessionState::from_stored(state)
-                .map_err(|e| anyhow::anyhow!("the stored flow state is unreadable: {e}"))?,
-        ),
+        Some(state) => Some(SessionState::from_stored(state).map_err(|e| {
+            tracing::error!(error = %e, "the stored flow state is unreadable");
+            Permanent("the session's stored state cannot be read")
+        })?),
         None => None,
     };
     let destination = if session.channel.is_messaging() {
@@ -86,24 +117,10 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         Destination::parse_voice(&session.to)
     };
     let digits = destination.ok().and_then(|d| d.last_two_digits());
-    let conversation_uuid = session
-        .conversation_uuid
-        .clone()
-        .map(ConversationUuid::from_stored)
-        .unwrap_or_else(ConversationUuid::generate);
     let mut driver = Driver {
         app,
         provider: app.provider.as_ref(),
-        lifecycle: lifecycle::Session {
-            id: session.id,
-            agent_id: session.agent_id.clone(),
-            channel: session.channel,
-            to: session.to.clone(),
-            from: session.from.clone(),
-            hangup_on_machine: session.hangup_on_machine,
-            inbound: session.inbound,
-            conversation_uuid,
-        },
+        lifecycle: lifecycle_of(&session),
         session: &session,
         flow: &version.flow,
         lease: lease.token,
@@ -125,6 +142,82 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         return Ok(());
     }
     driver.handle_inputs_and_timer().await
+}
+
+/// The lifecycle of a stored session.
+fn lifecycle_of(session: &SessionRecord) -> lifecycle::Session {
+    lifecycle::Session {
+        id: session.id,
+        agent_id: session.agent_id.clone(),
+        channel: session.channel,
+        to: session.to.clone(),
+        from: session.from.clone(),
+        hangup_on_machine: session.hangup_on_machine,
+        inbound: session.inbound,
+        conversation_uuid: session
+            .conversation_uuid
+            .clone()
+            .map(ConversationUuid::from_stored)
+            .unwrap_or_else(ConversationUuid::generate),
+    }
+}
+
+/// Ends a session that cannot run, for good, under the lease its last run
+/// held: it fails with `error` recorded, and a call reports that it did.
+pub async fn fail_session(
+    app: &AppState,
+    lease: DispatchLease,
+    error: String,
+) -> anyhow::Result<()> {
+    let Some(session) = app.store.session_for_work(lease.session_id).await? else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    let mut update = SessionUpdate {
+        job: JobFate::Finish(Some(Ending {
+            outcome: Outcome::Failed,
+            at: now,
+        })),
+        ..SessionUpdate::keep(lease.token)
+    };
+    let mut keys = EventKeys::failure();
+    for effect in lifecycle_of(&session).broken(error, now) {
+        match effect {
+            Effect::Record(event) => update.events.push(NewEvent {
+                key: Some(keys.next_key()),
+                event,
+                at: now,
+            }),
+            Effect::Report { key, callback } => {
+                if let Some(url) = session.status_url.clone() {
+                    update.callbacks.push(NewCallback {
+                        dedupe_key: key,
+                        webhook_id: format!("msg_{}", Uuid::new_v4().simple()),
+                        account_id: session.account_id,
+                        url,
+                        body: callback.body(),
+                        created_at: now,
+                    });
+                }
+            }
+            Effect::End { outcome, reason } => update.events.push(NewEvent {
+                key: Some(keys.next_key()),
+                event: SessionEvent::Ended { outcome, reason },
+                at: now,
+            }),
+            Effect::HangUp => {}
+        }
+    }
+    app.store.update_session(session.id, update).await?;
+    app.metrics
+        .sessions_ended
+        .get_or_create(&OutcomeLabels {
+            channel: session.channel.as_str(),
+            outcome: Outcome::Failed.as_str(),
+        })
+        .inc();
+    app.callback_wakeup.notify_one();
+    Ok(())
 }
 
 struct Driver<'a> {

@@ -1,5 +1,8 @@
-//! The server's settings, each with a default and a `HERALD_*` variable
-//! (read by the command line in the `herald` binary).
+//! The server's settings, in layers: the built-in file of defaults
+//! ([`DEFAULTS`], commented setting by setting), then a configuration file,
+//! then `HERALD_*` variables, then flags. [`Settings`] is one layer (every
+//! setting optional); [`Settings::resolve`] checks the result once, at
+//! start-up, and makes the [`Config`] the server runs with.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,9 +33,13 @@ pub struct Config {
     pub callback_retry_schedule: Vec<Duration>,
     /// How long a callback attempt may take before it counts as failed.
     pub callback_timeout: Duration,
+    /// Callbacks in flight at once.
+    pub callback_max_in_flight: usize,
     pub simulator_delay: Duration,
     /// How long a worker holds a dispatch job before another may take it.
     pub dispatch_lease: Duration,
+    /// Runs of a session that may fail in a row before it ends `failed`.
+    pub dispatch_max_attempts: u32,
     /// How long a graceful shutdown lets sessions and callbacks under way
     /// finish before giving their leases back.
     pub shutdown_grace: Duration,
@@ -78,61 +85,400 @@ pub struct SmtpSettings {
     pub from: String,
 }
 
+/// The built-in settings: every default, stated here once, with a comment
+/// each. `herald config` prints it.
+pub const DEFAULTS: &str = include_str!("herald.toml");
+
+/// The built-in settings, resolved: what a server runs with when nothing is
+/// set. Tests start from it.
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            listen: ([127, 0, 0, 1], 8080).into(),
-            database_url: "sqlite://herald.db".into(),
-            redis_url: None,
-            region: Region::Eu,
-            allow_private_callbacks: false,
-            default_rate: 1,
-            max_rate: 10_000,
-            callback_retry_schedule: default_retry_schedule(),
-            callback_timeout: Duration::from_secs(15),
-            simulator_delay: Duration::from_millis(20),
-            dispatch_lease: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
-            cache_refresh: Duration::from_millis(500),
-            inbound_token: None,
-            bench_routes: false,
-            durable_commits: true,
-            smtp: None,
-            outbound_proxy: None,
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(5),
-            body_timeout: Duration::from_secs(10),
-            max_running_sessions: 1024,
-            max_running_sessions_per_account: 256,
+        Settings::defaults()
+            .resolve()
+            .expect("the built-in settings are valid")
+    }
+}
+
+/// Every setting, as a file, a variable or a flag may give it; unset ones
+/// are `None`. One layer of the configuration (see [`Settings::layered`]).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The address the API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The store: sqlite://PATH (one server) or postgres://USER@HOST/DB (any
+    /// number of servers) [default: sqlite://herald.db].
+    #[arg(
+        long = "database",
+        alias = "database-url",
+        env = "HERALD_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Share rate limits with other servers through this Redis
+    /// (redis://HOST:PORT). Without it, limits are kept in this process,
+    /// which is exact only while it is the one server.
+    #[arg(
+        long = "redis",
+        alias = "redis-url",
+        env = "HERALD_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// The region this server serves: eu or us [default: eu].
+    #[arg(long, env = "HERALD_REGION", value_parser = parse_region)]
+    pub region: Option<Region>,
+    /// The rate of agents without one of their own, in sessions a second
+    /// [default: 1].
+    #[arg(long, env = "HERALD_DEFAULT_RATE")]
+    pub default_rate: Option<u32>,
+    /// The highest rate `herald limits set` accepts [default: 10000].
+    #[arg(long, env = "HERALD_MAX_RATE")]
+    pub max_rate: Option<u32>,
+    /// Connections served at once (16 more are kept for health checks)
+    /// [default: 1024, or fewer when the limit on open files is lower].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send a request's headers [default: 5].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<f64>,
+    /// Seconds a client may take to send a request's body [default: 10].
+    #[arg(long, env = "HERALD_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<f64>,
+    /// Sessions this server runs at once [default: 1024].
+    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS")]
+    pub max_running_sessions: Option<usize>,
+    /// Sessions of one account this server runs at once [default: 256].
+    #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS_PER_ACCOUNT")]
+    pub max_running_sessions_per_account: Option<usize>,
+    /// Seconds a worker holds a session's dispatch job; after a crash, its
+    /// sessions are taken up again once this runs out [default: 60].
+    #[arg(long, env = "HERALD_DISPATCH_LEASE_SECS")]
+    pub dispatch_lease_secs: Option<f64>,
+    /// Runs of a session that may fail in a row before it ends `failed`
+    /// [default: 8].
+    #[arg(long, env = "HERALD_DISPATCH_MAX_ATTEMPTS")]
+    pub dispatch_max_attempts: Option<u32>,
+    /// Seconds a graceful shutdown lets work under way finish [default: 5].
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<f64>,
+    /// The simulator's pause before each step, in milliseconds [default: 20].
+    #[arg(long, env = "HERALD_SIMULATOR_DELAY_MS")]
+    pub simulator_delay_ms: Option<u64>,
+    /// Commit with synchronous=NORMAL: safe from a crash of herald, not
+    /// from a power cut [default: false].
+    #[arg(long, env = "HERALD_RELAXED_COMMITS", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub relaxed_commits: Option<bool>,
+    /// Seconds before each callback retry, comma-separated
+    /// [default: 5,300,1800,7200,18000,36000,36000].
+    #[arg(long, env = "HERALD_CALLBACK_RETRY_SCHEDULE", value_parser = RetrySchedule::parse)]
+    pub callback_retry_schedule: Option<RetrySchedule>,
+    /// Seconds a callback attempt may take before it counts as failed
+    /// [default: 15].
+    #[arg(long, env = "HERALD_CALLBACK_TIMEOUT_SECS")]
+    pub callback_timeout_secs: Option<f64>,
+    /// Callbacks in flight at once [default: 256].
+    #[arg(long, env = "HERALD_CALLBACK_MAX_IN_FLIGHT")]
+    pub callback_max_in_flight: Option<usize>,
+    /// Allow callbacks, webhook nodes and live agents to reach loopback and
+    /// private addresses [default: false].
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_CALLBACKS", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_private_callbacks: Option<bool>,
+    /// Send those calls through this HTTP proxy (http://HOST:PORT); herald
+    /// still checks each target's address itself.
+    #[arg(long, env = "HERALD_OUTBOUND_PROXY", hide_env_values = true)]
+    pub outbound_proxy: Option<String>,
+    /// The SMTP relay of Send Email nodes: smtp://HOST:PORT,
+    /// smtp://USER:PASSWORD@HOST:587?tls=required or
+    /// smtps://USER:PASSWORD@HOST:465.
+    // hide_env_values: --help must not print the password.
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The From of flows' emails: ADDRESS or "NAME <ADDRESS>"
+    /// [default: herald@localhost].
+    #[arg(long, env = "HERALD_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// The secret providers send as X-Herald-Inbound-Token with inbound
+    /// messages (POST /inbound/{channel}); without it that endpoint is off.
+    #[arg(long, env = "HERALD_INBOUND_TOKEN", hide_env_values = true)]
+    pub inbound_token: Option<String>,
+    /// Serve POST /bench/noop, the baseline route of `herald bench`
+    /// [default: false].
+    #[arg(long, env = "HERALD_BENCH_ROUTES", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub bench_routes: Option<bool>,
+}
+
+fn parse_region(text: &str) -> Result<Region, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a region: eu or us"))
+}
+
+/// Seconds before each callback retry: `[5, 300]` in a file, `5,300` in a
+/// variable or flag.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "ScheduleForm", into = "Vec<f64>")]
+pub struct RetrySchedule(pub Vec<f64>);
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ScheduleForm {
+    List(Vec<f64>),
+    Text(String),
+}
+
+impl TryFrom<ScheduleForm> for RetrySchedule {
+    type Error = String;
+    fn try_from(form: ScheduleForm) -> Result<Self, String> {
+        match form {
+            ScheduleForm::List(secs) => Ok(RetrySchedule(secs)),
+            ScheduleForm::Text(text) => RetrySchedule::parse(&text),
         }
     }
 }
 
-/// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
-pub fn default_retry_schedule() -> Vec<Duration> {
-    [5, 300, 1800, 7200, 18000, 36000, 36000]
-        .into_iter()
-        .map(Duration::from_secs)
-        .collect()
+impl From<RetrySchedule> for Vec<f64> {
+    fn from(schedule: RetrySchedule) -> Self {
+        schedule.0
+    }
 }
 
-/// Parses `HERALD_CALLBACK_RETRY_SCHEDULE`: seconds, comma-separated
-/// (fractions allowed, so tests can retry quickly).
-pub fn parse_retry_schedule(text: &str) -> Result<Vec<Duration>, String> {
-    text.split(',')
-        .map(|part| {
-            let part = part.trim();
-            part.parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 7.0 * 86400.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    format!(
-                        "retry schedule entry {part:?} is not a number of seconds between 0 and 604800"
-                    )
-                })
+impl RetrySchedule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(|part| {
+                let part = part.trim();
+                part.parse::<f64>()
+                    .map_err(|_| format!("{part:?} is not a number of seconds"))
+            })
+            .collect::<Result<_, _>>()
+            .map(RetrySchedule)
+    }
+}
+
+/// A setting that cannot be used, and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {error}")]
+    File { file: String, error: String },
+    #[error("{setting} (HERALD_{upper}, --{flag} or in a configuration file) {problem}",
+        upper = setting.to_ascii_uppercase(), flag = setting.replace('_', "-"))]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+    /// A check's own message, which names the setting itself.
+    #[error("{0}")]
+    Checked(String),
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// The built-in layer: [`DEFAULTS`].
+    pub fn defaults() -> Settings {
+        toml::from_str(DEFAULTS).expect("the built-in settings parse")
+    }
+
+    /// A configuration file's layer.
+    pub fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            file: file.clone(),
+            error: format!("cannot be read: {e}"),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            file,
+            error: e.to_string(),
         })
-        .collect()
+    }
+
+    /// The layers in order, each overriding the one before: the built-in
+    /// settings, then `file` if any, then `given` (the variables and flags,
+    /// a flag winning over its variable).
+    pub fn layered(
+        file: Option<&std::path::Path>,
+        given: Settings,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::defaults();
+        if let Some(path) = file {
+            settings = Settings::from_file(path)?.over(settings);
+        }
+        Ok(given.over(settings))
+    }
+
+    /// These settings, with what they leave unset taken from `lower`.
+    pub fn over(self, lower: Settings) -> Settings {
+        let table = |s: &Settings| match toml::Table::try_from(s) {
+            Ok(table) => table,
+            Err(e) => unreachable!("settings serialise as a table: {e}"),
+        };
+        let mut merged = table(&lower);
+        merged.extend(table(&self));
+        merged.try_into().expect("a merge of valid layers is valid")
+    }
+
+    /// Checks every setting and makes the server's configuration; the error
+    /// names the setting and what is wrong with it.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let secs =
+            |setting: &'static str, value: Option<f64>, range: std::ops::RangeInclusive<f64>| {
+                let value = value.ok_or_else(|| invalid(setting, "must be set"))?;
+                if value.is_finite() && range.contains(&value) {
+                    Ok(Duration::from_secs_f64(value))
+                } else {
+                    Err(invalid(
+                        setting,
+                        format!(
+                            "must be a number of seconds from {} to {}, not {value}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ))
+                }
+            };
+        let required = |setting: &'static str, missing: bool| {
+            if missing {
+                Err(invalid(setting, "must be set"))
+            } else {
+                Ok(())
+            }
+        };
+        required("listen", self.listen.is_none())?;
+        let database_url = self
+            .database_url
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| invalid("database_url", "must be set"))?;
+        let max_rate = self.max_rate.unwrap_or(0);
+        if max_rate == 0 {
+            return Err(invalid("max_rate", "must be at least 1"));
+        }
+        let default_rate = self.default_rate.unwrap_or(0);
+        if default_rate == 0 || default_rate > max_rate {
+            return Err(invalid(
+                "default_rate",
+                format!("must be between 1 and max_rate ({max_rate})"),
+            ));
+        }
+        let positive = |setting: &'static str, value: Option<usize>| {
+            value
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(setting, "must be at least 1"))
+        };
+        let schedule = self
+            .callback_retry_schedule
+            .ok_or_else(|| invalid("callback_retry_schedule", "must be set"))?;
+        let callback_retry_schedule = schedule
+            .0
+            .iter()
+            .map(|s| {
+                (s.is_finite() && (0.0..=7.0 * 86400.0).contains(s))
+                    .then(|| Duration::from_secs_f64(*s))
+                    .ok_or_else(|| {
+                        invalid(
+                            "callback_retry_schedule",
+                            format!("entry {s} is not a number of seconds from 0 to 604800"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let smtp = match self.smtp_url.filter(|u| !u.is_empty()) {
+            Some(url) => {
+                let settings = SmtpSettings {
+                    url: url.into(),
+                    from: self
+                        .smtp_from
+                        .ok_or_else(|| invalid("smtp_from", "must be set"))?,
+                };
+                // A mistake here stops the server now, not every email later.
+                crate::outbound::email::Mailer::new(&settings)
+                    .map_err(|e| ConfigError::Checked(e.to_string()))?;
+                Some(settings)
+            }
+            None => None,
+        };
+        let outbound_proxy = self
+            .outbound_proxy
+            .filter(|p| !p.is_empty())
+            .map(SecretUrl::new);
+        if let Some(proxy) = &outbound_proxy {
+            crate::outbound::guard::check_proxy(proxy)
+                .map_err(|e| ConfigError::Checked(e.to_string()))?;
+        }
+        let max_connections = match self.max_connections {
+            Some(n) => positive("max_connections", Some(n))?,
+            None => super::listener::default_max_connections(),
+        };
+        let max_running_sessions = positive("max_running_sessions", self.max_running_sessions)?;
+        Ok(Config {
+            listen: self.listen.expect("checked above"),
+            database_url: database_url.into(),
+            redis_url: self.redis_url.filter(|u| !u.is_empty()).map(SecretUrl::new),
+            region: self
+                .region
+                .ok_or_else(|| invalid("region", "must be eu or us"))?,
+            allow_private_callbacks: self.allow_private_callbacks.unwrap_or(false),
+            default_rate,
+            max_rate,
+            callback_retry_schedule,
+            callback_timeout: secs(
+                "callback_timeout_secs",
+                self.callback_timeout_secs,
+                0.1..=3600.0,
+            )?,
+            callback_max_in_flight: positive(
+                "callback_max_in_flight",
+                self.callback_max_in_flight,
+            )?,
+            simulator_delay: Duration::from_millis(
+                self.simulator_delay_ms
+                    .ok_or_else(|| invalid("simulator_delay_ms", "must be set"))?,
+            ),
+            dispatch_lease: secs(
+                "dispatch_lease_secs",
+                self.dispatch_lease_secs,
+                0.1..=86400.0,
+            )?,
+            dispatch_max_attempts: self
+                .dispatch_max_attempts
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("dispatch_max_attempts", "must be at least 1"))?,
+            shutdown_grace: secs(
+                "shutdown_grace_secs",
+                self.shutdown_grace_secs,
+                0.0..=3600.0,
+            )?,
+            cache_refresh: Duration::from_millis(500),
+            inbound_token: self
+                .inbound_token
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+            bench_routes: self.bench_routes.unwrap_or(false),
+            durable_commits: !self.relaxed_commits.unwrap_or(false),
+            smtp,
+            outbound_proxy,
+            max_connections,
+            header_timeout: secs(
+                "header_timeout_secs",
+                self.header_timeout_secs,
+                0.1..=3600.0,
+            )?,
+            body_timeout: secs("body_timeout_secs", self.body_timeout_secs, 0.1..=3600.0)?,
+            max_running_sessions,
+            max_running_sessions_per_account: positive(
+                "max_running_sessions_per_account",
+                self.max_running_sessions_per_account,
+            )?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -140,18 +486,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_schedules() {
+    fn the_built_in_settings_are_the_defaults() {
+        let config = Config::default();
+        assert_eq!(config.listen, ([127, 0, 0, 1], 8080).into());
+        assert_eq!(config.database_url.expose(), "sqlite://herald.db");
+        assert_eq!(config.region, Region::Eu);
+        assert_eq!(config.default_rate, 1);
+        assert_eq!(config.max_rate, 10_000);
         assert_eq!(
-            parse_retry_schedule("1,1,2").unwrap(),
-            [1, 1, 2].map(Duration::from_secs)
+            config.callback_retry_schedule,
+            [5, 300, 1800, 7200, 18000, 36000, 36000].map(Duration::from_secs)
         );
-        assert_eq!(
-            parse_retry_schedule("0.5").unwrap(),
-            [Duration::from_millis(500)]
+        assert_eq!(config.callback_timeout, Duration::from_secs(15));
+        assert_eq!(config.simulator_delay, Duration::from_millis(20));
+        assert_eq!(config.dispatch_lease, Duration::from_secs(60));
+        assert!(config.durable_commits);
+        assert!(!config.allow_private_callbacks);
+        assert_eq!(config.inbound_token, None);
+        assert_eq!(config.smtp, None);
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\ndefault_rate = 3\ncallback_retry_schedule = [1, 2]\n",
+        )
+        .unwrap();
+        let given = Settings {
+            default_rate: Some(5),
+            callback_retry_schedule: Some(RetrySchedule::parse("0.5").unwrap()),
+            ..Settings::default()
+        };
+        let config = Settings::layered(Some(&file), given)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(config.listen, ([0, 0, 0, 0], 9000).into());
+        assert_eq!(config.default_rate, 5);
+        assert_eq!(config.callback_retry_schedule, [Duration::from_millis(500)]);
+        // What no layer sets keeps its default.
+        assert_eq!(config.max_rate, 10_000);
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "lisen = \"0.0.0.0:9000\"\n").unwrap();
+        let error = Settings::layered(Some(&file), Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("herald.toml") && error.contains("lisen"),
+            "{error}"
         );
-        assert!(parse_retry_schedule("1,,2").is_err());
-        assert!(parse_retry_schedule("-1").is_err());
-        assert!(parse_retry_schedule("soon").is_err());
+        for (given, expected) in [
+            (
+                Settings {
+                    default_rate: Some(0),
+                    ..Settings::default()
+                },
+                "default_rate (HERALD_DEFAULT_RATE, --default-rate or in a configuration file) \
+                 must be between 1 and max_rate (10000)",
+            ),
+            (
+                Settings {
+                    callback_timeout_secs: Some(-1.0),
+                    ..Settings::default()
+                },
+                "callback_timeout_secs (HERALD_CALLBACK_TIMEOUT_SECS, --callback-timeout-secs \
+                 or in a configuration file) must be a number of seconds from 0.1 to 3600, not -1",
+            ),
+            (
+                Settings {
+                    callback_retry_schedule: Some(RetrySchedule(vec![1.0, -2.0])),
+                    ..Settings::default()
+                },
+                "entry -2 is not a number of seconds",
+            ),
+        ] {
+            let error = Settings::layered(None, given)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(RetrySchedule::parse("1,,2").is_err());
+        assert!(RetrySchedule::parse("soon").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod conversations;
 mod crash;
 mod durability;
 mod examples;
+mod failures;
 mod fairness;
 mod hostile;
 mod idempotency;

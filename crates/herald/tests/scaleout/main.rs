@@ -25,6 +25,8 @@ mod crash;
 mod durability;
 #[path = "../api/examples.rs"]
 mod examples;
+#[path = "../api/failures.rs"]
+mod failures;
 #[path = "../api/fairness.rs"]
 mod fairness;
 #[path = "../api/hostile.rs"]
