@@ -9,6 +9,7 @@
 
 mod model;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 pub mod testing;
 
@@ -92,23 +93,6 @@ impl SessionChange {
     fn touches_session(&self, u: &SessionUpdate) -> bool {
         self.status.is_some() || u.flow_state.is_some() || u.inputs_consumed.is_some()
     }
-}
-
-/// An input row read back; an input this build cannot read is an error,
-/// never taken for something else.
-fn read_input(
-    kind: String,
-    text: String,
-    data: Option<serde_json::Value>,
-) -> Result<herald_core::session::SessionInput> {
-    use herald_core::session::{SessionInput, StoredInput};
-    let kind = kind
-        .parse()
-        .map_err(|e: herald_core::session::input::BadInput| {
-            StoreError::Unreadable(e.to_string())
-        })?;
-    SessionInput::from_stored(StoredInput { kind, text, data })
-        .map_err(|e| StoreError::Unreadable(e.to_string()))
 }
 
 /// How long an idempotency key answers with its first response (CONTRACT §2.4).

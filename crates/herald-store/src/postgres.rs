@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::flow::FlowDefinition;
 use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::secret::redact_url;
 use herald_core::session::{Outcome, SessionStatus};
@@ -28,6 +27,8 @@ use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
+use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
+use crate::rows::{now_micros, to_json};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -153,10 +154,6 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation())
 }
 
-fn now_micros() -> i64 {
-    to_micros(Utc::now())
-}
-
 async fn bump(conn: &mut PgConnection, kind: &str) -> Result<()> {
     sqlx::query("UPDATE revisions SET rev = rev + 1 WHERE kind = $1")
         .bind(kind)
@@ -166,74 +163,24 @@ async fn bump(conn: &mut PgConnection, kind: &str) -> Result<()> {
     Ok(())
 }
 
-fn bad_value(column: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(anyhow::anyhow!("column {column}: {detail}"))
+impl rows::Columns for PgRow {
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        self.try_get(column).db()
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        self.try_get(column).db()
+    }
+
+    fn flag(&self, column: &str) -> Result<bool> {
+        self.try_get(column).db()
+    }
+
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        self.try_get(column).db()
+    }
 }
 
-fn parse_col<T: FromStr>(row: &PgRow, column: &str) -> Result<T> {
-    let text: String = row.try_get(column).db()?;
-    text.parse()
-        .map_err(|_| bad_value(column, format_args!("unexpected value {text:?}")))
-}
-
-fn json_col<T: serde::de::DeserializeOwned>(row: &PgRow, column: &str) -> Result<T> {
-    let text: String = row.try_get(column).db()?;
-    serde_json::from_str(&text).map_err(|e| bad_value(column, e))
-}
-
-fn opt_json_col(row: &PgRow, column: &str) -> Result<Option<serde_json::Value>> {
-    let text: Option<String> = row.try_get(column).db()?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| bad_value(column, e)))
-        .transpose()
-}
-
-/// The model's versions and counts are `u32`; the schema keeps them as BIGINT.
-fn u32_col(row: &PgRow, column: &str) -> Result<u32> {
-    let n: i64 = row.try_get(column).db()?;
-    u32::try_from(n).map_err(|e| bad_value(column, e))
-}
-
-fn opt_u32_col(row: &PgRow, column: &str) -> Result<Option<u32>> {
-    let n: Option<i64> = row.try_get(column).db()?;
-    n.map(u32::try_from)
-        .transpose()
-        .map_err(|e| bad_value(column, e))
-}
-
-fn time_col(row: &PgRow, column: &str) -> Result<DateTime<Utc>> {
-    Ok(from_micros(row.try_get(column).db()?))
-}
-
-fn hash_col(row: &PgRow, column: &str) -> Result<[u8; 32]> {
-    let hash: Vec<u8> = row.try_get(column).db()?;
-    Ok(hash.try_into().unwrap_or([0; 32]))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
-}
-
-const AGENT_COLUMNS: &str = "agent_id, account_id, name, channel, number, region, flow, \
-                             current_version, created_at, updated_at";
-
-fn agent_from_row(row: &PgRow) -> Result<Agent> {
-    Ok(Agent {
-        agent_id: parse_col(row, "agent_id")?,
-        account_id: row.try_get("account_id").db()?,
-        name: row.try_get("name").db()?,
-        channel: parse_col(row, "channel")?,
-        number: row.try_get("number").db()?,
-        region: parse_col(row, "region")?,
-        flow: json_col::<FlowDefinition>(row, "flow")?,
-        current_version: opt_u32_col(row, "current_version")?,
-        created_at: time_col(row, "created_at")?,
-        updated_at: time_col(row, "updated_at")?,
-    })
-}
-
-/// A live agent of the account. `lock` holds its row to the end of the
-/// transaction, so that a read-modify-write of the draft is not interleaved
-/// with another.
 /// Whether an agent other than `agent` holds `number` for `channel` in
 /// `region` through what it has published or what is still under way (see
 /// the SQLite store's `number_held`).
@@ -262,6 +209,9 @@ async fn number_held<'c>(
     .db()
 }
 
+/// A live agent of the account. `lock` holds its row to the end of the
+/// transaction, so that a read-modify-write of the draft is not interleaved
+/// with another.
 async fn agent_in<'c>(
     conn: impl Executor<'c, Database = Postgres>,
     account: AccountId,
@@ -279,67 +229,8 @@ async fn agent_in<'c>(
         .fetch_optional(conn)
         .await
         .db()?
-        .map(|row| agent_from_row(&row))
+        .map(|row| rows::agent(&row))
         .transpose()
-}
-
-const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
-     from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
-     conversation_uuid, created_at, ended_at, inbound";
-
-fn session_from_row(row: &PgRow) -> Result<SessionRecord> {
-    let outcome: Option<String> = row.try_get("outcome").db()?;
-    let ended_at: Option<i64> = row.try_get("ended_at").db()?;
-    Ok(SessionRecord {
-        id: parse_col(row, "id")?,
-        account_id: row.try_get("account_id").db()?,
-        agent_id: parse_col(row, "agent_id")?,
-        agent_version: u32_col(row, "agent_version")?,
-        channel: parse_col(row, "channel")?,
-        to: row.try_get("to_addr").db()?,
-        from: row.try_get("from_number").db()?,
-        status: parse_col(row, "status")?,
-        outcome: outcome.and_then(|o| o.parse::<Outcome>().ok()),
-        status_url: row.try_get("status_url").db()?,
-        hangup_on_machine: row.try_get("hangup_on_machine").db()?,
-        parameters: json_col(row, "parameters")?,
-        whatsapp: opt_json_col(row, "whatsapp")?,
-        conversation_uuid: row.try_get("conversation_uuid").db()?,
-        created_at: time_col(row, "created_at")?,
-        ended_at: ended_at.map(from_micros),
-        events: Vec::new(),
-        inbound: row.try_get("inbound").db()?,
-        flow_state: None,
-    })
-}
-
-/// A row of `{SESSION_COLUMNS}, flow_state`: a session read on its own
-/// (listings leave the state out).
-fn session_with_state_from_row(row: &PgRow) -> Result<SessionRecord> {
-    Ok(SessionRecord {
-        flow_state: opt_json_col(row, "flow_state")?,
-        ..session_from_row(row)?
-    })
-}
-
-fn template_from_row(row: &PgRow) -> Result<Template> {
-    Ok(Template {
-        namespace: row.try_get("namespace").db()?,
-        name: row.try_get("name").db()?,
-        locale: row.try_get("locale").db()?,
-        header: row.try_get("header").db()?,
-        body: row.try_get("body").db()?,
-        created_at: time_col(row, "created_at")?,
-    })
-}
-
-const TEMPLATE_COLUMNS: &str = "namespace, name, locale, header, body, created_at";
-
-fn idempotent_from_row(row: &PgRow) -> Result<IdempotentResponse> {
-    Ok(IdempotentResponse {
-        request_hash: hash_col(row, "request_hash")?,
-        response: row.try_get("response").db()?,
-    })
 }
 
 /// Stores an input; returns its id.
@@ -464,7 +355,7 @@ impl PostgresStore {
         };
         bump(&mut tx, "agents").await?;
         tx.commit().await.db()?;
-        agent_from_row(&row)
+        rows::agent(&row)
     }
 
     async fn update_agent_now(
@@ -504,7 +395,7 @@ impl PostgresStore {
         };
         bump(&mut tx, "agents").await?;
         tx.commit().await.db()?;
-        agent_from_row(&row).map(Some)
+        rows::agent(&row).map(Some)
     }
 
     async fn delete_agent_now(&self, account: AccountId, id: &AgentId) -> Result<bool> {
@@ -635,7 +526,7 @@ impl PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .db()?;
-                return idempotent_from_row(&row).map(Created::Duplicate);
+                return rows::idempotent(&row).map(Created::Duplicate);
             }
         }
         sqlx::query(&format!(
@@ -812,14 +703,7 @@ impl PostgresStore {
     async fn settle_callbacks_now(&self, settlements: Vec<Settlement>) -> Result<()> {
         let mut tx = self.pool.begin().await.db()?;
         for s in &settlements {
-            let (state, next_at, error) = match &s.verdict {
-                Verdict::Delivered => ("delivered", None, None),
-                Verdict::Retry { next_at, error } => {
-                    ("pending", Some(to_micros(*next_at)), Some(error))
-                }
-                Verdict::Failed { error } => ("failed", None, Some(error)),
-            };
-            let settled_at = (state != "pending").then(|| to_micros(s.at));
+            let settled = s.row();
             let failed: Option<(String, String)> = sqlx::query_as(
                 "UPDATE callbacks SET state = $3, attempts = $4, \
                  next_attempt_at = COALESCE($5, next_attempt_at), \
@@ -830,11 +714,11 @@ impl PostgresStore {
             )
             .bind(s.id)
             .bind(s.lease.0)
-            .bind(state)
+            .bind(settled.state)
             .bind(i64::from(s.attempts))
-            .bind(next_at)
-            .bind(error)
-            .bind(settled_at)
+            .bind(settled.next_at)
+            .bind(settled.error)
+            .bind(settled.settled_at)
             .fetch_optional(&mut *tx)
             .await
             .db()?;
@@ -884,13 +768,7 @@ impl AccountStore for PostgresStore {
             .await
             .db()?
             .iter()
-            .map(|row| {
-                Ok(KeyRow {
-                    hash: hash_col(row, "hash")?,
-                    account_id: row.try_get("account_id").db()?,
-                    revoked: row.try_get("revoked").db()?,
-                })
-            })
+            .map(rows::key)
             .collect()
     }
 
@@ -900,13 +778,7 @@ impl AccountStore for PostgresStore {
             .await
             .db()?
             .iter()
-            .map(|row| {
-                Ok(AccountRow {
-                    id: row.try_get("id").db()?,
-                    name: row.try_get("name").db()?,
-                    webhook_secret: row.try_get("webhook_secret").db()?,
-                })
-            })
+            .map(rows::account)
             .collect()
     }
 
@@ -915,16 +787,7 @@ impl AccountStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .db()?;
-        let mut revs = Revisions::default();
-        for (kind, rev) in rows {
-            match kind.as_str() {
-                "keys" => revs.keys = rev,
-                "agents" => revs.agents = rev,
-                "limits" => revs.limits = rev,
-                _ => {}
-            }
-        }
-        Ok(revs)
+        rows::revisions(rows)
     }
 }
 
@@ -945,7 +808,7 @@ impl AgentStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(agent_from_row)
+        .map(rows::agent)
         .collect()
     }
 
@@ -974,27 +837,15 @@ impl AgentStore for PostgresStore {
     }
 
     async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>> {
-        let row = sqlx::query(
-            "SELECT agent_id, version, name, channel, number, region, flow, published_at \
-             FROM agent_versions WHERE agent_id = $1 AND version = $2",
-        )
+        sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM agent_versions WHERE agent_id = $1 AND version = $2"
+        ))
         .bind(id.as_str())
         .bind(i64::from(version))
         .fetch_optional(&self.pool)
         .await
-        .db()?;
-        row.map(|row| {
-            Ok(AgentVersion {
-                agent_id: parse_col(&row, "agent_id")?,
-                version: u32_col(&row, "version")?,
-                name: row.try_get("name").db()?,
-                channel: parse_col(&row, "channel")?,
-                number: row.try_get("number").db()?,
-                region: parse_col(&row, "region")?,
-                flow: json_col(&row, "flow")?,
-                published_at: time_col(&row, "published_at")?,
-            })
-        })
+        .db()?
+        .map(|row| rows::agent_version(&row))
         .transpose()
     }
 
@@ -1009,17 +860,7 @@ impl AgentStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            let version = opt_u32_col(row, "version")?;
-            let number: Option<String> = row.try_get("number").db()?;
-            Ok(AgentIndexRow {
-                agent_id: parse_col(row, "agent_id")?,
-                account_id: row.try_get("account_id").db()?,
-                channel: parse_col(row, "channel")?,
-                region: parse_col(row, "region")?,
-                published: version.zip(number),
-            })
-        })
+        .map(rows::agent_index)
         .collect()
     }
 
@@ -1034,7 +875,7 @@ impl AgentStore for PostgresStore {
             .await
             .db()?
             .iter()
-            .map(|row| Ok((parse_col(row, "agent_id")?, u32_col(row, "rate")?)))
+            .map(|row| Ok((rows::parsed(row, "agent_id")?, rows::small(row, "rate")?)))
             .collect()
     }
 
@@ -1068,7 +909,7 @@ impl AgentStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(template_from_row)
+        .map(rows::template)
         .collect()
     }
 
@@ -1095,7 +936,7 @@ impl AgentStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .db()?
-        .map(|row| template_from_row(&row))
+        .map(|row| rows::template(&row))
         .transpose()
     }
 }
@@ -1123,7 +964,7 @@ impl SessionStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .db()?
-        .map(|row| idempotent_from_row(&row))
+        .map(|row| rows::idempotent(&row))
         .transpose()
     }
 
@@ -1150,7 +991,7 @@ impl SessionStore for PostgresStore {
         else {
             return Ok(None);
         };
-        let mut session = session_with_state_from_row(&row)?;
+        let mut session = rows::session_with_state(&row)?;
         session.events = sqlx::query(
             "SELECT type, at, data FROM session_events WHERE session_id = $1 ORDER BY id",
         )
@@ -1159,13 +1000,7 @@ impl SessionStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            Ok(EventRecord {
-                kind: row.try_get("type").db()?,
-                at: time_col(row, "at")?,
-                data: opt_json_col(row, "data")?,
-            })
-        })
+        .map(rows::event)
         .collect::<Result<_>>()?;
         Ok(Some(session))
     }
@@ -1193,7 +1028,7 @@ impl SessionStore for PostgresStore {
             .await
             .db()?
             .iter()
-            .map(session_from_row)
+            .map(rows::session)
             .collect()
     }
 
@@ -1205,7 +1040,7 @@ impl SessionStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .db()?
-        .map(|row| session_with_state_from_row(&row))
+        .map(|row| rows::session_with_state(&row))
         .transpose()
     }
 
@@ -1225,17 +1060,7 @@ impl SessionStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            Ok(InputRow {
-                id: row.try_get("id").db()?,
-                input: read_input(
-                    row.try_get("kind").db()?,
-                    row.try_get("text").db()?,
-                    opt_json_col(row, "data")?,
-                )?,
-                at: time_col(row, "at")?,
-            })
-        })
+        .map(rows::input)
         .collect()
     }
 
@@ -1263,13 +1088,7 @@ impl SessionStore for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            Ok(OpenSession {
-                id: parse_col(row, "id")?,
-                account_id: row.try_get("account_id").db()?,
-                agent_id: parse_col(row, "agent_id")?,
-            })
-        })
+        .map(rows::open_session)
         .collect()
     }
 }
@@ -1306,15 +1125,7 @@ impl DispatchQueue for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            Ok(DispatchLease {
-                session_id: parse_col(row, "session_id")?,
-                account_id: row.try_get("account_id").db()?,
-                attempts: u32::try_from(row.try_get::<i64, _>("attempts").db()?)
-                    .unwrap_or(u32::MAX),
-                token,
-            })
-        })
+        .map(|row| rows::dispatch_lease(row, token))
         .collect()
     }
 
@@ -1409,18 +1220,7 @@ impl CallbackOutbox for PostgresStore {
         .await
         .db()?
         .iter()
-        .map(|row| {
-            Ok(DueCallback {
-                id: row.try_get("id").db()?,
-                lease: token,
-                webhook_id: row.try_get("webhook_id").db()?,
-                session_id: parse_col(row, "session_id")?,
-                account_id: row.try_get("account_id").db()?,
-                url: row.try_get("url").db()?,
-                body: row.try_get("body").db()?,
-                attempts: u32_col(row, "attempts")?,
-            })
-        })
+        .map(|row| rows::due_callback(row, token))
         .collect()
     }
 

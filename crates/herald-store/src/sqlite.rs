@@ -21,7 +21,6 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::flow::FlowDefinition;
 use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
@@ -29,6 +28,8 @@ use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
+use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
+use crate::rows::{now_micros, to_json};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -210,64 +211,52 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
-fn now_micros() -> i64 {
-    to_micros(Utc::now())
-}
-
 fn bump(conn: &Connection, kind: &str) -> Result<()> {
     conn.execute("UPDATE revisions SET rev = rev + 1 WHERE kind = ?1", [kind])
         .db()?;
     Ok(())
 }
 
-fn parse_col<T: std::str::FromStr>(row: &Row, idx: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(idx)?;
-    text.parse().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            rusqlite::types::Type::Text,
-            format!("unexpected value {text:?}").into(),
-        )
-    })
+impl rows::Columns for Row<'_> {
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        self.get(column).db()
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        self.get(column).db()
+    }
+
+    fn flag(&self, column: &str) -> Result<bool> {
+        self.get(column).db()
+    }
+
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        self.get(column).db()
+    }
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(idx)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-    })
+/// Every row `stmt` answers with `params`, each made into a record.
+fn all<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    record: impl Fn(&Row) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut rows = stmt.query(params).db()?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().db()? {
+        out.push(record(row)?);
+    }
+    Ok(out)
 }
 
-fn opt_json_col(row: &Row, idx: usize) -> rusqlite::Result<Option<serde_json::Value>> {
-    let text: Option<String> = row.get(idx)?;
-    text.map(|t| {
-        serde_json::from_str(&t).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-        })
-    })
-    .transpose()
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
-}
-
-const AGENT_COLUMNS: &str = "agent_id, account_id, name, channel, number, region, flow, \
-                             current_version, created_at, updated_at";
-
-fn agent_from_row(row: &Row) -> rusqlite::Result<Agent> {
-    Ok(Agent {
-        agent_id: parse_col(row, 0).map_err(|_| rusqlite::Error::InvalidQuery)?,
-        account_id: row.get(1)?,
-        name: row.get(2)?,
-        channel: parse_col(row, 3)?,
-        number: row.get(4)?,
-        region: parse_col(row, 5)?,
-        flow: json_col::<FlowDefinition>(row, 6)?,
-        current_version: row.get(7)?,
-        created_at: from_micros(row.get(8)?),
-        updated_at: from_micros(row.get(9)?),
-    })
+/// The first row `stmt` answers with `params`, made into a record.
+fn first<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    record: impl Fn(&Row) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut rows = stmt.query(params).db()?;
+    rows.next().db()?.map(record).transpose()
 }
 
 /// Whether an agent other than `agent` holds `number` for `channel` in
@@ -301,64 +290,14 @@ fn number_held(
 }
 
 fn agent_in(conn: &Connection, account: AccountId, id: &AgentId) -> Result<Option<Agent>> {
-    conn.query_row(
-        &format!(
+    let mut stmt = conn
+        .prepare_cached(&format!(
             "SELECT {AGENT_COLUMNS} FROM agents \
              WHERE agent_id = ?1 AND account_id = ?2 AND deleted_at IS NULL"
-        ),
-        params![id.as_str(), account],
-        agent_from_row,
-    )
-    .optional()
-    .db()
-}
-
-const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, to_addr, \
-     from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
-     conversation_uuid, created_at, ended_at, inbound";
-
-fn session_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
-    let outcome: Option<String> = row.get(8)?;
-    Ok(SessionRecord {
-        id: parse_col(row, 0)?,
-        account_id: row.get(1)?,
-        agent_id: parse_col(row, 2)?,
-        agent_version: row.get(3)?,
-        channel: parse_col(row, 4)?,
-        to: row.get(5)?,
-        from: row.get(6)?,
-        status: parse_col(row, 7)?,
-        outcome: outcome.and_then(|o| o.parse::<Outcome>().ok()),
-        status_url: row.get(9)?,
-        hangup_on_machine: row.get(10)?,
-        parameters: json_col(row, 11)?,
-        whatsapp: opt_json_col(row, 12)?,
-        conversation_uuid: row.get(13)?,
-        created_at: from_micros(row.get(14)?),
-        ended_at: row.get::<_, Option<i64>>(15)?.map(from_micros),
-        events: Vec::new(),
-        inbound: row.get(16)?,
-        flow_state: None,
-    })
-}
-
-/// A row of `{SESSION_COLUMNS}, flow_state`: a session read on its own
-/// (listings leave the state out).
-fn session_with_state_from_row(row: &Row) -> rusqlite::Result<SessionRecord> {
-    Ok(SessionRecord {
-        flow_state: opt_json_col(row, 17)?,
-        ..session_from_row(row)?
-    })
-}
-
-fn template_from_row(row: &Row) -> rusqlite::Result<Template> {
-    Ok(Template {
-        namespace: row.get(0)?,
-        name: row.get(1)?,
-        locale: row.get(2)?,
-        header: row.get(3)?,
-        body: row.get(4)?,
-        created_at: from_micros(row.get(5)?),
+        ))
+        .db()?;
+    first(&mut stmt, params![id.as_str(), account], |row| {
+        rows::agent(row)
     })
 }
 
@@ -368,16 +307,7 @@ fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<EventRecord>> 
             "SELECT type, at, data FROM session_events WHERE session_id = ?1 ORDER BY id",
         )
         .db()?;
-    let rows = stmt
-        .query_map([id.to_string()], |row| {
-            Ok(EventRecord {
-                kind: row.get(0)?,
-                at: from_micros(row.get(1)?),
-                data: opt_json_col(row, 2)?,
-            })
-        })
-        .db()?;
-    rows.collect::<rusqlite::Result<_>>().db()
+    all(&mut stmt, [id.to_string()], |row| rows::event(row))
 }
 
 /// An event ready to insert, its data already serialised: JSON is written
@@ -493,19 +423,9 @@ impl AccountStore for SqliteStore {
     async fn keys(&self) -> Result<Vec<KeyRow>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare("SELECT hash, account_id, revoked_at IS NOT NULL FROM api_keys")
+                .prepare("SELECT hash, account_id, revoked_at IS NOT NULL AS revoked FROM api_keys")
                 .db()?;
-            let rows = stmt
-                .query_map([], |row| {
-                    let hash: Vec<u8> = row.get(0)?;
-                    Ok(KeyRow {
-                        hash: hash.try_into().unwrap_or([0; 32]),
-                        account_id: row.get(1)?,
-                        revoked: row.get(2)?,
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [], |row| rows::key(row))
         })
         .await
     }
@@ -515,38 +435,19 @@ impl AccountStore for SqliteStore {
             let mut stmt = conn
                 .prepare("SELECT id, name, webhook_secret FROM accounts")
                 .db()?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok(AccountRow {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        webhook_secret: row.get(2)?,
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [], |row| rows::account(row))
         })
         .await
     }
 
     async fn revisions(&self) -> Result<Revisions> {
         self.read(|conn| {
-            let mut revs = Revisions::default();
             let mut stmt = conn
                 .prepare_cached("SELECT kind, rev FROM revisions")
                 .db()?;
-            let mut rows = stmt.query([]).db()?;
-            while let Some(row) = rows.next().db()? {
-                let kind: String = row.get(0).db()?;
-                let rev: i64 = row.get(1).db()?;
-                match kind.as_str() {
-                    "keys" => revs.keys = rev,
-                    "agents" => revs.agents = rev,
-                    "limits" => revs.limits = rev,
-                    _ => {}
-                }
-            }
-            Ok(revs)
+            rows::revisions(all(&mut stmt, [], |row| {
+                Ok((rows::text(row, "kind")?, rows::int(row, "rev")?))
+            })?)
         })
         .await
     }
@@ -605,8 +506,7 @@ impl AgentStore for SqliteStore {
                      WHERE account_id = ?1 AND deleted_at IS NULL ORDER BY created_at, agent_id"
                 ))
                 .db()?;
-            let rows = stmt.query_map([account], agent_from_row).db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [account], |row| rows::agent(row))
         })
         .await
     }
@@ -705,25 +605,15 @@ impl AgentStore for SqliteStore {
     async fn agent_version(&self, id: &AgentId, version: u32) -> Result<Option<AgentVersion>> {
         let id = id.clone();
         self.read_point(move |conn| {
-            conn.prepare_cached(
-                "SELECT agent_id, version, name, channel, number, region, flow, published_at \
-                 FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
-            )
-            .db()?
-            .query_row(params![id.as_str(), version], |row| {
-                Ok(AgentVersion {
-                    agent_id: parse_col(row, 0)?,
-                    version: row.get(1)?,
-                    name: row.get(2)?,
-                    channel: parse_col(row, 3)?,
-                    number: row.get(4)?,
-                    region: parse_col(row, 5)?,
-                    flow: json_col(row, 6)?,
-                    published_at: from_micros(row.get(7)?),
-                })
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM agent_versions \
+                     WHERE agent_id = ?1 AND version = ?2"
+                ))
+                .db()?;
+            first(&mut stmt, params![id.as_str(), version], |row| {
+                rows::agent_version(row)
             })
-            .optional()
-            .db()
         })
         .await
     }
@@ -738,20 +628,7 @@ impl AgentStore for SqliteStore {
                      WHERE a.deleted_at IS NULL",
                 )
                 .db()?;
-            let rows = stmt
-                .query_map([], |row| {
-                    let version: Option<u32> = row.get(4)?;
-                    let number: Option<String> = row.get(5)?;
-                    Ok(AgentIndexRow {
-                        agent_id: parse_col(row, 0)?,
-                        account_id: row.get(1)?,
-                        channel: parse_col::<Channel>(row, 2)?,
-                        region: parse_col::<Region>(row, 3)?,
-                        published: version.zip(number),
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [], |row| rows::agent_index(row))
         })
         .await
     }
@@ -786,10 +663,9 @@ impl AgentStore for SqliteStore {
             let mut stmt = conn
                 .prepare("SELECT agent_id, rate FROM agent_limits")
                 .db()?;
-            let rows = stmt
-                .query_map([], |row| Ok((parse_col(row, 0)?, row.get(1)?)))
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [], |row| {
+                Ok((rows::parsed(row, "agent_id")?, rows::small(row, "rate")?))
+            })
         })
         .await
     }
@@ -821,14 +697,12 @@ impl AgentStore for SqliteStore {
     async fn templates(&self, account: AccountId) -> Result<Vec<Template>> {
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare(
-                    "SELECT namespace, name, locale, header, body, created_at \
-                     FROM whatsapp_templates WHERE account_id = ?1 \
-                     ORDER BY namespace, name, locale",
-                )
+                .prepare(&format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM whatsapp_templates WHERE account_id = ?1 \
+                     ORDER BY namespace, name, locale"
+                ))
                 .db()?;
-            let rows = stmt.query_map([account], template_from_row).db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, [account], |row| rows::template(row))
         })
         .await
     }
@@ -842,15 +716,15 @@ impl AgentStore for SqliteStore {
     ) -> Result<Option<Template>> {
         let key = (namespace.to_owned(), name.to_owned(), locale.to_owned());
         self.read_point(move |conn| {
-            conn.prepare_cached(
-                "SELECT namespace, name, locale, header, body, created_at \
-                 FROM whatsapp_templates \
-                 WHERE account_id = ?1 AND namespace = ?2 AND name = ?3 AND locale = ?4",
-            )
-            .db()?
-            .query_row(params![account, key.0, key.1, key.2], template_from_row)
-            .optional()
-            .db()
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM whatsapp_templates \
+                     WHERE account_id = ?1 AND namespace = ?2 AND name = ?3 AND locale = ?4"
+                ))
+                .db()?;
+            first(&mut stmt, params![account, key.0, key.1, key.2], |row| {
+                rows::template(row)
+            })
         })
         .await
     }
@@ -955,20 +829,15 @@ impl SessionStore for SqliteStore {
         let key = key.to_owned();
         self.read_point(move |conn| {
             let oldest = now_micros() - max_age.as_micros() as i64;
-            conn.prepare_cached(
-                "SELECT request_hash, response FROM idempotency_keys \
-                 WHERE account_id = ?1 AND key = ?2 AND created_at > ?3",
-            )
-            .db()?
-            .query_row(params![account, key, oldest], |row| {
-                let hash: Vec<u8> = row.get(0)?;
-                Ok(IdempotentResponse {
-                    request_hash: hash.try_into().unwrap_or([0; 32]),
-                    response: row.get(1)?,
-                })
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT request_hash, response FROM idempotency_keys \
+                     WHERE account_id = ?1 AND key = ?2 AND created_at > ?3",
+                )
+                .db()?;
+            first(&mut stmt, params![account, key, oldest], |row| {
+                rows::idempotent(row)
             })
-            .optional()
-            .db()
         })
         .await
     }
@@ -987,18 +856,15 @@ impl SessionStore for SqliteStore {
 
     async fn session(&self, account: AccountId, id: SessionId) -> Result<Option<SessionRecord>> {
         self.read_point(move |conn| {
-            let found = conn
+            let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS}, flow_state FROM sessions \
                      WHERE id = ?1 AND account_id = ?2"
                 ))
-                .db()?
-                .query_row(
-                    params![id.to_string(), account],
-                    session_with_state_from_row,
-                )
-                .optional()
                 .db()?;
+            let found = first(&mut stmt, params![id.to_string(), account], |row| {
+                rows::session_with_state(row)
+            })?;
             match found {
                 Some(mut s) => {
                     s.events = session_events(conn, id)?;
@@ -1029,23 +895,23 @@ impl SessionStore for SqliteStore {
             args.push(Box::new(f.limit as i64));
             sql += &format!(" ORDER BY id DESC LIMIT ?{}", args.len());
             let mut stmt = conn.prepare(&sql).db()?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), session_from_row)
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(&mut stmt, rusqlite::params_from_iter(args.iter()), |row| {
+                rows::session(row)
+            })
         })
         .await
     }
 
     async fn session_for_work(&self, id: SessionId) -> Result<Option<SessionRecord>> {
         self.read_point(move |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = ?1"
-            ))
-            .db()?
-            .query_row([id.to_string()], session_with_state_from_row)
-            .optional()
-            .db()
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS}, flow_state FROM sessions WHERE id = ?1"
+                ))
+                .db()?;
+            first(&mut stmt, [id.to_string()], |row| {
+                rows::session_with_state(row)
+            })
         })
         .await
     }
@@ -1080,22 +946,9 @@ impl SessionStore for SqliteStore {
                      WHERE session_id = ?1 AND id > ?2 ORDER BY id",
                 )
                 .db()?;
-            let rows = stmt
-                .query_map(params![session.to_string(), after], |row| {
-                    let kind: String = row.get(1)?;
-                    let stored = (kind, row.get(2)?, opt_json_col(row, 3)?);
-                    Ok((row.get(0)?, stored, from_micros(row.get(4)?)))
-                })
-                .db()?;
-            rows.map(|row| {
-                let (id, (kind, text, data), at) = row.db()?;
-                Ok(InputRow {
-                    id,
-                    input: read_input(kind, text, data)?,
-                    at,
-                })
+            all(&mut stmt, params![session.to_string(), after], |row| {
+                rows::input(row)
             })
-            .collect()
         })
         .await
     }
@@ -1117,19 +970,11 @@ impl SessionStore for SqliteStore {
                      ORDER BY id DESC LIMIT ?4",
                 )
                 .db()?;
-            let rows = stmt
-                .query_map(
-                    params![channel.as_str(), from, to, MAX_OPEN_SESSIONS as i64],
-                    |row| {
-                        Ok(OpenSession {
-                            id: parse_col(row, 0)?,
-                            account_id: row.get(1)?,
-                            agent_id: parse_col(row, 2)?,
-                        })
-                    },
-                )
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(
+                &mut stmt,
+                params![channel.as_str(), from, to, MAX_OPEN_SESSIONS as i64],
+                |row| rows::open_session(row),
+            )
         })
         .await
     }
@@ -1162,17 +1007,11 @@ impl DispatchQueue for SqliteStore {
                      RETURNING session_id, account_id, attempts",
                 )
                 .db()?;
-            let rows = stmt
-                .query_map(params![now, until, limit as i64, token.0, skip], |row| {
-                    Ok(DispatchLease {
-                        session_id: parse_col(row, 0)?,
-                        account_id: row.get(1)?,
-                        attempts: row.get(2)?,
-                        token,
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(
+                &mut stmt,
+                params![now, until, limit as i64, token.0, skip],
+                |row| rows::dispatch_lease(row, token),
+            )
         })
         .await
     }
@@ -1354,21 +1193,11 @@ impl CallbackOutbox for SqliteStore {
                      RETURNING id, webhook_id, session_id, account_id, url, body, attempts",
                 )
                 .db()?;
-            let rows = stmt
-                .query_map(params![now, until, limit as i64, token.0], |row| {
-                    Ok(DueCallback {
-                        id: row.get(0)?,
-                        lease: token,
-                        webhook_id: row.get(1)?,
-                        session_id: parse_col(row, 2)?,
-                        account_id: row.get(3)?,
-                        url: row.get(4)?,
-                        body: row.get(5)?,
-                        attempts: row.get(6)?,
-                    })
-                })
-                .db()?;
-            rows.collect::<rusqlite::Result<_>>().db()
+            all(
+                &mut stmt,
+                params![now, until, limit as i64, token.0],
+                |row| rows::due_callback(row, token),
+            )
         })
         .await
     }
@@ -1376,14 +1205,7 @@ impl CallbackOutbox for SqliteStore {
     async fn settle_callbacks(&self, settlements: Vec<Settlement>) -> Result<()> {
         self.write(move |conn| {
             for s in &settlements {
-                let (state, next_at, error) = match &s.verdict {
-                    Verdict::Delivered => ("delivered", None, None),
-                    Verdict::Retry { next_at, error } => {
-                        ("pending", Some(to_micros(*next_at)), Some(error))
-                    }
-                    Verdict::Failed { error } => ("failed", None, Some(error)),
-                };
-                let settled_at = (state != "pending").then(|| to_micros(s.at));
+                let settled = s.row();
                 let failed = conn
                     .prepare_cached(
                         "UPDATE callbacks SET state = ?3, attempts = ?4, \
@@ -1395,7 +1217,15 @@ impl CallbackOutbox for SqliteStore {
                     )
                     .db()?
                     .query_row(
-                        params![s.id, s.lease.0, state, s.attempts, next_at, error, settled_at],
+                        params![
+                            s.id,
+                            s.lease.0,
+                            settled.state,
+                            s.attempts,
+                            settled.next_at,
+                            settled.error,
+                            settled.settled_at
+                        ],
                         |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
                     )
                     .optional()
@@ -1416,7 +1246,7 @@ impl CallbackOutbox for SqliteStore {
                         ))?,
                     )?;
                 }
-                if state != "pending" {
+                if settled.state != "pending" {
                     // The session's next callback, if any, is due now.
                     conn.prepare_cached(&format!(
                         "UPDATE callbacks SET next_attempt_at = ?2 WHERE id = ( \
