@@ -641,3 +641,77 @@ async fn herald_serve_takes_its_settings_from_the_environment() {
     };
     assert_eq!(agent["region"], "us", "{agent}");
 }
+
+/// `herald config` prints the built-in settings; a file of that form
+/// given to `herald serve --config` is read under the variables and
+/// flags, and one with a mistake stops the server, naming it.
+#[tokio::test]
+async fn settings_come_from_a_file_under_the_variables_and_flags() {
+    let printed = herald_cmd(vec!["config".into()], Vec::new()).await;
+    assert!(printed.status.success(), "{}", stderr(&printed));
+    let defaults = stdout(&printed);
+    assert!(
+        defaults.contains("\nlisten = \"127.0.0.1:8080\"\n"),
+        "{defaults}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    // The printed defaults are a valid file as they are.
+    std::fs::write(&file, &defaults).unwrap();
+    let database = format!("sqlite://{}", dir.path().join("herald.db").display());
+    std::fs::write(
+        &file,
+        format!("{defaults}\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"{database}\"\n")
+            .replace("\nlisten = \"127.0.0.1:8080\"\n", "\n")
+            .replace("\ndatabase_url = \"sqlite://herald.db\"\n", "\n"),
+    )
+    .unwrap();
+    // The file's database is used, and HERALD_LISTEN (which the harness
+    // sets) wins over the file's address: the server answers where the
+    // variable says.
+    let key = crate::helpers::create_key(&database);
+    let server = ServeProcess::start(&["--config", file.to_str().unwrap()], &[]).await;
+    let agents = reqwest::Client::new()
+        .get(format!("{}/agents", server.base))
+        .header("X-Vgai-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agents.status(), 200);
+    drop(server);
+
+    std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+    let refused = herald_cmd(
+        vec![
+            "serve".into(),
+            "--config".into(),
+            file.display().to_string(),
+        ],
+        Vec::new(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    let said = stderr(&refused);
+    assert!(
+        said.contains("herald.toml") && said.contains("lisen"),
+        "{said}"
+    );
+
+    std::fs::write(&file, "default_rate = 0\n").unwrap();
+    let refused = herald_cmd(
+        vec![
+            "serve".into(),
+            "--config".into(),
+            file.display().to_string(),
+        ],
+        Vec::new(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    let said = stderr(&refused);
+    assert!(
+        said.contains("default_rate (HERALD_DEFAULT_RATE, --default-rate"),
+        "{said}"
+    );
+}
