@@ -54,14 +54,19 @@ impl Shares {
         true
     }
 
-    fn give_back(&self, account: AccountId) {
+    /// Gives a place of `account` back; true if the account had its whole
+    /// share, so that its jobs the claims passed over may now be taken.
+    fn give_back(&self, account: AccountId, cap: usize) -> bool {
         let mut shares = self.lock();
-        if let Some(held) = shares.get_mut(&account) {
-            *held -= 1;
-            if *held == 0 {
-                shares.remove(&account);
-            }
+        let Some(held) = shares.get_mut(&account) else {
+            return false;
+        };
+        let was_full = *held >= cap;
+        *held -= 1;
+        if *held == 0 {
+            shares.remove(&account);
         }
+        was_full
     }
 }
 
@@ -151,7 +156,9 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
                     }
                     Err(e) => after_failed_run(&app, lease, e).await,
                 }
-                shares.give_back(lease.account_id);
+                if shares.give_back(lease.account_id, per_account) {
+                    app.dispatch_wakeup.notify_one();
+                }
             });
         }
         if !over_share.is_empty() {

@@ -149,7 +149,7 @@ pub struct Settings {
     /// Sessions this server runs at once [default: 1024].
     #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS")]
     pub max_running_sessions: Option<usize>,
-    /// Sessions of one account this server runs at once [default: 256].
+    /// Sessions of one account this server runs at once [default: 768].
     #[arg(long, env = "HERALD_MAX_RUNNING_SESSIONS_PER_ACCOUNT")]
     pub max_running_sessions_per_account: Option<usize>,
     /// Seconds a worker holds a session's dispatch job; after a crash, its
