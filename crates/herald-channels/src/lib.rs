@@ -1,11 +1,17 @@
 //! Channel providers: what places calls and sends messages.
 //!
-//! A [`Provider`] hides one channel technology (the simulator now; SIP,
-//! SMPP and cloud APIs later) behind the few operations a session needs. The
-//! session driver in `herald-server` calls it and records what it reports.
+//! A [`Provider`] hides one channel technology behind the few operations a
+//! session needs; the simulator is one. A [`connection`] is an account's
+//! credentials for a real provider, checked here; each real provider has a
+//! module of its own ([`vonage`]) with its wire types, its signing and
+//! verification, its status mapping and its request building. The session
+//! driver in `herald-server` calls them and records what they report.
 
+pub mod connection;
 mod simulator;
+pub mod vonage;
 
+pub use connection::{BadConnection, Credentials, ProviderKind};
 pub use simulator::Simulator;
 
 use async_trait::async_trait;

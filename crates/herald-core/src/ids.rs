@@ -11,43 +11,59 @@ use uuid::Uuid;
 /// names the account.
 pub type AccountId = i64;
 
-/// An agent's id: 24 lowercase hex characters, like the hosted platform's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AgentId(String);
+/// An id of 24 lowercase hex characters (96 random bits), like the hosted
+/// platform's agent ids.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
-impl AgentId {
-    /// A fresh random id (96 random bits).
-    pub fn generate() -> Self {
-        let mut bytes = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        AgentId(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
+        impl $name {
+            /// A fresh random id.
+            pub fn generate() -> Self {
+                let mut bytes = [0u8; 12];
+                rand::thread_rng().fill_bytes(&mut bytes);
+                $name(bytes.iter().map(|b| format!("{b:02x}")).collect())
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for AgentId {
-    type Err = ();
-
-    /// Only the canonical form is an agent id; anything else cannot name an
-    /// agent, which callers answer with the contract's 404.
-    fn from_str(s: &str) -> Result<Self, ()> {
-        if s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(AgentId(s.to_owned()))
-        } else {
-            Err(())
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
+
+        impl FromStr for $name {
+            type Err = ();
+
+            /// Only the canonical form is an id; anything else names
+            /// nothing, which callers answer with the contract's 404.
+            fn from_str(s: &str) -> Result<Self, ()> {
+                if s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    Ok($name(s.to_owned()))
+                } else {
+                    Err(())
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+hex_id!(
+    /// An agent's id: 24 lowercase hex characters, like the hosted platform's.
+    AgentId
+);
+
+hex_id!(
+    /// A connection's id (CONTRACT §10): 24 lowercase hex characters.
+    ConnectionId
+);
 
 /// A session's id: a UUID v7, so ids sort by creation time and the newest-first
 /// listing can page by id alone.

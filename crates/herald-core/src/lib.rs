@@ -22,4 +22,4 @@ pub mod whatsapp;
 
 pub use agent::{Channel, Region};
 pub use destination::{BadDestination, Destination, PhoneNumber, SipUri};
-pub use ids::{AccountId, AgentId, ConversationUuid, SessionId};
+pub use ids::{AccountId, AgentId, ConnectionId, ConversationUuid, SessionId};

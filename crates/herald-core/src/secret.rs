@@ -130,9 +130,138 @@ pub fn redact_url(text: &str) -> String {
     url.to_string()
 }
 
+/// Seals what must be kept at rest but never read there (connections'
+/// credentials) under the operator's key (`HERALD_SECRET_KEY`):
+/// ChaCha20-Poly1305 with a random nonce, bound to a label (the row it
+/// belongs to), so that a sealed value moved to another row does not open.
+pub struct Sealer(ring::aead::LessSafeKey);
+
+/// The length of a sealing key: 32 bytes, given as base64.
+pub const SEALING_KEY_BYTES: usize = 32;
+
+/// Why a key or a sealed value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("the key must be 32 bytes in base64 (`herald secret-key` makes one)")]
+    BadKey,
+    #[error("the sealed value does not open with this key")]
+    WrongKey,
+}
+
+/// What a sealed value starts with: its format.
+const SEALED_V1: u8 = 1;
+
+impl Sealer {
+    /// A sealer from a key as the operator gives it: 32 bytes in base64.
+    pub fn from_base64(key: &str) -> Result<Self, SealError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map_err(|_| SealError::BadKey)?;
+        if bytes.len() != SEALING_KEY_BYTES {
+            return Err(SealError::BadKey);
+        }
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes)
+            .map_err(|_| SealError::BadKey)?;
+        Ok(Sealer(ring::aead::LessSafeKey::new(key)))
+    }
+
+    /// A new random key, in base64.
+    pub fn generate_key() -> String {
+        use base64::Engine;
+        use rand::RngCore;
+        let mut key = [0u8; SEALING_KEY_BYTES];
+        rand::thread_rng().fill_bytes(&mut key);
+        base64::engine::general_purpose::STANDARD.encode(key)
+    }
+
+    /// `plain`, sealed for `label`.
+    pub fn seal(&self, label: &str, plain: &[u8]) -> Vec<u8> {
+        use rand::RngCore;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut sealed = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(label.as_bytes()),
+                &mut sealed,
+            )
+            .expect("sealing fits in memory");
+        let mut out = Vec::with_capacity(1 + nonce.len() + sealed.len());
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// What `sealed` holds, if it was sealed for `label` with this key.
+    pub fn open(&self, label: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let rest = match sealed.split_first() {
+            Some((&SEALED_V1, rest)) if rest.len() >= ring::aead::NONCE_LEN => rest,
+            _ => return Err(SealError::WrongKey),
+        };
+        let (nonce, data) = rest.split_at(ring::aead::NONCE_LEN);
+        let nonce =
+            ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::WrongKey)?;
+        let mut data = data.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, ring::aead::Aad::from(label.as_bytes()), &mut data)
+            .map_err(|_| SealError::WrongKey)?;
+        Ok(plain.to_vec())
+    }
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealer(***)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_label() {
+        let sealer = Sealer::from_base64(&Sealer::generate_key()).unwrap();
+        let sealed = sealer.seal("conn_1", b"{\"api_secret\": \"s3cret\"}");
+        assert!(!sealed.windows(6).any(|w| w == b"s3cret"));
+        assert_eq!(
+            sealer.open("conn_1", &sealed).unwrap(),
+            b"{\"api_secret\": \"s3cret\"}"
+        );
+        // Each sealing draws a new nonce.
+        assert_ne!(sealer.seal("conn_1", b"x"), sealer.seal("conn_1", b"x"));
+        assert_eq!(sealer.open("conn_2", &sealed), Err(SealError::WrongKey));
+        let other = Sealer::from_base64(&Sealer::generate_key()).unwrap();
+        assert_eq!(other.open("conn_1", &sealed), Err(SealError::WrongKey));
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(sealer.open("conn_1", &tampered), Err(SealError::WrongKey));
+        assert_eq!(sealer.open("conn_1", b""), Err(SealError::WrongKey));
+    }
+
+    #[test]
+    fn keys_are_32_bytes_of_base64() {
+        assert_eq!(
+            Sealer::from_base64("c2hvcnQ=").unwrap_err(),
+            SealError::BadKey
+        );
+        assert_eq!(
+            Sealer::from_base64("not base64!").unwrap_err(),
+            SealError::BadKey
+        );
+        assert!(Sealer::from_base64(&format!(" {} ", Sealer::generate_key())).is_ok());
+        assert_eq!(
+            format!(
+                "{:?}",
+                Sealer::from_base64(&Sealer::generate_key()).unwrap()
+            ),
+            "Sealer(***)"
+        );
+    }
 
     #[test]
     fn userinfo_and_query_values_are_hidden() {

@@ -1,0 +1,368 @@
+//! The Vonage Messages API (CHANNELS §4): SMS and WhatsApp messages out,
+//! their statuses and the person's messages in.
+//!
+//! Fields follow Vonage's specification (`messages-olympus`, version
+//! 1.4.0): a message is `POST /v1/messages`, answered `202 {message_uuid}`;
+//! herald's own id for the message goes in `client_ref`, and comes back in
+//! every status.
+
+use std::time::Duration;
+
+use herald_core::session::MessageStatus;
+use herald_core::Channel;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// What one message carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    /// A WhatsApp template: its name, its locale (herald's or Meta's form)
+    /// and its components, in WhatsApp's wire shape.
+    Template {
+        name: String,
+        locale: String,
+        components: Value,
+    },
+}
+
+/// One message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    pub channel: Channel,
+    /// The person: digits with the country code.
+    pub to: String,
+    /// The agent's number or sender id.
+    pub from: String,
+    pub content: Content,
+    /// herald's id for the message (at most 100 characters), echoed in its
+    /// statuses.
+    pub client_ref: String,
+}
+
+impl OutboundMessage {
+    /// The request's body.
+    pub fn body(&self) -> Value {
+        let channel = match self.channel {
+            Channel::Whatsapp => "whatsapp",
+            _ => "sms",
+        };
+        let mut body = json!({
+            "channel": channel,
+            "to": self.to,
+            "from": self.from,
+            "client_ref": self.client_ref,
+        });
+        match &self.content {
+            Content::Text(text) => {
+                body["message_type"] = json!("text");
+                body["text"] = json!(text);
+            }
+            Content::Template {
+                name,
+                locale,
+                components,
+            } => {
+                body["message_type"] = json!("custom");
+                body["custom"] = json!({
+                    "type": "template",
+                    "template": {
+                        "name": name,
+                        "language": {"policy": "deterministic", "code": meta_locale(locale)},
+                        "components": components,
+                    }
+                });
+            }
+        }
+        body
+    }
+}
+
+/// A locale in Meta's form: `en_US` for `en-US`, as WhatsApp's templates
+/// name them.
+pub fn meta_locale(locale: &str) -> String {
+    locale.replace('-', "_")
+}
+
+/// What became of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Vonage took the message; its id.
+    Accepted { message_uuid: String },
+    /// Vonage asks to slow down (429): nothing was sent, try again later.
+    Throttled { retry_after: Option<Duration> },
+    /// Vonage could not be reached or failed (5xx): nothing was taken, as
+    /// far as herald can tell; try again later.
+    Unavailable { reason: String },
+    /// Vonage refused the message for good; `status` is what the
+    /// message's callback reports (`rejected` for the message itself,
+    /// `failed` for the account or the credentials).
+    Refused {
+        status: MessageStatus,
+        reason: String,
+    },
+}
+
+/// The error body of a refusal, as far as it says anything.
+#[derive(Debug, Default, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// Reads Vonage's answer to a send.
+pub(crate) async fn outcome(answer: Result<reqwest::Response, reqwest::Error>) -> SendOutcome {
+    let response = match answer {
+        Ok(response) => response,
+        // The request never got an answer; reqwest's text names the URL,
+        // which is the operator's, but is not needed here.
+        Err(e) if e.is_timeout() => {
+            return SendOutcome::Unavailable {
+                reason: "Vonage did not answer in time".into(),
+            }
+        }
+        Err(_) => {
+            return SendOutcome::Unavailable {
+                reason: "Vonage could not be reached".into(),
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = response.text().await.unwrap_or_default();
+    classify(status, retry_after, &text)
+}
+
+/// The outcome of an answer of `status` with body `text`.
+pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> SendOutcome {
+    if (200..300).contains(&status) {
+        return match serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("message_uuid")?.as_str().map(str::to_owned))
+        {
+            Some(message_uuid) => SendOutcome::Accepted { message_uuid },
+            None => SendOutcome::Unavailable {
+                reason: format!("Vonage answered {status} without a message_uuid"),
+            },
+        };
+    }
+    let error: ApiError = serde_json::from_str(text).unwrap_or_default();
+    let said = match (error.title, error.detail) {
+        (Some(t), Some(d)) => format!("{t}: {d}"),
+        (Some(t), None) => t,
+        (None, Some(d)) => d,
+        (None, None) => String::new(),
+    };
+    let reason = |what: &str| {
+        let mut reason = format!("Vonage {what} ({status})");
+        if !said.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&said.chars().take(300).collect::<String>());
+        }
+        reason
+    };
+    match status {
+        429 => SendOutcome::Throttled { retry_after },
+        500..=599 => SendOutcome::Unavailable {
+            reason: reason("failed"),
+        },
+        401..=403 => SendOutcome::Refused {
+            status: MessageStatus::Failed,
+            reason: reason("refused the account"),
+        },
+        _ => SendOutcome::Refused {
+            status: MessageStatus::Rejected,
+            reason: reason("refused the message"),
+        },
+    }
+}
+
+/// A message status webhook (`messageStatus*` of the specification).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub message_uuid: String,
+    #[serde(default)]
+    pub client_ref: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+impl StatusReport {
+    /// The status as herald reports it (CHANNELS §4): `submitted` is sent,
+    /// `undeliverable` failed; `None` for one herald does not know.
+    pub fn status(&self) -> Option<MessageStatus> {
+        Some(match self.status.as_str() {
+            "submitted" => MessageStatus::Sent,
+            "delivered" => MessageStatus::Delivered,
+            "read" => MessageStatus::Read,
+            "rejected" => MessageStatus::Rejected,
+            "undeliverable" => MessageStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    /// What the error says, if the status has one.
+    pub fn reason(&self) -> Option<String> {
+        let error = self.error.as_ref()?;
+        let part = |name: &str| {
+            error.get(name).and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| Some(v.to_string()))
+                    .filter(|s| s != "null")
+            })
+        };
+        match (part("title"), part("detail")) {
+            (Some(t), Some(d)) => Some(format!("{t}: {d}")),
+            (t, d) => t.or(d),
+        }
+    }
+}
+
+/// An inbound message webhook (`inboundMessage*`): a text from the person.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Inbound {
+    pub channel: String,
+    pub message_uuid: String,
+    pub to: String,
+    pub from: String,
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Inbound {
+    /// The channel, if herald serves it.
+    pub fn channel(&self) -> Option<Channel> {
+        match self.channel.as_str() {
+            "sms" => Some(Channel::Sms),
+            "whatsapp" => Some(Channel::Whatsapp),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: Content) -> OutboundMessage {
+        OutboundMessage {
+            channel: Channel::Whatsapp,
+            to: "447700900123".into(),
+            from: "447700900001".into(),
+            content,
+            client_ref: "13d107fe-03c2-5ce5-bc22-228df7a92620".into(),
+        }
+    }
+
+    #[test]
+    fn text_and_template_bodies_have_the_specification_s_fields() {
+        let sms = OutboundMessage {
+            channel: Channel::Sms,
+            ..message(Content::Text("Hi".into()))
+        };
+        assert_eq!(
+            sms.body(),
+            json!({"channel": "sms", "message_type": "text", "text": "Hi",
+                   "to": "447700900123", "from": "447700900001",
+                   "client_ref": "13d107fe-03c2-5ce5-bc22-228df7a92620"})
+        );
+        let components = json!([{"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}]);
+        let template = message(Content::Template {
+            name: "appointment_reminder".into(),
+            locale: "en-US".into(),
+            components: components.clone(),
+        });
+        assert_eq!(
+            template.body()["custom"],
+            json!({"type": "template", "template": {
+                "name": "appointment_reminder",
+                "language": {"policy": "deterministic", "code": "en_US"},
+                "components": components}})
+        );
+        assert_eq!(template.body()["message_type"], "custom");
+        assert_eq!(template.body()["channel"], "whatsapp");
+    }
+
+    #[test]
+    fn answers_are_classified_by_status() {
+        assert_eq!(
+            classify(
+                202,
+                None,
+                r#"{"message_uuid": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}"#
+            ),
+            SendOutcome::Accepted {
+                message_uuid: "aaaaaaaa-bbbb-cccc-dddd-0123456789ab".into()
+            }
+        );
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(2)), "{}"),
+            SendOutcome::Throttled {
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        assert!(matches!(
+            classify(503, None, ""),
+            SendOutcome::Unavailable { .. }
+        ));
+        assert!(matches!(
+            classify(202, None, "{}"),
+            SendOutcome::Unavailable { .. }
+        ));
+        assert_eq!(
+            classify(422, None, r#"{"type": "x", "title": "Invalid recipient", "detail": "The `to` parameter is invalid for the given channel.", "instance": "i"}"#),
+            SendOutcome::Refused {
+                status: MessageStatus::Rejected,
+                reason: "Vonage refused the message (422): Invalid recipient: The `to` parameter is invalid for the given channel.".into()
+            }
+        );
+        assert!(matches!(
+            classify(402, None, r#"{"title": "Low balance"}"#),
+            SendOutcome::Refused {
+                status: MessageStatus::Failed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn statuses_map_as_channels_says() {
+        let report = |status: &str| StatusReport {
+            message_uuid: "m".into(),
+            client_ref: None,
+            status: status.into(),
+            timestamp: None,
+            error: None,
+        };
+        for (vonage, herald) in [
+            ("submitted", MessageStatus::Sent),
+            ("delivered", MessageStatus::Delivered),
+            ("read", MessageStatus::Read),
+            ("rejected", MessageStatus::Rejected),
+            ("undeliverable", MessageStatus::Failed),
+        ] {
+            assert_eq!(report(vonage).status(), Some(herald));
+        }
+        assert_eq!(report("teleported").status(), None);
+        let failed: StatusReport = serde_json::from_value(json!({
+            "message_uuid": "m", "to": "1", "from": "2", "timestamp": "2020-01-01T14:00:00.000Z",
+            "status": "rejected", "channel": "sms",
+            "error": {"type": "https://developer.nexmo.com/api-errors/messages-olympus#1050",
+                      "title": 1050, "detail": "Number barred", "instance": "i"}}))
+        .unwrap();
+        assert_eq!(failed.reason().as_deref(), Some("1050: Number barred"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Vonage, the hosted platform's own provider (CHANNELS §3, §4): its
+//! connection's credentials and settings, its JWTs ([`auth`]), and the
+//! Messages API ([`messages`]) for SMS and WhatsApp.
+//!
+//! Everything here is wire types, signing, verification, request building
+//! and status mapping, testable without a network; [`Vonage::send`] is the
+//! one call that goes out, to the API base URL the operator configures
+//! (`HERALD_VONAGE_API_URL`).
+
+pub mod auth;
+pub mod messages;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_core::secret::Secret;
+
+use crate::connection::{BadConnection, Credentials};
+
+pub use auth::{BadSignature, TokenMinter};
+pub use messages::{Inbound, OutboundMessage, SendOutcome, StatusReport};
+
+/// The API base URL when none is configured (CONTRACT §10.1b).
+pub const DEFAULT_API_URL: &str = "https://api.nexmo.com";
+
+/// How long one request to Vonage may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Vonage connection's credentials, checked.
+#[derive(Debug, Clone)]
+pub struct VonageCredentials {
+    pub application_id: String,
+    pub private_key: Secret<String>,
+    pub api_key: String,
+    pub api_secret: Secret<String>,
+    pub signature_secret: Secret<String>,
+}
+
+impl VonageCredentials {
+    pub fn from_credentials(c: &Credentials) -> Result<Self, BadConnection> {
+        let get = |name: &str| c.get(name).unwrap_or_default().to_owned();
+        let application_id = get("application_id");
+        if uuid::Uuid::parse_str(&application_id).is_err() {
+            return Err(BadConnection(
+                "credentials.application_id must be the application's id, a UUID".into(),
+            ));
+        }
+        let private_key = get("private_key");
+        TokenMinter::new(&application_id, &private_key)
+            .map_err(|why| BadConnection(format!("credentials.private_key {why}")))?;
+        Ok(VonageCredentials {
+            application_id,
+            private_key: Secret::new(private_key),
+            api_key: get("api_key"),
+            api_secret: Secret::new(get("api_secret")),
+            signature_secret: Secret::new(get("signature_secret")),
+        })
+    }
+}
+
+/// One Vonage connection, ready to call Vonage.
+pub struct Vonage {
+    api_url: String,
+    credentials: VonageCredentials,
+    minter: TokenMinter,
+    http: reqwest::Client,
+}
+
+impl Vonage {
+    pub fn new(api_url: &str, credentials: VonageCredentials) -> Self {
+        let minter = TokenMinter::new(
+            &credentials.application_id,
+            credentials.private_key.expose(),
+        )
+        .expect("checked when the connection was written");
+        Vonage {
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            credentials,
+            minter,
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+                .no_proxy()
+                .build()
+                .expect("the client's settings are valid"),
+        }
+    }
+
+    pub fn credentials(&self) -> &VonageCredentials {
+        &self.credentials
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.minter.token(Utc::now()))
+    }
+
+    /// Sends one message through the Messages API.
+    pub async fn send(&self, message: &OutboundMessage) -> SendOutcome {
+        let request = self
+            .http
+            .post(format!("{}/v1/messages", self.api_url))
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .json(&message.body());
+        messages::outcome(request.send().await).await
+    }
+
+    /// Asks Vonage whether the credentials work, with a cheap
+    /// authenticated call (the latest call of the application); the
+    /// detail is fit to show.
+    pub async fn check(&self) -> (bool, String) {
+        let answer = self
+            .http
+            .get(format!("{}/v1/calls", self.api_url))
+            .query(&[("page_size", "1")])
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => (true, "Vonage accepted the credentials".into()),
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => (
+                false,
+                format!(
+                    "Vonage refused the credentials ({}): check the application id and private key",
+                    r.status().as_u16()
+                ),
+            ),
+            Ok(r) => (false, format!("Vonage answered {}", r.status().as_u16())),
+            Err(e) if e.is_timeout() => (false, "Vonage did not answer in time".into()),
+            Err(_) => (false, "Vonage could not be reached".into()),
+        }
+    }
+
+    /// Checks a webhook's signature (CHANNELS §3).
+    pub fn verify(&self, authorization: Option<&str>, body: &[u8]) -> Result<(), BadSignature> {
+        auth::verify_webhook(
+            authorization,
+            body,
+            self.credentials.signature_secret.expose(),
+            &self.credentials.api_key,
+            &self.credentials.application_id,
+            Utc::now(),
+        )
+        .map(|_| ())
+    }
+}
