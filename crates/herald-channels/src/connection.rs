@@ -143,8 +143,11 @@ impl ProviderKind {
     /// on its connections yet.
     pub fn channels(self) -> &'static [Channel] {
         match self {
-            ProviderKind::Vonage => &[Channel::Sms, Channel::Whatsapp],
-            _ => &[],
+            ProviderKind::Vonage
+            | ProviderKind::Twilio
+            | ProviderKind::WhatsappCloud
+            | ProviderKind::Smpp
+            | ProviderKind::Sip => &[],
         }
     }
 }

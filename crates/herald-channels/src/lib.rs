@@ -9,6 +9,8 @@
 
 pub mod connection;
 mod simulator;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vonage;
 
 pub use connection::{BadConnection, Credentials, ProviderKind};

@@ -261,6 +261,7 @@ mod tests {
                 number: "14155550100".into(),
                 region: Region::Us,
                 flow: FlowDefinition::default_for(Channel::Voice),
+                connection_id: None,
             })
             .await
             .unwrap();

@@ -22,6 +22,7 @@ pub mod directory;
 pub mod leases;
 pub mod metrics;
 pub mod outbound;
+pub mod providers;
 pub mod session;
 pub mod startup;
 #[cfg(any(test, feature = "testing"))]

@@ -21,11 +21,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::keys::KeyHash;
-use herald_core::{AccountId, AgentId, SessionId};
+use herald_core::{AccountId, AgentId, ConnectionId, SessionId};
 
 /// The conflict message of an agent number already in use (CONTRACT §4.2).
 fn number_taken(number: &str, channel: herald_core::Channel) -> String {
     format!("Number {number} is already used by another {channel} agent in this region")
+}
+
+/// The conflict message of a connection still in use.
+fn connection_in_use(connection: &ConnectionId, agent: &str) -> String {
+    format!(
+        "Connection {connection} is used by agent {agent}; move the agent to another \
+         connection (or delete it) first"
+    )
+}
+
+/// The conflict message of an agent written onto a connection that was
+/// deleted meanwhile.
+fn connection_gone(connection: &ConnectionId) -> String {
+    format!("Connection {connection} was deleted")
 }
 
 fn template_taken(t: &Template) -> String {
@@ -201,6 +215,36 @@ pub trait AgentStore: Send + Sync + 'static {
     ) -> Result<Option<Template>>;
 }
 
+/// Accounts' connections to channel providers (CONTRACT §10). The store
+/// keeps credentials as it is given them, sealed; it never sees them in the
+/// clear.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync + 'static {
+    async fn create_connection(&self, connection: NewConnection) -> Result<ConnectionRecord>;
+    /// The account's connections, oldest first; deleted ones are left out.
+    async fn connections(&self, account: AccountId) -> Result<Vec<ConnectionRecord>>;
+    async fn connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+    ) -> Result<Option<ConnectionRecord>>;
+    /// A connection by its id alone, deleted or not: what a provider's
+    /// webhook or a session under way runs on.
+    async fn connection_for_work(&self, id: &ConnectionId) -> Result<Option<ConnectionRecord>>;
+    async fn update_connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+        patch: ConnectionPatch,
+    ) -> Result<Option<ConnectionRecord>>;
+    /// Deletes a connection no live agent uses (its draft or its published
+    /// version); one in use is a [`StoreError::Conflict`] naming the agent.
+    async fn delete_connection(&self, account: AccountId, id: &ConnectionId) -> Result<bool>;
+    /// Every connection of every account, deleted ones too: what the key
+    /// must open for the server to start.
+    async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;
+}
+
 /// Sessions: stored by triggers, read by the API, and the inputs that
 /// reach them.
 #[async_trait]
@@ -300,9 +344,12 @@ pub trait CallbackOutbox: Send + Sync + 'static {
 
 /// The whole store: every part, on one backend. Workers take the part they
 /// use (an `Arc<dyn Store>` coerces to an `Arc<dyn DispatchQueue>`, say).
-pub trait Store: AccountStore + AgentStore + SessionStore + DispatchQueue + CallbackOutbox {}
+pub trait Store:
+    AccountStore + AgentStore + ConnectionStore + SessionStore + DispatchQueue + CallbackOutbox
+{
+}
 
 impl<T> Store for T where
-    T: AccountStore + AgentStore + SessionStore + DispatchQueue + CallbackOutbox
+    T: AccountStore + AgentStore + ConnectionStore + SessionStore + DispatchQueue + CallbackOutbox
 {
 }

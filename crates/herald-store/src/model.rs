@@ -5,7 +5,7 @@ use herald_core::flow::FlowDefinition;
 use herald_core::keys::KeyHash;
 use herald_core::session::event::{BadEvent, StoredEvent};
 use herald_core::session::{Outcome, SessionEvent, SessionInput, SessionParameters, SessionStatus};
-use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
 
 #[derive(Debug, Clone)]
 pub struct KeyRow {
@@ -26,6 +26,7 @@ pub struct Revisions {
     pub keys: i64,
     pub agents: i64,
     pub limits: i64,
+    pub connections: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct NewAgent {
     pub number: String,
     pub region: Region,
     pub flow: FlowDefinition,
+    /// `None`: the simulator.
+    pub connection_id: Option<ConnectionId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +46,8 @@ pub struct AgentPatch {
     pub name: Option<String>,
     pub number: Option<String>,
     pub flow: Option<FlowDefinition>,
+    /// `Some(None)` moves the agent back to the simulator.
+    pub connection_id: Option<Option<ConnectionId>>,
 }
 
 /// An agent's draft, with the number of its current published version.
@@ -55,6 +60,7 @@ pub struct Agent {
     pub number: String,
     pub region: Region,
     pub flow: FlowDefinition,
+    pub connection_id: Option<ConnectionId>,
     pub current_version: Option<u32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -70,7 +76,47 @@ pub struct AgentVersion {
     pub number: String,
     pub region: Region,
     pub flow: FlowDefinition,
+    /// The connection the version's sessions run on; `None`: the simulator.
+    pub connection_id: Option<ConnectionId>,
     pub published_at: DateTime<Utc>,
+}
+
+/// An account's connection to a channel provider (CONTRACT §10). The
+/// store keeps the provider's name and settings as given and the
+/// credentials sealed; checking and opening them is the caller's.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub provider: String,
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The credentials, sealed under the operator's key with the
+    /// connection's id as their label.
+    pub sealed: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Set once the account deleted it: sessions already under way on it
+    /// still find it.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// Chosen by the caller, which seals the credentials under it.
+    pub id: ConnectionId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub provider: String,
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionPatch {
+    pub name: Option<String>,
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// A live agent as the trigger path sees it.

@@ -23,12 +23,12 @@ use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::secret::redact_url;
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
-use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
-use crate::rows::{now_micros, to_json};
+use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0002_conversations.sql"),
     include_str!("../migrations/postgres/0003_tenancy.sql"),
     include_str!("../migrations/postgres/0004_input_data.sql"),
+    include_str!("../migrations/postgres/0005_connections.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -233,6 +234,54 @@ async fn agent_in<'c>(
         .transpose()
 }
 
+/// Checks, in a write's transaction, that the account's connection is
+/// still there, and holds it so that it cannot be deleted before the write
+/// commits (a delete holds it too, then looks for agents that use it).
+async fn live_connection(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: &ConnectionId,
+) -> Result<()> {
+    let live = sqlx::query(
+        "SELECT 1 FROM connections \
+         WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL FOR SHARE",
+    )
+    .bind(id.as_str())
+    .bind(account)
+    .fetch_optional(conn)
+    .await
+    .db()?
+    .is_some();
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(connection_gone(id)))
+    }
+}
+
+/// A connection: the account's live one, or with `account` `None` any,
+/// deleted or not. `lock` holds its row to the end of the transaction.
+async fn connection_in<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    account: Option<AccountId>,
+    id: &ConnectionId,
+    lock: bool,
+) -> Result<Option<ConnectionRecord>> {
+    let sql = format!(
+        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1 \
+         AND ($2::BIGINT IS NULL OR (account_id = $2 AND deleted_at IS NULL)){}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(&sql)
+        .bind(id.as_str())
+        .bind(account)
+        .fetch_optional(conn)
+        .await
+        .db()?
+        .map(|row| rows::connection(&row))
+        .transpose()
+}
+
 /// Stores an input; returns its id.
 async fn insert_input(conn: &mut PgConnection, session: &str, input: &NewInput) -> Result<i64> {
     let stored = input.input.to_stored();
@@ -330,9 +379,12 @@ impl PostgresStore {
                 agent.channel,
             )));
         }
+        if let Some(connection) = &agent.connection_id {
+            live_connection(&mut tx, agent.account_id, connection).await?;
+        }
         let inserted = sqlx::query(&format!(
             "INSERT INTO agents ({AGENT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $8) RETURNING {AGENT_COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $8, $9) RETURNING {AGENT_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(agent.account_id)
@@ -342,6 +394,7 @@ impl PostgresStore {
         .bind(agent.region.as_str())
         .bind(to_json(&agent.flow)?)
         .bind(now)
+        .bind(agent.connection_id.as_ref().map(ConnectionId::as_str))
         .fetch_one(&mut *tx)
         .await;
         let row = match inserted {
@@ -376,15 +429,20 @@ impl PostgresStore {
             return Err(StoreError::Conflict(number_taken(&number, current.channel)));
         }
         let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
+        let connection = patch.connection_id.unwrap_or(current.connection_id);
+        if let Some(connection) = &connection {
+            live_connection(&mut tx, account, connection).await?;
+        }
         let updated = sqlx::query(&format!(
-            "UPDATE agents SET name = $2, number = $3, flow = $4, updated_at = $5 \
-             WHERE agent_id = $1 RETURNING {AGENT_COLUMNS}"
+            "UPDATE agents SET name = $2, number = $3, flow = $4, updated_at = $5, \
+             connection_id = $6 WHERE agent_id = $1 RETURNING {AGENT_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(&name)
         .bind(&number)
         .bind(flow)
         .bind(now_micros())
+        .bind(connection.as_ref().map(ConnectionId::as_str))
         .fetch_one(&mut *tx)
         .await;
         let row = match updated {
@@ -430,13 +488,15 @@ impl PostgresStore {
                 agent.channel,
             )));
         }
+        if let Some(connection) = &agent.connection_id {
+            live_connection(&mut tx, account, connection).await?;
+        }
         let version = agent.current_version.unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO agent_versions \
-             (agent_id, version, name, channel, number, region, flow, published_at) \
-             SELECT agent_id, $2, name, channel, number, region, flow, $3 \
-             FROM agents WHERE agent_id = $1",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO agent_versions ({VERSION_COLUMNS}) \
+             SELECT agent_id, $2, name, channel, number, region, flow, $3, connection_id \
+             FROM agents WHERE agent_id = $1"
+        ))
         .bind(id.as_str())
         .bind(i64::from(version))
         .bind(now_micros())
@@ -788,6 +848,144 @@ impl AccountStore for PostgresStore {
             .await
             .db()?;
         rows::revisions(rows)
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for PostgresStore {
+    async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRecord> {
+        let this = self.clone();
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            let row = sqlx::query(&format!(
+                "INSERT INTO connections ({CONNECTION_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL) RETURNING {CONNECTION_COLUMNS}"
+            ))
+            .bind(new.id.as_str())
+            .bind(new.account_id)
+            .bind(&new.name)
+            .bind(&new.provider)
+            .bind(to_json(&new.settings)?)
+            .bind(&new.sealed)
+            .bind(now_micros())
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+            bump(&mut tx, "connections").await?;
+            tx.commit().await.db()?;
+            rows::connection(&row)
+        })
+        .await
+    }
+
+    async fn connections(&self, account: AccountId) -> Result<Vec<ConnectionRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections \
+             WHERE account_id = $1 AND deleted_at IS NULL ORDER BY created_at, id"
+        ))
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::connection)
+        .collect()
+    }
+
+    async fn connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+    ) -> Result<Option<ConnectionRecord>> {
+        connection_in(&self.pool, Some(account), id, false).await
+    }
+
+    async fn connection_for_work(&self, id: &ConnectionId) -> Result<Option<ConnectionRecord>> {
+        connection_in(&self.pool, None, id, false).await
+    }
+
+    async fn update_connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+        patch: ConnectionPatch,
+    ) -> Result<Option<ConnectionRecord>> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            let Some(current) = connection_in(&mut *tx, Some(account), &id, true).await? else {
+                return Ok(None);
+            };
+            let row = sqlx::query(&format!(
+                "UPDATE connections SET name = $2, settings = $3, credentials = $4, \
+                 updated_at = $5 WHERE id = $1 RETURNING {CONNECTION_COLUMNS}"
+            ))
+            .bind(id.as_str())
+            .bind(patch.name.unwrap_or(current.name))
+            .bind(to_json(&patch.settings.unwrap_or(current.settings))?)
+            .bind(patch.sealed.unwrap_or(current.sealed))
+            .bind(now_micros())
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+            bump(&mut tx, "connections").await?;
+            tx.commit().await.db()?;
+            rows::connection(&row).map(Some)
+        })
+        .await
+    }
+
+    async fn delete_connection(&self, account: AccountId, id: &ConnectionId) -> Result<bool> {
+        let (this, id) = (self.clone(), id.clone());
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            // Held first, so that an agent written onto it meanwhile either
+            // commits before the search below (which then finds it) or
+            // finds it deleted.
+            if connection_in(&mut *tx, Some(account), &id, true)
+                .await?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let user: Option<String> = sqlx::query_scalar(
+                "SELECT a.agent_id FROM agents a LEFT JOIN agent_versions v \
+                   ON v.agent_id = a.agent_id AND v.version = a.current_version \
+                 WHERE a.account_id = $2 AND a.deleted_at IS NULL \
+                   AND (a.connection_id = $1 OR v.connection_id = $1) \
+                 ORDER BY a.created_at LIMIT 1",
+            )
+            .bind(id.as_str())
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+            if let Some(agent) = user {
+                return Err(StoreError::Conflict(connection_in_use(&id, &agent)));
+            }
+            sqlx::query("UPDATE connections SET deleted_at = $2 WHERE id = $1")
+                .bind(id.as_str())
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+            bump(&mut tx, "connections").await?;
+            tx.commit().await.db()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn all_connections(&self) -> Result<Vec<ConnectionRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::connection)
+        .collect()
     }
 }
 

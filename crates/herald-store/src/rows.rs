@@ -17,11 +17,15 @@ use crate::*;
 
 /// The columns of `agents` that [`agent`] reads.
 pub(crate) const AGENT_COLUMNS: &str = "agent_id, account_id, name, channel, number, region, \
-     flow, current_version, created_at, updated_at";
+     flow, current_version, created_at, updated_at, connection_id";
 
 /// The columns of `agent_versions` that [`agent_version`] reads.
 pub(crate) const VERSION_COLUMNS: &str =
-    "agent_id, version, name, channel, number, region, flow, published_at";
+    "agent_id, version, name, channel, number, region, flow, published_at, connection_id";
+
+/// The columns of `connections` that [`connection`] reads.
+pub(crate) const CONNECTION_COLUMNS: &str =
+    "id, account_id, name, provider, settings, credentials, created_at, updated_at, deleted_at";
 
 /// The columns of `sessions` that [`session`] reads.
 pub(crate) const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, \
@@ -71,6 +75,15 @@ pub(crate) fn parsed<T: FromStr>(row: &impl Columns, column: &str) -> Result<T> 
         .map_err(|_| bad_value(column, format_args!("unexpected value {text:?}")))
 }
 
+pub(crate) fn opt_parsed<T: FromStr>(row: &impl Columns, column: &str) -> Result<Option<T>> {
+    row.opt_text(column)?
+        .map(|text| {
+            text.parse()
+                .map_err(|_| bad_value(column, format_args!("unexpected value {text:?}")))
+        })
+        .transpose()
+}
+
 pub(crate) fn json<T: serde::de::DeserializeOwned>(row: &impl Columns, column: &str) -> Result<T> {
     serde_json::from_str(&text(row, column)?).map_err(|e| bad_value(column, e))
 }
@@ -107,6 +120,7 @@ pub(crate) fn revisions(rows: Vec<(String, i64)>) -> Result<Revisions> {
             "keys" => revs.keys = rev,
             "agents" => revs.agents = rev,
             "limits" => revs.limits = rev,
+            "connections" => revs.connections = rev,
             _ => {}
         }
     }
@@ -140,6 +154,7 @@ pub(crate) fn agent(row: &impl Columns) -> Result<Agent> {
         number: text(row, "number")?,
         region: parsed(row, "region")?,
         flow: json::<FlowDefinition>(row, "flow")?,
+        connection_id: opt_parsed(row, "connection_id")?,
         current_version: opt_small(row, "current_version")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
@@ -155,7 +170,22 @@ pub(crate) fn agent_version(row: &impl Columns) -> Result<AgentVersion> {
         number: text(row, "number")?,
         region: parsed(row, "region")?,
         flow: json(row, "flow")?,
+        connection_id: opt_parsed(row, "connection_id")?,
         published_at: time(row, "published_at")?,
+    })
+}
+
+pub(crate) fn connection(row: &impl Columns) -> Result<ConnectionRecord> {
+    Ok(ConnectionRecord {
+        id: parsed(row, "id")?,
+        account_id: int(row, "account_id")?,
+        name: text(row, "name")?,
+        provider: text(row, "provider")?,
+        settings: json(row, "settings")?,
+        sealed: row.bytes("credentials")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+        deleted: row.opt_int("deleted_at")?.is_some(),
     })
 }
 

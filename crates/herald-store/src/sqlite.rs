@@ -24,12 +24,12 @@ use chrono::{DateTime, Utc};
 use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
-use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
-use crate::rows::{now_micros, to_json};
+use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_conversations.sql"),
     include_str!("../migrations/sqlite/0004_tenancy.sql"),
     include_str!("../migrations/sqlite/0005_input_data.sql"),
+    include_str!("../migrations/sqlite/0006_connections.sql"),
 ];
 
 const READERS: usize = 4;
@@ -301,6 +302,41 @@ fn agent_in(conn: &Connection, account: AccountId, id: &AgentId) -> Result<Optio
     })
 }
 
+/// Checks, in a write's transaction, that the account's connection is
+/// still there: the API checked it before, but it may have been deleted
+/// since.
+fn live_connection(conn: &Connection, account: AccountId, id: &ConnectionId) -> Result<()> {
+    let live: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM connections \
+             WHERE id = ?1 AND account_id = ?2 AND deleted_at IS NULL)",
+            params![id.as_str(), account],
+            |r| r.get(0),
+        )
+        .db()?;
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(connection_gone(id)))
+    }
+}
+
+fn connection_in(
+    conn: &Connection,
+    account: Option<AccountId>,
+    id: &ConnectionId,
+) -> Result<Option<ConnectionRecord>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1 \
+             AND (?2 IS NULL OR (account_id = ?2 AND deleted_at IS NULL))"
+        ))
+        .db()?;
+    first(&mut stmt, params![id.as_str(), account], |row| {
+        rows::connection(row)
+    })
+}
+
 fn session_events(conn: &Connection, id: SessionId) -> Result<Vec<EventRecord>> {
     let mut stmt = conn
         .prepare_cached(
@@ -454,6 +490,139 @@ impl AccountStore for SqliteStore {
 }
 
 #[async_trait]
+impl ConnectionStore for SqliteStore {
+    async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRecord> {
+        self.write(move |conn| {
+            let now = now_micros();
+            let settings = to_json(&new.settings)?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO connections ({CONNECTION_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL)"
+                ),
+                params![
+                    new.id.as_str(),
+                    new.account_id,
+                    new.name,
+                    new.provider,
+                    settings,
+                    new.sealed,
+                    now
+                ],
+            )
+            .db()?;
+            bump(conn, "connections")?;
+            connection_in(conn, Some(new.account_id), &new.id)?
+                .ok_or_else(|| anyhow::anyhow!("connection vanished after insert").into())
+        })
+        .await
+    }
+
+    async fn connections(&self, account: AccountId) -> Result<Vec<ConnectionRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {CONNECTION_COLUMNS} FROM connections \
+                     WHERE account_id = ?1 AND deleted_at IS NULL ORDER BY created_at, id"
+                ))
+                .db()?;
+            all(&mut stmt, [account], |row| rows::connection(row))
+        })
+        .await
+    }
+
+    async fn connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+    ) -> Result<Option<ConnectionRecord>> {
+        let id = id.clone();
+        self.read(move |conn| connection_in(conn, Some(account), &id))
+            .await
+    }
+
+    async fn connection_for_work(&self, id: &ConnectionId) -> Result<Option<ConnectionRecord>> {
+        let id = id.clone();
+        self.read_point(move |conn| connection_in(conn, None, &id))
+            .await
+    }
+
+    async fn update_connection(
+        &self,
+        account: AccountId,
+        id: &ConnectionId,
+        patch: ConnectionPatch,
+    ) -> Result<Option<ConnectionRecord>> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let Some(current) = connection_in(conn, Some(account), &id)? else {
+                return Ok(None);
+            };
+            let settings = to_json(&patch.settings.unwrap_or(current.settings))?;
+            conn.execute(
+                "UPDATE connections SET name = ?2, settings = ?3, credentials = ?4, \
+                 updated_at = ?5 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    patch.name.unwrap_or(current.name),
+                    settings,
+                    patch.sealed.unwrap_or(current.sealed),
+                    now_micros()
+                ],
+            )
+            .db()?;
+            bump(conn, "connections")?;
+            connection_in(conn, Some(account), &id)
+        })
+        .await
+    }
+
+    async fn delete_connection(&self, account: AccountId, id: &ConnectionId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |conn| {
+            if connection_in(conn, Some(account), &id)?.is_none() {
+                return Ok(false);
+            }
+            let user: Option<String> = conn
+                .query_row(
+                    "SELECT a.agent_id FROM agents a LEFT JOIN agent_versions v \
+                       ON v.agent_id = a.agent_id AND v.version = a.current_version \
+                     WHERE a.account_id = ?2 AND a.deleted_at IS NULL \
+                       AND (a.connection_id = ?1 OR v.connection_id = ?1) \
+                     ORDER BY a.created_at LIMIT 1",
+                    params![id.as_str(), account],
+                    |r| r.get(0),
+                )
+                .optional()
+                .db()?;
+            if let Some(agent) = user {
+                return Err(StoreError::Conflict(connection_in_use(&id, &agent)));
+            }
+            conn.execute(
+                "UPDATE connections SET deleted_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now_micros()],
+            )
+            .db()?;
+            bump(conn, "connections")?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn all_connections(&self) -> Result<Vec<ConnectionRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY created_at, id"
+                ))
+                .db()?;
+            all(&mut stmt, [], |row| rows::connection(row))
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl AgentStore for SqliteStore {
     async fn create_agent(&self, agent: NewAgent) -> Result<Agent> {
         self.write(move |conn| {
@@ -466,10 +635,13 @@ impl AgentStore for SqliteStore {
                     agent.channel,
                 )));
             }
+            if let Some(connection) = &agent.connection_id {
+                live_connection(conn, agent.account_id, connection)?;
+            }
             let inserted = conn.execute(
                 &format!(
                     "INSERT INTO agents ({AGENT_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8, ?9)"
                 ),
                 params![
                     id.as_str(),
@@ -479,7 +651,8 @@ impl AgentStore for SqliteStore {
                     agent.number,
                     agent.region.as_str(),
                     flow,
-                    now
+                    now,
+                    agent.connection_id.as_ref().map(ConnectionId::as_str),
                 ],
             );
             match inserted {
@@ -535,10 +708,21 @@ impl AgentStore for SqliteStore {
                 return Err(StoreError::Conflict(number_taken(&number, current.channel)));
             }
             let flow = to_json(&patch.flow.unwrap_or(current.flow))?;
+            let connection = patch.connection_id.unwrap_or(current.connection_id);
+            if let Some(connection) = &connection {
+                live_connection(conn, account, connection)?;
+            }
             let updated = conn.execute(
-                "UPDATE agents SET name = ?2, number = ?3, flow = ?4, updated_at = ?5 \
-                 WHERE agent_id = ?1",
-                params![id.as_str(), name, number, flow, now_micros()],
+                "UPDATE agents SET name = ?2, number = ?3, flow = ?4, updated_at = ?5, \
+                 connection_id = ?6 WHERE agent_id = ?1",
+                params![
+                    id.as_str(),
+                    name,
+                    number,
+                    flow,
+                    now_micros(),
+                    connection.as_ref().map(ConnectionId::as_str)
+                ],
             );
             match updated {
                 Err(e) if is_unique_violation(&e) => {
@@ -582,12 +766,16 @@ impl AgentStore for SqliteStore {
                     agent.channel,
                 )));
             }
+            if let Some(connection) = &agent.connection_id {
+                live_connection(conn, account, connection)?;
+            }
             let version = agent.current_version.unwrap_or(0) + 1;
             conn.execute(
-                "INSERT INTO agent_versions \
-                 (agent_id, version, name, channel, number, region, flow, published_at) \
-                 SELECT agent_id, ?2, name, channel, number, region, flow, ?3 \
-                 FROM agents WHERE agent_id = ?1",
+                &format!(
+                    "INSERT INTO agent_versions ({VERSION_COLUMNS}) \
+                     SELECT agent_id, ?2, name, channel, number, region, flow, ?3, connection_id \
+                     FROM agents WHERE agent_id = ?1"
+                ),
                 params![id.as_str(), version, now_micros()],
             )
             .db()?;

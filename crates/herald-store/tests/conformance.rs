@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::flow::FlowDefinition;
 use herald_core::session::{SessionEvent, SessionInput};
-use herald_core::{AccountId, AgentId, Channel, Region, SessionId};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
 use herald_store::testing::new_session as session;
 use herald_store::*;
 
@@ -61,6 +61,9 @@ conformance!(
     open_sessions_name_their_account_and_agent,
     a_number_is_held_by_a_published_version_and_by_open_sessions,
     claims_pass_over_the_accounts_they_are_told_to,
+    connections_belong_to_their_account_and_keep_their_sealed_credentials,
+    a_connection_in_use_cannot_be_deleted,
+    published_versions_keep_the_connection_they_were_published_on,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -79,6 +82,7 @@ async fn agent(store: &dyn Store) -> (AccountId, AgentId) {
             number: "447700900001".into(),
             region: Region::Eu,
             flow: FlowDefinition::default_for(Channel::Sms),
+            connection_id: None,
         })
         .await
         .unwrap();
@@ -262,6 +266,7 @@ async fn agents_publish_immutable_versions_and_numbers_are_unique(store: Arc<dyn
             number: "447700900001".into(),
             region: Region::Eu,
             flow: FlowDefinition::default_for(Channel::Sms),
+            connection_id: None,
         })
         .await;
     assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
@@ -305,6 +310,196 @@ async fn every_cached_change_bumps_its_revision(store: Arc<dyn Store>) {
     assert!(store.revoke_key([7; 32]).await.unwrap());
     assert!(store.revisions().await.unwrap().keys > after_rate.keys);
     assert!(store.keys().await.unwrap()[0].revoked);
+    let before = store.revisions().await.unwrap();
+    let c = store
+        .create_connection(new_connection(after_agent_account(&store).await))
+        .await
+        .unwrap();
+    let after_create = store.revisions().await.unwrap();
+    assert!(after_create.connections > before.connections);
+    let patch = ConnectionPatch {
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    store
+        .update_connection(c.account_id, &c.id, patch)
+        .await
+        .unwrap();
+    let after_update = store.revisions().await.unwrap();
+    assert!(after_update.connections > after_create.connections);
+    assert!(store.delete_connection(c.account_id, &c.id).await.unwrap());
+    assert!(store.revisions().await.unwrap().connections > after_update.connections);
+}
+
+async fn after_agent_account(store: &Arc<dyn Store>) -> AccountId {
+    store.accounts().await.unwrap()[0].id
+}
+
+fn new_connection(account: AccountId) -> NewConnection {
+    let mut settings = serde_json::Map::new();
+    settings.insert("language".into(), "en-GB".into());
+    NewConnection {
+        id: ConnectionId::generate(),
+        account_id: account,
+        name: "Vonage".into(),
+        provider: "vonage".into(),
+        settings,
+        sealed: vec![0, 1, 2, 255],
+    }
+}
+
+/// A connection is its account's alone; its sealed credentials come back
+/// byte for byte; an edit changes what it names and no more; a deleted one
+/// leaves the account's list but is still found for the work under way.
+async fn connections_belong_to_their_account_and_keep_their_sealed_credentials(
+    store: Arc<dyn Store>,
+) {
+    let a = store.add_key("acme", [7; 32]).await.unwrap();
+    let b = store.add_key("globex", [8; 32]).await.unwrap();
+    let first = store.create_connection(new_connection(a)).await.unwrap();
+    assert_eq!(first.sealed, vec![0, 1, 2, 255]);
+    assert_eq!(first.provider, "vonage");
+    assert_eq!(first.settings["language"], "en-GB");
+    assert!(!first.deleted);
+    let second = store.create_connection(new_connection(a)).await.unwrap();
+    let ids = |list: Vec<ConnectionRecord>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.connections(a).await.unwrap()),
+        vec![first.id.clone(), second.id.clone()]
+    );
+    assert!(store.connections(b).await.unwrap().is_empty());
+    assert!(store.connection(b, &first.id).await.unwrap().is_none());
+    let patch = || ConnectionPatch {
+        sealed: Some(vec![9; 40]),
+        ..Default::default()
+    };
+    assert!(store
+        .update_connection(b, &first.id, patch())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!store.delete_connection(b, &first.id).await.unwrap());
+    let edited = store
+        .update_connection(a, &first.id, patch())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(edited.sealed, vec![9; 40]);
+    assert_eq!(edited.name, "Vonage");
+    assert_eq!(edited.settings, first.settings);
+    assert!(edited.updated_at >= first.updated_at);
+    assert_eq!(edited.created_at, first.created_at);
+
+    assert!(store.delete_connection(a, &first.id).await.unwrap());
+    assert!(!store.delete_connection(a, &first.id).await.unwrap());
+    assert_eq!(ids(store.connections(a).await.unwrap()), vec![second.id]);
+    assert!(store.connection(a, &first.id).await.unwrap().is_none());
+    let kept = store.connection_for_work(&first.id).await.unwrap().unwrap();
+    assert!(kept.deleted);
+    assert_eq!(kept.sealed, vec![9; 40]);
+    assert_eq!(store.all_connections().await.unwrap().len(), 2);
+    assert!(store
+        .connection_for_work(&ConnectionId::generate())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// An agent whose draft or published version runs on a connection holds
+/// it; an agent of another account cannot be put on it, nor any agent on a
+/// deleted one.
+async fn a_connection_in_use_cannot_be_deleted(store: Arc<dyn Store>) {
+    let a = store.add_key("acme", [7; 32]).await.unwrap();
+    let b = store.add_key("globex", [8; 32]).await.unwrap();
+    let c = store.create_connection(new_connection(a)).await.unwrap();
+    let on_it = NewAgent {
+        connection_id: Some(c.id.clone()),
+        ..new_agent(a, "447700900001")
+    };
+    assert!(is_conflict(
+        store
+            .create_agent(NewAgent {
+                account_id: b,
+                ..on_it.clone()
+            })
+            .await
+    ));
+    let agent = store.create_agent(on_it).await.unwrap();
+    assert_eq!(agent.connection_id.as_ref(), Some(&c.id));
+    let refused = store.delete_connection(a, &c.id).await;
+    match refused {
+        Err(StoreError::Conflict(message)) => {
+            assert!(message.contains(agent.agent_id.as_str()), "{message}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Published on it, then the draft moved off: the version still holds it.
+    store.publish_agent(a, &agent.agent_id).await.unwrap();
+    let off = AgentPatch {
+        connection_id: Some(None),
+        ..Default::default()
+    };
+    let moved = store
+        .update_agent(a, &agent.agent_id, off.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.connection_id, None);
+    assert!(is_conflict(store.delete_connection(a, &c.id).await));
+    // Published off it: free.
+    store.publish_agent(a, &agent.agent_id).await.unwrap();
+    assert!(store.delete_connection(a, &c.id).await.unwrap());
+    let back = AgentPatch {
+        connection_id: Some(Some(c.id.clone())),
+        ..Default::default()
+    };
+    assert!(is_conflict(
+        store.update_agent(a, &agent.agent_id, back).await
+    ));
+    // A deleted agent holds nothing.
+    let d = store.create_connection(new_connection(a)).await.unwrap();
+    let other = store
+        .create_agent(NewAgent {
+            connection_id: Some(d.id.clone()),
+            ..new_agent(a, "447700900002")
+        })
+        .await
+        .unwrap();
+    assert!(store.delete_agent(a, &other.agent_id).await.unwrap());
+    assert!(store.delete_connection(a, &d.id).await.unwrap());
+}
+
+async fn published_versions_keep_the_connection_they_were_published_on(store: Arc<dyn Store>) {
+    let a = store.add_key("acme", [7; 32]).await.unwrap();
+    let c = store.create_connection(new_connection(a)).await.unwrap();
+    let agent = store
+        .create_agent(new_agent(a, "447700900001"))
+        .await
+        .unwrap();
+    assert_eq!(agent.connection_id, None);
+    store.publish_agent(a, &agent.agent_id).await.unwrap();
+    let on = AgentPatch {
+        connection_id: Some(Some(c.id.clone())),
+        ..Default::default()
+    };
+    store
+        .update_agent(a, &agent.agent_id, on)
+        .await
+        .unwrap()
+        .unwrap();
+    store.publish_agent(a, &agent.agent_id).await.unwrap();
+    let v1 = store
+        .agent_version(&agent.agent_id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let v2 = store
+        .agent_version(&agent.agent_id, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v1.connection_id, None);
+    assert_eq!(v2.connection_id, Some(c.id));
 }
 
 /// An event that stands for any step's: the flow entered node `name`.
@@ -1343,6 +1538,7 @@ fn new_agent(account: AccountId, number: &str) -> NewAgent {
         number: number.into(),
         region: Region::Eu,
         flow: FlowDefinition::default_for(Channel::Sms),
+        connection_id: None,
     }
 }
 
@@ -1539,7 +1735,7 @@ async fn a_sqlite_database_of_the_previous_schema_upgrades() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 }
 
 /// A PostgreSQL schema made by the previous release (version 1) opens,
@@ -1588,5 +1784,5 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
 }

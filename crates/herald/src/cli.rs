@@ -52,6 +52,14 @@ enum Command {
         #[command(subcommand)]
         command: LimitsCommand,
     },
+    /// Connections to channel providers.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Print a new key for HERALD_SECRET_KEY, which seals connections'
+    /// credentials in the database.
+    SecretKey,
     /// Print the OpenAPI document.
     Openapi,
     /// Print the built-in settings, each with its default and a comment: a
@@ -115,6 +123,22 @@ enum LimitsCommand {
         max_rate: Option<u32>,
         #[command(flatten)]
         database: DatabaseArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCommand {
+    /// List every account's connections (never their credentials).
+    List {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Ask the provider whether a connection's credentials work, with the
+    /// server's settings (the key, the providers' API URLs).
+    Check {
+        connection: String,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
 }
 
@@ -236,11 +260,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("agent {agent} may now start {rate} session(s) per second");
             }
         },
+        Command::Connections { command } => connections(command).await?,
+        Command::SecretKey => println!("{}", herald_core::secret::Sealer::generate_key()),
         Command::Openapi => print!("{}", herald_server::api::openapi::document()),
         Command::Config => print!("{}", herald_server::config::DEFAULTS),
         Command::Bench(args) => crate::bench::run(args).await?,
         Command::Chat(args) => crate::chat::run(args).await?,
     }
+    Ok(())
+}
+
+async fn connections(command: ConnectionsCommand) -> anyhow::Result<()> {
+    let (serve, wanted) = match command {
+        ConnectionsCommand::List { serve } => (serve, None),
+        ConnectionsCommand::Check { connection, serve } => (serve, Some(connection)),
+    };
+    let config = serve.config()?;
+    let store = herald_store::open(config.database_url.expose(), &StoreOptions::default())
+        .await
+        .with_context(|| format!("opening {}", config.database_url))?;
+    let Some(wanted) = wanted else {
+        for c in store.all_connections().await?.iter().filter(|c| !c.deleted) {
+            println!(
+                "{}\t{}\t{}\taccount {}",
+                c.id, c.provider, c.name, c.account_id
+            );
+        }
+        return Ok(());
+    };
+    let id: herald_core::ConnectionId = wanted
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{wanted} is not a connection id (24 hex characters)"))?;
+    let record = store
+        .connection_for_work(&id)
+        .await?
+        .filter(|c| !c.deleted)
+        .ok_or_else(|| anyhow::anyhow!("connection {wanted} does not exist"))?;
+    let (ok, detail) = herald_server::providers::open(&config, &record)?
+        .check()
+        .await;
+    if !ok {
+        anyhow::bail!("connection {wanted} ({}): {detail}", record.provider);
+    }
+    println!("connection {wanted} ({}): {detail}", record.provider);
     Ok(())
 }
 

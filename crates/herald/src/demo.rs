@@ -168,6 +168,7 @@ async fn ensure_agents(
                     number: number.into(),
                     region,
                     flow: FlowDefinition::default_for(channel),
+                    connection_id: None,
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the demo agents: {e}"))?,
@@ -216,6 +217,7 @@ async fn ensure_examples(
                     number: example.number.into(),
                     region,
                     flow: wanted.flow,
+                    connection_id: None,
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the example agents: {e}"))?,

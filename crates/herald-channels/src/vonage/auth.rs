@@ -42,6 +42,10 @@ impl TokenMinter {
     pub fn new(application_id: &str, private_key: &str) -> Result<Self, &'static str> {
         let key = EncodingKey::from_rsa_pem(private_key.as_bytes())
             .map_err(|_| "is not an RSA private key in PEM")?;
+        // PEM that parses may still not sign (a truncated key): try once,
+        // so that a key refused here is the only kind that fails.
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &(), &key)
+            .map_err(|_| "is not an RSA private key in PEM")?;
         Ok(TokenMinter {
             application_id: application_id.to_owned(),
             key,
@@ -230,6 +234,34 @@ mod tests {
             payload_hash(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Minted {
+        application_id: String,
+        iat: i64,
+        exp: i64,
+        jti: String,
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_the_public_key_and_are_kept_until_near_expiry() {
+        let minter = TokenMinter::new("app1", crate::testing::VONAGE_PRIVATE_KEY).unwrap();
+        let token = minter.token(now());
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let key = DecodingKey::from_rsa_pem(crate::testing::VONAGE_PUBLIC_KEY.as_bytes()).unwrap();
+        let claims = jsonwebtoken::decode::<Minted>(&token, &key, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(claims.application_id, "app1");
+        assert_eq!(claims.iat, now().timestamp());
+        assert_eq!(claims.exp - claims.iat, TOKEN_LIFETIME.as_secs() as i64);
+        assert!(!claims.jti.is_empty());
+        let later = |secs| now() + chrono::Duration::seconds(secs);
+        assert_eq!(minter.token(later(600)), token);
+        assert_ne!(minter.token(later(850)), token);
     }
 
     #[test]

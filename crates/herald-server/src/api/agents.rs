@@ -5,17 +5,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_channels::ProviderKind;
 use herald_core::flow::FlowDefinition;
-use herald_core::{AccountId, AgentId, Channel, PhoneNumber, Region};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, PhoneNumber, Region};
 use herald_store::{Agent, AgentPatch, NewAgent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{authenticate, opt_string, read_object, req_string, PathParam};
+use super::{authenticate, display_name, opt_string, read_object, req_string, PathParam};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::AppState;
-
-const MAX_NAME: usize = 200;
 
 /// An agent's draft and the number of its current published version.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -30,6 +29,9 @@ pub struct AgentView {
     pub number: String,
     pub region: Region,
     pub flow: FlowDefinition,
+    /// The connection the agent's sessions run on once published; null:
+    /// the simulator (CONTRACT §10.3).
+    pub connection_id: Option<String>,
     /// The version triggers run, or null before the first publish.
     pub published_version: Option<u32>,
     pub created_at: String,
@@ -45,6 +47,7 @@ impl From<Agent> for AgentView {
             number: a.number,
             region: a.region,
             flow: a.flow,
+            connection_id: a.connection_id.map(|c| c.to_string()),
             published_version: a.current_version,
             created_at: herald_core::time::rfc3339(a.created_at),
             updated_at: herald_core::time::rfc3339(a.updated_at),
@@ -67,6 +70,8 @@ pub struct CreateAgent {
     region: Option<Region>,
     /// Defaults to a flow that greets and ends.
     flow: Option<FlowDefinition>,
+    /// A connection of the account; null or absent: the simulator.
+    connection_id: Option<String>,
 }
 
 /// `PATCH /agents/{agent_id}`: edits the draft.
@@ -79,6 +84,8 @@ pub struct EditAgent {
     #[schema(pattern = r"^\+?[1-9][0-9]{6,14}$", example = "447700900000")]
     number: Option<String>,
     flow: Option<FlowDefinition>,
+    /// A connection of the account; null moves the agent to the simulator.
+    connection_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -90,24 +97,6 @@ pub struct Published {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
-}
-
-fn name(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    let name = opt_string(obj, "name")?;
-    if let Some(n) = &name {
-        if n.trim().is_empty() || n.chars().count() > MAX_NAME {
-            return Err(ApiError::bad_request("name must be 1 to 200 characters"));
-        }
-        // As for templates' fields: a name is shown to people, and control
-        // characters (NUL among them, which PostgreSQL cannot store) have no
-        // place in one.
-        if n.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
-                "name must not contain control characters",
-            ));
-        }
-    }
-    Ok(name)
 }
 
 fn number(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
@@ -132,6 +121,72 @@ fn flow(obj: &Map<String, Value>, channel: Channel) -> Result<Option<FlowDefinit
             .map_err(|e| ApiError::bad_request(e.to_string())),
         Some(_) => Err(ApiError::bad_request("flow must be an object")),
     }
+}
+
+/// `connection_id`: absent (`None`), null (`Some(None)`: the simulator), or
+/// one of the account's connections.
+async fn connection_field(
+    app: &AppState,
+    account: AccountId,
+    obj: &Map<String, Value>,
+) -> Result<Option<Option<ConnectionId>>, ApiError> {
+    let raw = match obj.get("connection_id") {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(None)),
+        Some(Value::String(raw)) => raw,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "connection_id must be a string or null",
+            ))
+        }
+    };
+    let found = match raw.parse::<ConnectionId>() {
+        Ok(id) => app.store.connection(account, &id).await?,
+        Err(()) => None,
+    };
+    match found {
+        Some(connection) => Ok(Some(Some(connection.id))),
+        None => Err(ApiError::bad_request(format!(
+            "connection_id: this account has no connection {raw}"
+        ))),
+    }
+}
+
+/// Whether the agent's connection carries its channel (CONTRACT §10.3).
+async fn check_connection(
+    app: &AppState,
+    account: AccountId,
+    agent: &Agent,
+) -> Result<(), ApiError> {
+    let Some(id) = &agent.connection_id else {
+        return Ok(());
+    };
+    let connection = app.store.connection(account, id).await?.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "connection_id: connection {id} was deleted; put the agent on another"
+        ))
+    })?;
+    let provider: ProviderKind = connection.provider.parse().map_err(|e: String| {
+        ApiError::internal("Internal server error", format!("connection {id}: {e}"))
+    })?;
+    let carried = provider.channels();
+    if carried.contains(&agent.channel) {
+        return Ok(());
+    }
+    let carries = if carried.is_empty() {
+        "none yet".to_owned()
+    } else {
+        carried
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(ApiError::bad_request(format!(
+        "Connection {id} is a {provider} connection, which cannot carry {} agents in this \
+         version of herald (it carries: {carries})",
+        agent.channel
+    )))
 }
 
 fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
@@ -173,7 +228,7 @@ pub async fn create(
             absent.join(", ")
         )));
     }
-    let name = name(&obj)?.unwrap_or_default();
+    let name = display_name(&obj)?.unwrap_or_default();
     let channel: Channel = req_string(&obj, "type")?
         .parse()
         .map_err(|_| ApiError::bad_request("type must be one of voice, sms, whatsapp"))?;
@@ -185,6 +240,7 @@ pub async fn create(
             .map_err(|_| ApiError::bad_request("region must be one of eu, us"))?,
     };
     let flow = flow(&obj, channel)?.unwrap_or_else(|| FlowDefinition::default_for(channel));
+    let connection_id = connection_field(&app, account, &obj).await?.flatten();
     let agent = app
         .store
         .create_agent(NewAgent {
@@ -194,6 +250,7 @@ pub async fn create(
             number,
             region,
             flow,
+            connection_id,
         })
         .await?;
     reload(&app).await;
@@ -261,9 +318,10 @@ pub async fn edit(
         }
     }
     let patch = AgentPatch {
-        name: name(&obj)?,
+        name: display_name(&obj)?,
         number: number(&obj)?,
         flow: flow(&obj, current.channel)?,
+        connection_id: connection_field(&app, account, &obj).await?,
     };
     let agent = app
         .store
@@ -297,7 +355,7 @@ pub async fn delete(
 /// Publish an agent's draft as its next version
 #[utoipa::path(post, path = "/agents/{agent_id}/publish", operation_id = "publish_agent", tag = "agents",
     params(("agent_id" = String, Path, description = "24 lowercase hex characters")),
-    responses((status = 200, body = Published), (status = 400, description = "The flow is invalid", body = ErrorBody),
+    responses((status = 200, body = Published), (status = 400, description = "The flow is invalid, or the agent's connection cannot carry its channel", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Another agent holds the number", body = ErrorBody)),
     security(("vgai_key" = []), ("bearer" = [])))]
@@ -314,6 +372,7 @@ pub async fn publish(
         .flow
         .validate(agent.channel)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    check_connection(&app, account, &agent).await?;
     let version = app
         .store
         .publish_agent(account, &agent.agent_id)

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod agents;
+pub mod connections;
 pub mod error;
 pub mod openapi;
 pub mod ops;
@@ -38,6 +39,20 @@ pub fn router(app: AppState) -> Router {
             get(agents::read).patch(agents::edit).delete(agents::delete),
         )
         .route("/agents/{agent_id}/publish", post(agents::publish))
+        .route(
+            "/connections",
+            post(connections::create).get(connections::list),
+        )
+        .route(
+            "/connections/{connection_id}",
+            get(connections::read)
+                .patch(connections::edit)
+                .delete(connections::delete),
+        )
+        .route(
+            "/connections/{connection_id}/check",
+            post(connections::check),
+        )
         .route(
             "/whatsapp/templates",
             post(templates::create).get(templates::list),
@@ -247,4 +262,24 @@ pub fn opt_string(
 pub fn req_string(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, ApiError> {
     opt_string(obj, name)?
         .ok_or_else(|| ApiError::bad_request(format!("Missing mandatory field(s): {name}")))
+}
+
+/// The `name` of an agent or a connection: 1 to 200 characters, none of
+/// them a control character.
+pub fn display_name(obj: &serde_json::Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let name = opt_string(obj, "name")?;
+    if let Some(n) = &name {
+        if n.trim().is_empty() || n.chars().count() > 200 {
+            return Err(ApiError::bad_request("name must be 1 to 200 characters"));
+        }
+        // As for templates' fields: a name is shown to people, and control
+        // characters (NUL among them, which PostgreSQL cannot store) have no
+        // place in one.
+        if n.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "name must not contain control characters",
+            ));
+        }
+    }
+    Ok(name)
 }

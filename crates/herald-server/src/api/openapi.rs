@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{account, agents, ops, replies, sessions, templates, triggers};
+use crate::api::{account, agents, connections, ops, replies, sessions, templates, triggers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,12 @@ use crate::api::{account, agents, ops, replies, sessions, templates, triggers};
         agents::edit,
         agents::delete,
         agents::publish,
+        connections::create,
+        connections::list,
+        connections::read,
+        connections::edit,
+        connections::delete,
+        connections::check,
         templates::create,
         templates::list,
         account::read,
@@ -41,6 +47,7 @@ use crate::api::{account, agents, ops, replies, sessions, templates, triggers};
     tags(
         (name = "triggers", description = "Start sessions (CONTRACT §2, §3)"),
         (name = "agents", description = "Agents and their published versions"),
+        (name = "connections", description = "Connections to channel providers (CONTRACT §10)"),
         (name = "templates", description = "WhatsApp templates"),
         (name = "account", description = "The calling account"),
         (name = "sessions", description = "What happened in each session"),

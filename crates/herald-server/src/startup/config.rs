@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use herald_core::secret::{Secret, SecretUrl};
+use std::sync::Arc;
+
+use herald_core::secret::{Sealer, Secret, SecretUrl};
 use herald_core::Region;
 
 /// Every secret in it (the database's and Redis's passwords, the inbound
@@ -70,6 +72,15 @@ pub struct Config {
     /// Sessions of one account that one server runs at once, so that no
     /// account takes every place.
     pub max_running_sessions_per_account: usize,
+    /// The key connections' credentials are sealed with at rest
+    /// (`HERALD_SECRET_KEY`); without one no connection can be created,
+    /// and a server with connections stored does not start.
+    pub secret_key: Option<Arc<Sealer>>,
+    /// The base URL providers reach this server on (CONTRACT §10.5),
+    /// without a final `/`; webhooks are under it.
+    pub public_url: Option<String>,
+    /// The base URL of Vonage's APIs (CONTRACT §10.1b).
+    pub vonage_api_url: String,
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
@@ -205,6 +216,18 @@ pub struct Settings {
     /// messages (POST /inbound/{channel}); without it that endpoint is off.
     #[arg(long, env = "HERALD_INBOUND_TOKEN", hide_env_values = true)]
     pub inbound_token: Option<String>,
+    /// The key that seals connections' credentials in the database: 32
+    /// random bytes in base64, as `herald secret-key` prints. Keep it as you
+    /// keep the database's backups: without it, stored credentials are lost.
+    #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// The base URL providers reach this server on (https://herald.example.com);
+    /// connections' webhooks are under it.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The base URL of Vonage's APIs [default: https://api.nexmo.com].
+    #[arg(long, env = "HERALD_VONAGE_API_URL")]
+    pub vonage_api_url: Option<String>,
     /// Serve POST /bench/noop, the baseline route of `herald bench`
     /// [default: false].
     #[arg(long, env = "HERALD_BENCH_ROUTES", num_args = 0..=1, default_missing_value = "true",
@@ -418,6 +441,27 @@ impl Settings {
             None => super::listener::default_max_connections(),
         };
         let max_running_sessions = positive("max_running_sessions", self.max_running_sessions)?;
+        let secret_key = self
+            .secret_key
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                Sealer::from_base64(&k).map(Arc::new).map_err(|_| {
+                    invalid(
+                        "secret_key",
+                        "must be 32 bytes in base64, as `herald secret-key` prints",
+                    )
+                })
+            })
+            .transpose()?;
+        let public_url = self
+            .public_url
+            .filter(|u| !u.is_empty())
+            .map(|u| base_url(&u).map_err(|problem| invalid("public_url", problem)))
+            .transpose()?;
+        let vonage_api_url = self
+            .vonage_api_url
+            .ok_or_else(|| invalid("vonage_api_url", "must be set"))
+            .and_then(|u| base_url(&u).map_err(|problem| invalid("vonage_api_url", problem)))?;
         Ok(Config {
             listen: self.listen.expect("checked above"),
             database_url: database_url.into(),
@@ -477,8 +521,29 @@ impl Settings {
                 "max_running_sessions_per_account",
                 self.max_running_sessions_per_account,
             )?,
+            secret_key,
+            public_url,
+            vonage_api_url,
         })
     }
+}
+
+/// A base URL others are reached on, or reach us on: http or https, a
+/// host, perhaps a path, no credentials, query or fragment; the final `/`
+/// is dropped, so that paths are appended to it as they are.
+fn base_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| format!("must be an http or https URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http or https URL with a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]
@@ -504,6 +569,46 @@ mod tests {
         assert!(!config.allow_private_callbacks);
         assert_eq!(config.inbound_token, None);
         assert_eq!(config.smtp, None);
+        assert!(config.secret_key.is_none());
+        assert_eq!(config.public_url, None);
+        assert_eq!(config.vonage_api_url, "https://api.nexmo.com");
+    }
+
+    #[test]
+    fn base_urls_are_checked_and_lose_their_final_slash() {
+        assert_eq!(
+            base_url("https://herald.example.com/").as_deref(),
+            Ok("https://herald.example.com")
+        );
+        assert_eq!(
+            base_url("http://127.0.0.1:9000/herald/").as_deref(),
+            Ok("http://127.0.0.1:9000/herald")
+        );
+        for bad in [
+            "herald.example.com",
+            "ftp://herald.example.com",
+            "https://user:pw@herald.example.com",
+            "https://herald.example.com/?a=1",
+            "https://herald.example.com/#top",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad}");
+        }
+        let error = Settings::layered(
+            None,
+            Settings {
+                secret_key: Some("c2hvcnQ=".into()),
+                ..Settings::default()
+            },
+        )
+        .unwrap()
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("secret_key (HERALD_SECRET_KEY")
+                && error.contains("herald secret-key"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -585,6 +690,7 @@ mod tests {
             url: "smtps://mailer:s3cret-smtp@mail.example.com:465".into(),
             from: "herald@example.com".into(),
         };
+        let key = Sealer::generate_key();
         let printed = format!(
             "{:?}",
             Config {
@@ -593,10 +699,12 @@ mod tests {
                 redis_url: Some("redis://:s3cret-redis@cache:6379".into()),
                 inbound_token: Some(Secret::new("s3cret-token".into())),
                 outbound_proxy: Some("http://proxy:s3cret-proxy@proxy:3128".into()),
+                secret_key: Some(Arc::new(Sealer::from_base64(&key).unwrap())),
                 ..Config::default()
             }
         );
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains(&key), "{printed}");
         assert!(
             printed.contains("smtps://***@mail.example.com:465"),
             "{printed}"

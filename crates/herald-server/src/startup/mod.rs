@@ -138,6 +138,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
+    crate::providers::check_key(&config, store.as_ref()).await?;
     let directory = directory::Directory::load(store.as_ref())
         .await
         .context("loading keys, agents and limits")?;

@@ -1073,6 +1073,7 @@ async fn a_bad_draft_is_refused_at_publish() {
             number: unique_number(),
             region: state.config.region,
             flow,
+            connection_id: None,
         })
         .await
         .unwrap();

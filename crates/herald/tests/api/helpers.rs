@@ -321,7 +321,11 @@ impl TestDb {
 
     /// The hashes of every stored key.
     pub async fn key_hashes(&self) -> Vec<Vec<u8>> {
-        let sql = "SELECT hash FROM api_keys";
+        self.blobs("SELECT hash FROM api_keys").await
+    }
+
+    /// The one binary column `sql` selects, of every row.
+    pub async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
         match self {
             TestDb::Sqlite(conn) => {
                 let mut stmt = conn.prepare(sql).unwrap();
@@ -380,6 +384,7 @@ impl TestDb {
             "session_events",
             "callbacks",
             "idempotency_keys",
+            "connections",
         ];
         let mut out = String::new();
         for table in tables {
@@ -390,12 +395,32 @@ impl TestDb {
                     let mut rows = stmt.query([]).unwrap();
                     while let Some(row) = rows.next().unwrap() {
                         for i in 0..columns {
-                            let value: rusqlite::types::Value = row.get(i).unwrap();
-                            out += &format!("{value:?}\n");
+                            match row.get(i).unwrap() {
+                                // As text, so that a secret kept in the
+                                // clear in a BLOB is found too.
+                                rusqlite::types::Value::Blob(bytes) => {
+                                    out += &String::from_utf8_lossy(&bytes);
+                                    out.push('\n');
+                                }
+                                value => out += &format!("{value:?}\n"),
+                            }
                         }
                     }
                 }
                 TestDb::Postgres(pool) => {
+                    // bytea columns print as hex; the credentials of
+                    // connections are added as they are, for the same reason.
+                    if table == "connections" {
+                        let sealed: Vec<Vec<u8>> =
+                            sqlx::query_scalar("SELECT credentials FROM connections")
+                                .fetch_all(pool)
+                                .await
+                                .unwrap();
+                        for bytes in sealed {
+                            out += &String::from_utf8_lossy(&bytes);
+                            out.push('\n');
+                        }
+                    }
                     let rows: Vec<String> =
                         sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
                             .fetch_all(pool)

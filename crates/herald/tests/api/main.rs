@@ -23,6 +23,7 @@ mod make_call;
 mod messaging;
 mod operator;
 mod outage;
+mod provider_connections;
 mod rate_limits;
 mod secrets;
 mod sessions;

@@ -203,6 +203,9 @@ const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/agents", &["post", "get"]),
     ("/agents/{agent_id}", &["get", "patch", "delete"]),
     ("/agents/{agent_id}/publish", &["post"]),
+    ("/connections", &["post", "get"]),
+    ("/connections/{connection_id}", &["get", "patch", "delete"]),
+    ("/connections/{connection_id}/check", &["post"]),
     ("/whatsapp/templates", &["post", "get"]),
     ("/account", &["get"]),
     ("/sessions", &["get"]),
@@ -365,6 +368,101 @@ async fn keys_revoke_of_an_unknown_key_fails() {
     // Nothing else was revoked.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.get("/account", &key).await.status(), 200);
+}
+
+/// `herald secret-key` prints a key a server takes; `herald connections
+/// list` and `check` read the connections with the server's settings and
+/// never print a credential.
+#[tokio::test]
+async fn connections_are_listed_and_checked_from_the_command_line() {
+    use herald_server::testing::vonage::FakeVonage;
+
+    let output = herald_cmd(vec!["secret-key".into()], Vec::new()).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let secret_key = stdout(&output).trim().to_owned();
+    let sealer = herald_core::secret::Sealer::from_base64(&secret_key).expect("a key");
+    let application = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+    let vonage = FakeVonage::start(application).await;
+    let app = TestApp::spawn_with(|c| {
+        c.secret_key = Some(std::sync::Arc::new(sealer));
+        c.public_url = Some("https://herald.example.com".into());
+        c.vonage_api_url = vonage.url.clone();
+    })
+    .await;
+    let key = app.new_key("acme").await;
+    let created = app
+        .post(
+            "/connections",
+            &key,
+            json!({"name": "Vonage", "provider": "vonage", "credentials": {
+                "application_id": application,
+                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "api_key": "abcd1234", "api_secret": "s3cret-api",
+                "signature_secret": "s3cret-signature"}}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let envs = vec![
+        ("HERALD_DATABASE_URL".to_owned(), database_url(&app)),
+        ("HERALD_SECRET_KEY".to_owned(), secret_key.clone()),
+        ("HERALD_VONAGE_API_URL".to_owned(), vonage.url.clone()),
+    ];
+    let listed = herald_cmd(vec!["connections".into(), "list".into()], envs.clone()).await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert_eq!(
+        stdout(&listed),
+        format!("{id}\tvonage\tVonage\taccount 1\n")
+    );
+    let checked = herald_cmd(
+        vec!["connections".into(), "check".into(), id.clone()],
+        envs.clone(),
+    )
+    .await;
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert_eq!(
+        stdout(&checked),
+        format!("connection {id} (vonage): Vonage accepted the credentials\n")
+    );
+    vonage.refuse_credentials(true);
+    let refused = herald_cmd(
+        vec!["connections".into(), "check".into(), id.clone()],
+        envs.clone(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("Vonage refused the credentials (401)"),
+        "{}",
+        stderr(&refused)
+    );
+    let without_key: Vec<_> = envs
+        .iter()
+        .filter(|(name, _)| name != "HERALD_SECRET_KEY")
+        .cloned()
+        .collect();
+    let no_key = herald_cmd(
+        vec!["connections".into(), "check".into(), id.clone()],
+        without_key,
+    )
+    .await;
+    assert!(!no_key.status.success());
+    assert!(
+        stderr(&no_key).contains("HERALD_SECRET_KEY is not set"),
+        "{}",
+        stderr(&no_key)
+    );
+    for output in [&listed, &checked, &refused, &no_key] {
+        let all = format!("{}{}", stdout(output), stderr(output));
+        assert!(
+            !all.contains("s3cret") && !all.contains(&secret_key),
+            "{all}"
+        );
+    }
+    assert_eq!(vonage.problems(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -41,6 +41,8 @@ mod messaging;
 mod operator;
 #[path = "../api/outage.rs"]
 mod outage;
+#[path = "../api/provider_connections.rs"]
+mod provider_connections;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;
 #[path = "../api/secrets.rs"]

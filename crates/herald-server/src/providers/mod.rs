@@ -1,0 +1,131 @@
+//! Connections at work (CONTRACT §10): a stored connection's credentials
+//! unsealed with the operator's key and opened into the client of the
+//! provider it names.
+//!
+//! Credentials are sealed under the connection's id, so sealed bytes moved
+//! to another connection's row do not open. Nothing here prints them: they
+//! stay in [`herald_core::secret::Secret`]s from the moment they are read.
+
+use std::collections::BTreeMap;
+
+use herald_channels::connection::Credentials;
+use herald_channels::vonage::{Vonage, VonageCredentials};
+use herald_channels::ProviderKind;
+use herald_core::secret::Sealer;
+use herald_core::ConnectionId;
+use herald_store::{ConnectionRecord, Store};
+
+use crate::Config;
+
+/// Why a stored connection cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "connections are stored and HERALD_SECRET_KEY is not set: set it (or --secret-key) to \
+         the key their credentials were sealed with"
+    )]
+    NoKey,
+    #[error(
+        "HERALD_SECRET_KEY does not open the credentials of connection {0}: it is not the key \
+         they were sealed with"
+    )]
+    WrongKey(ConnectionId),
+    /// Opened, but not what this build can read (written by a newer herald,
+    /// or damaged).
+    #[error("connection {0} cannot be read: {1}")]
+    Unreadable(ConnectionId, String),
+}
+
+/// A connection's client, by provider.
+pub enum Link {
+    Vonage(Box<Vonage>),
+    /// A provider whose adapter this build does not have yet.
+    NotYet,
+}
+
+/// A connection opened: its record (without the sealed bytes) and its
+/// provider's client.
+pub struct Opened {
+    pub id: ConnectionId,
+    pub provider: ProviderKind,
+    pub link: Link,
+}
+
+impl Opened {
+    /// Asks the provider whether the credentials work (CONTRACT §10.2); the
+    /// detail is fit to show the account.
+    pub async fn check(&self) -> (bool, String) {
+        match &self.link {
+            Link::Vonage(vonage) => vonage.check().await,
+            Link::NotYet => (
+                false,
+                format!("this version of herald cannot reach {} yet", self.provider),
+            ),
+        }
+    }
+}
+
+/// Seals a connection's credentials under its id.
+pub fn seal(sealer: &Sealer, id: &ConnectionId, credentials: &Credentials) -> Vec<u8> {
+    sealer.seal(id.as_str(), &credentials.to_stored())
+}
+
+/// Unseals a stored connection's credentials.
+pub fn unseal(
+    sealer: Option<&Sealer>,
+    record: &ConnectionRecord,
+) -> Result<Credentials, OpenError> {
+    let sealer = sealer.ok_or(OpenError::NoKey)?;
+    let plain = sealer
+        .open(record.id.as_str(), &record.sealed)
+        .map_err(|_| OpenError::WrongKey(record.id.clone()))?;
+    Credentials::from_stored(&plain).map_err(|e| OpenError::Unreadable(record.id.clone(), e))
+}
+
+/// Opens a stored connection into its provider's client.
+pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenError> {
+    let unreadable = |why: String| OpenError::Unreadable(record.id.clone(), why);
+    let provider: ProviderKind = record.provider.parse().map_err(unreadable)?;
+    let credentials = unseal(config.secret_key.as_deref(), record)?;
+    let link = match provider {
+        ProviderKind::Vonage => {
+            let credentials = VonageCredentials::from_credentials(&credentials)
+                .map_err(|e| unreadable(e.to_string()))?;
+            Link::Vonage(Box::new(Vonage::new(&config.vonage_api_url, credentials)))
+        }
+        _ => Link::NotYet,
+    };
+    Ok(Opened {
+        id: record.id.clone(),
+        provider,
+        link,
+    })
+}
+
+/// Checks at start-up that the key opens every stored connection, so that
+/// a missing or wrong key stops the server now, with a message saying what
+/// to set, rather than failing every session later.
+pub async fn check_key(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+    for record in store.all_connections().await? {
+        unseal(config.secret_key.as_deref(), &record)?;
+    }
+    Ok(())
+}
+
+/// The URLs a provider is to call for a connection, by webhook name
+/// (CONTRACT §10.5): `{public_url}/providers/{id}/{name}`. Empty without a
+/// public URL.
+pub fn webhooks(
+    public_url: Option<&str>,
+    id: &ConnectionId,
+    provider: ProviderKind,
+) -> BTreeMap<String, String> {
+    let Some(base) = public_url else {
+        return BTreeMap::new();
+    };
+    provider
+        .webhooks()
+        .iter()
+        .map(|name| (name.to_string(), format!("{base}/providers/{id}/{name}")))
+        .collect()
+}
