@@ -143,8 +143,8 @@ impl ProviderKind {
     /// on its connections yet.
     pub fn channels(self) -> &'static [Channel] {
         match self {
-            ProviderKind::Vonage
-            | ProviderKind::Twilio
+            ProviderKind::Vonage => &[Channel::Sms, Channel::Whatsapp],
+            ProviderKind::Twilio
             | ProviderKind::WhatsappCloud
             | ProviderKind::Smpp
             | ProviderKind::Sip => &[],

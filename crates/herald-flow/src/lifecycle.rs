@@ -11,7 +11,7 @@
 //! re-run step from being recorded twice. Like `step`, nothing here does
 //! I/O; time is an input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use herald_core::flow::InboundPolicy;
@@ -45,8 +45,9 @@ pub struct Session {
 }
 
 /// What the driver keeps of a session between wakes (its stored flow
-/// state): where the flow is, which inputs it has handled, how many
-/// messages went to the person.
+/// state): where the flow is, which inputs it has handled, the messages
+/// that went to the person and what became of them, and whether the
+/// session is ending.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub flow: FlowState,
@@ -54,6 +55,36 @@ pub struct SessionState {
     pub inputs_consumed: i64,
     /// Messages sent to the person so far; names each message's uuid.
     pub messages: u32,
+    /// Texts Send SMS nodes sent so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub texts: u32,
+    /// The furthest status of each message to the person that has one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<u32, MessageStatus>,
+    /// Messages of which no more will be heard (the simulator's, once it
+    /// has played their statuses).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub closed: BTreeSet<u32>,
+    /// The flow has ended, and the session ends so once its messages have
+    /// settled, or at the latest at `by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<PendingEnd>,
+    /// The session has ended; until this time it still takes what
+    /// providers report late of its messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports_until: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How a session whose flow has ended will end.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PendingEnd {
+    pub outcome: Outcome,
+    pub reason: Option<EndReason>,
+    pub by: DateTime<Utc>,
 }
 
 impl SessionState {
@@ -69,6 +100,57 @@ impl SessionState {
     /// Whether a live agent holds the conversation now.
     pub fn with_live_agent(&self) -> bool {
         matches!(self.flow.waiting, Some(Wait::LiveAgent { .. }))
+    }
+
+    /// Whether every message to the person has settled: reached the
+    /// person (`delivered`, `read`), failed, or will be heard of no more.
+    /// Until then, a session whose flow has ended waits, so that its
+    /// outcome says whether its messages got through.
+    pub fn settled(&self) -> bool {
+        (0..self.messages).all(|n| {
+            self.closed.contains(&n)
+                || self
+                    .statuses
+                    .get(&n)
+                    .is_some_and(|s| *s != MessageStatus::Sent)
+        })
+    }
+
+    /// Whether a provider may still report something of a message to the
+    /// person on `channel`: a message not closed whose status is short of
+    /// the last there is (`read` on WhatsApp, `delivered` by SMS, or a
+    /// failure).
+    pub fn awaiting_reports(&self, channel: Channel) -> bool {
+        (0..self.messages).any(|n| {
+            !self.closed.contains(&n)
+                && !self.statuses.get(&n).is_some_and(|s| is_last(channel, *s))
+        })
+    }
+}
+
+/// Whether nothing follows `status` on `channel`.
+fn is_last(channel: Channel, status: MessageStatus) -> bool {
+    match status {
+        MessageStatus::Rejected | MessageStatus::Failed | MessageStatus::Read => true,
+        MessageStatus::Delivered => channel != Channel::Whatsapp,
+        MessageStatus::Sent => false,
+    }
+}
+
+/// Whether `next` moves a message on from `current`: statuses take effect
+/// in the order they happen (`sent`, `delivered`, `read`), whatever order
+/// they arrive in, and a failure is final.
+fn advances(current: Option<MessageStatus>, next: MessageStatus) -> bool {
+    let rank = |s: MessageStatus| match s {
+        MessageStatus::Sent => 0,
+        MessageStatus::Delivered => 1,
+        MessageStatus::Read => 2,
+        MessageStatus::Rejected | MessageStatus::Failed => 3,
+    };
+    match current {
+        None => true,
+        Some(MessageStatus::Rejected | MessageStatus::Failed) => false,
+        Some(current) => rank(next) > rank(current),
     }
 }
 
@@ -155,13 +237,21 @@ impl Session {
 
     /// A status of the `message`-th message to the person: its event, its
     /// callback, and the end of the session when the message could not be
-    /// delivered (the person cannot be reached).
+    /// delivered (the person cannot be reached) and the session is still
+    /// open. A status that does not move the message on (a duplicate, one
+    /// that arrives after a later one, anything after a failure) changes
+    /// nothing and makes nothing.
     pub fn message_status(
         &self,
+        state: &mut SessionState,
         message: u32,
         status: MessageStatus,
         at: DateTime<Utc>,
     ) -> Vec<Effect> {
+        if !advances(state.statuses.get(&message).copied(), status) {
+            return Vec::new();
+        }
+        state.statuses.insert(message, status);
         let message_uuid = self.message_uuid(message);
         let mut effects = vec![
             Effect::Record(SessionEvent::MessageStatus {
@@ -181,7 +271,7 @@ impl Session {
                 }),
             },
         ];
-        if let Some(outcome) = undelivered(status) {
+        if let Some(outcome) = undelivered(status).filter(|_| state.reports_until.is_none()) {
             effects.push(Effect::End {
                 outcome,
                 reason: None,
@@ -327,5 +417,13 @@ impl EventKeys {
     /// The key of the event of the input with this id.
     pub fn input(id: i64) -> String {
         format!("in:{id}")
+    }
+
+    /// The keys of what the report (input) with this id makes.
+    pub fn report(id: i64) -> Self {
+        EventKeys {
+            prefix: format!("rep{id}"),
+            n: 0,
+        }
     }
 }

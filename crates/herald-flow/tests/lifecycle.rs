@@ -158,8 +158,67 @@ fn each_message_status_is_recorded_and_reported_and_an_undelivered_message_ends_
             },
         ];
         expected.extend(ends.map(end));
-        assert_eq!(s.message_status(2, status, now()), expected, "{status:?}");
+        // Each status reaching a message that has none yet.
+        let mut state = SessionState::default();
+        assert_eq!(
+            s.message_status(&mut state, 2, status, now()),
+            expected,
+            "{status:?}"
+        );
+        assert_eq!(state.statuses.get(&2), Some(&status));
     }
+}
+
+#[test]
+fn statuses_take_effect_in_the_order_they_happen_and_a_failure_is_final() {
+    let s = session(Channel::Whatsapp);
+    let mut state = SessionState {
+        messages: 1,
+        ..SessionState::default()
+    };
+    let apply = |state: &mut SessionState, status| s.message_status(state, 0, status, now()).len();
+    assert_eq!(apply(&mut state, MessageStatus::Read), 2);
+    // Late, and again: nothing more.
+    assert_eq!(apply(&mut state, MessageStatus::Delivered), 0);
+    assert_eq!(apply(&mut state, MessageStatus::Sent), 0);
+    assert_eq!(apply(&mut state, MessageStatus::Read), 0);
+    assert_eq!(state.statuses[&0], MessageStatus::Read);
+    let mut failed = SessionState::default();
+    assert_eq!(apply(&mut failed, MessageStatus::Sent), 2);
+    // Recorded, reported, and the end of the session.
+    assert_eq!(apply(&mut failed, MessageStatus::Failed), 3);
+    assert_eq!(apply(&mut failed, MessageStatus::Delivered), 0);
+    assert_eq!(apply(&mut failed, MessageStatus::Rejected), 0);
+    // Once the session has ended, a failure is reported but ends nothing.
+    let mut ended = SessionState {
+        reports_until: Some(now()),
+        ..SessionState::default()
+    };
+    let effects = s.message_status(&mut ended, 0, MessageStatus::Rejected, now());
+    assert_eq!(effects.len(), 2);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::End { .. })));
+}
+
+#[test]
+fn a_session_settles_once_each_message_got_through_or_failed() {
+    let state = |statuses: &[(u32, MessageStatus)], closed: &[u32]| SessionState {
+        messages: 2,
+        statuses: statuses.iter().copied().collect(),
+        closed: closed.iter().copied().collect(),
+        ..SessionState::default()
+    };
+    use MessageStatus::*;
+    assert!(!state(&[], &[]).settled());
+    assert!(!state(&[(0, Delivered), (1, Sent)], &[]).settled());
+    assert!(state(&[(0, Delivered), (1, Failed)], &[]).settled());
+    assert!(state(&[(0, Read)], &[1]).settled());
+    // What may still come: WhatsApp reads, nothing after an SMS's delivery.
+    let delivered = state(&[(0, Delivered), (1, Delivered)], &[]);
+    assert!(delivered.awaiting_reports(Channel::Whatsapp));
+    assert!(!delivered.awaiting_reports(Channel::Sms));
+    assert!(!state(&[(0, Read), (1, Rejected)], &[]).awaiting_reports(Channel::Whatsapp));
+    assert!(!state(&[(0, Sent)], &[0, 1]).awaiting_reports(Channel::Whatsapp));
+    assert!(!SessionState::default().awaiting_reports(Channel::Sms));
 }
 
 #[test]
@@ -291,13 +350,33 @@ fn the_stored_state_reads_back_and_says_when_a_live_agent_holds_it() {
         },
         inputs_consumed: 3,
         messages: 2,
+        ..SessionState::default()
     };
     let stored = state.to_stored();
-    // The fields earlier releases stored, by the same names.
+    // The fields earlier releases stored, by the same names, and no others
+    // while the new ones are empty.
     assert_eq!(stored["inputs_consumed"], 3);
     assert_eq!(stored["messages"], 2);
+    assert_eq!(stored.as_object().unwrap().len(), 3, "{stored}");
     let read = SessionState::from_stored(&stored).unwrap();
     assert_eq!(read, state);
+    // What a session waiting on its messages keeps reads back too.
+    let ending = SessionState {
+        statuses: [(0, MessageStatus::Delivered)].into_iter().collect(),
+        closed: [1].into_iter().collect(),
+        texts: 1,
+        ending: Some(lifecycle::PendingEnd {
+            outcome: Outcome::Completed,
+            reason: Some(EndReason::Completed),
+            by: now(),
+        }),
+        reports_until: Some(now()),
+        ..state.clone()
+    };
+    assert_eq!(
+        SessionState::from_stored(&ending.to_stored()).unwrap(),
+        ending
+    );
     assert!(read.with_live_agent());
     assert!(!SessionState::default().with_live_agent());
     assert!(SessionState::from_stored(&serde_json::json!({"flow": 3})).is_err());

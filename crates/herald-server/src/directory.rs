@@ -81,11 +81,12 @@ impl Directory {
     }
 
     /// Reloads whatever changed since the last look.
-    pub async fn refresh(&self, store: &dyn Store) -> anyhow::Result<()> {
+    /// Reloads what changed elsewhere; returns the store's revisions.
+    pub async fn refresh(&self, store: &dyn Store) -> anyhow::Result<Revisions> {
         let now = store.revisions().await?;
         let seen = *self.seen.read().unwrap_or_else(|e| e.into_inner());
         if now == seen {
-            return Ok(());
+            return Ok(now);
         }
         if now.keys != seen.keys {
             self.reload_keys(store).await?;
@@ -97,7 +98,7 @@ impl Directory {
             self.reload_rates(store).await?;
         }
         *self.seen.write().unwrap_or_else(|e| e.into_inner()) = now;
-        Ok(())
+        Ok(now)
     }
 
     pub async fn reload_keys(&self, store: &dyn Store) -> anyhow::Result<()> {

@@ -85,7 +85,7 @@ impl SessionChange {
     fn of(u: &SessionUpdate) -> Self {
         use herald_core::session::SessionStatus;
         let ending = match &u.job {
-            JobFate::Finish(Some(ending)) => Some(*ending),
+            JobFate::Finish(Some(ending)) | JobFate::EndAndWait { ending, .. } => Some(*ending),
             _ => None,
         };
         SessionChange {
@@ -274,8 +274,18 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Stores an input for a session that is still open (its job exists)
     /// and makes the job due at once, in one transaction. `None` when the
-    /// session has ended (nothing is stored).
+    /// session has ended (nothing is stored). An input whose `dedupe` key
+    /// a stored input of the session has is not stored again: the answer
+    /// is that input's id.
     async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>>;
+    /// The session and item a provider's id names, on a connection.
+    async fn provider_ref(
+        &self,
+        connection: &ConnectionId,
+        provider_ref: &str,
+    ) -> Result<Option<ProviderRef>>;
+    /// The providers' ids of everything a session sent or placed.
+    async fn session_provider_refs(&self, session: SessionId) -> Result<Vec<ProviderRef>>;
     /// The session's inputs with an id above `after`, oldest first; an
     /// error if one cannot be read.
     async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>>;

@@ -276,6 +276,9 @@ pub struct SessionUpdate {
     /// The id of the last input this step consumed: inputs up to it are
     /// done with.
     pub inputs_consumed: Option<i64>,
+    /// Providers' ids of what the session sent or placed; one already
+    /// stored is left as it is.
+    pub provider_refs: Vec<ProviderRef>,
 }
 
 impl SessionUpdate {
@@ -289,8 +292,19 @@ impl SessionUpdate {
             callbacks: Vec::new(),
             flow_state: None,
             inputs_consumed: None,
+            provider_refs: Vec::new(),
         }
     }
+}
+
+/// A provider's id of a message or call of a session, and what it is
+/// within the session (`item`: the driver's name for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRef {
+    pub connection_id: ConnectionId,
+    pub provider_ref: String,
+    pub session_id: SessionId,
+    pub item: String,
 }
 
 /// What becomes of a session's dispatch job after an update.
@@ -307,6 +321,13 @@ pub enum JobFate {
     /// The session's work is done: the job goes. With an [`Ending`], the
     /// session ends now; without, it had ended already.
     Finish(Option<Ending>),
+    /// The session ends now, but its job sleeps on until `until`, as with
+    /// [`JobFate::SleepUntil`], for what providers report late of its
+    /// messages.
+    EndAndWait {
+        ending: Ending,
+        until: DateTime<Utc>,
+    },
 }
 
 /// How and when a session ended.
@@ -416,6 +437,10 @@ pub struct OpenSession {
 pub struct NewInput {
     pub input: SessionInput,
     pub at: DateTime<Utc>,
+    /// The input's key, if it may be delivered more than once (a
+    /// provider's report): a second delivery with the key of a stored
+    /// input is that input.
+    pub dedupe: Option<String>,
 }
 
 /// A stored input; ids grow in arrival order within a session.

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0003_tenancy.sql"),
     include_str!("../migrations/postgres/0004_input_data.sql"),
     include_str!("../migrations/postgres/0005_connections.sql"),
+    include_str!("../migrations/postgres/0006_provider_reports.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -286,18 +287,47 @@ async fn connection_in<'c>(
 async fn insert_input(conn: &mut PgConnection, session: &str, input: &NewInput) -> Result<i64> {
     let stored = input.input.to_stored();
     let data = stored.data.as_ref().map(to_json).transpose()?;
-    sqlx::query_scalar(
-        "INSERT INTO session_inputs (session_id, kind, text, data, at) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO session_inputs (session_id, kind, text, data, at, dedupe) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (session_id, dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(session)
     .bind(stored.kind.as_str())
     .bind(&stored.text)
     .bind(data)
     .bind(to_micros(input.at))
-    .fetch_one(conn)
+    .bind(&input.dedupe)
+    .fetch_optional(&mut *conn)
     .await
-    .db()
+    .db()?;
+    match inserted {
+        Some(id) => Ok(id),
+        None => sqlx::query_scalar(
+            "SELECT id FROM session_inputs WHERE session_id = $1 AND dedupe = $2",
+        )
+        .bind(session)
+        .bind(&input.dedupe)
+        .fetch_one(conn)
+        .await
+        .db(),
+    }
+}
+
+async fn insert_provider_ref(conn: &mut PgConnection, r: &ProviderRef) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO provider_refs (connection_id, provider_ref, session_id, item, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(r.connection_id.as_str())
+    .bind(&r.provider_ref)
+    .bind(r.session_id.to_string())
+    .bind(&r.item)
+    .bind(now_micros())
+    .execute(conn)
+    .await
+    .db()?;
+    Ok(())
 }
 
 async fn insert_event(conn: &mut PgConnection, session: &str, event: &NewEvent) -> Result<()> {
@@ -678,6 +708,9 @@ impl PostgresStore {
         for event in &u.events {
             insert_event(&mut tx, &sid, event).await?;
         }
+        for r in &u.provider_refs {
+            insert_provider_ref(&mut tx, r).await?;
+        }
         for cb in &u.callbacks {
             // Any conflict, as SQLite's INSERT OR IGNORE: re-enqueueing a
             // callback (same dedupe key, or same webhook id) is a no-op.
@@ -704,7 +737,9 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .db()?;
-        } else if let JobFate::SleepUntil(wake_at) = u.job {
+        } else if let JobFate::SleepUntil(wake_at) | JobFate::EndAndWait { until: wake_at, .. } =
+            u.job
+        {
             // The job's row has been locked since this transaction's first
             // statement, and a delivery locks it before storing its input.
             // So a delivery either committed before that lock was granted,
@@ -1245,6 +1280,38 @@ impl SessionStore for PostgresStore {
     async fn deliver_input(&self, session: SessionId, input: NewInput) -> Result<Option<i64>> {
         let this = self.clone();
         detached(async move { this.deliver_input_now(session, input).await }).await
+    }
+
+    async fn provider_ref(
+        &self,
+        connection: &ConnectionId,
+        provider_ref: &str,
+    ) -> Result<Option<ProviderRef>> {
+        sqlx::query(
+            "SELECT connection_id, provider_ref, session_id, item FROM provider_refs \
+             WHERE connection_id = $1 AND provider_ref = $2",
+        )
+        .bind(connection.as_str())
+        .bind(provider_ref)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| rows::provider_ref(&row))
+        .transpose()
+    }
+
+    async fn session_provider_refs(&self, session: SessionId) -> Result<Vec<ProviderRef>> {
+        sqlx::query(
+            "SELECT connection_id, provider_ref, session_id, item FROM provider_refs \
+             WHERE session_id = $1 ORDER BY created_at, item",
+        )
+        .bind(session.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::provider_ref)
+        .collect()
     }
 
     async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {

@@ -203,6 +203,16 @@ pub(crate) fn agent_index(row: &impl Columns) -> Result<AgentIndexRow> {
     })
 }
 
+/// A provider's id of `connection_id, provider_ref, session_id, item`.
+pub(crate) fn provider_ref(row: &impl Columns) -> Result<ProviderRef> {
+    Ok(ProviderRef {
+        connection_id: parsed(row, "connection_id")?,
+        provider_ref: text(row, "provider_ref")?,
+        session_id: parsed(row, "session_id")?,
+        item: text(row, "item")?,
+    })
+}
+
 /// An open session of `id, account_id, agent_id`.
 pub(crate) fn open_session(row: &impl Columns) -> Result<OpenSession> {
     Ok(OpenSession {

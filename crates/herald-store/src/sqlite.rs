@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_tenancy.sql"),
     include_str!("../migrations/sqlite/0005_input_data.sql"),
     include_str!("../migrations/sqlite/0006_connections.sql"),
+    include_str!("../migrations/sqlite/0007_provider_reports.sql"),
 ];
 
 const READERS: usize = 4;
@@ -373,6 +374,7 @@ struct InputInsert {
     text: String,
     data: Option<String>,
     at: i64,
+    dedupe: Option<String>,
 }
 
 impl InputInsert {
@@ -383,6 +385,7 @@ impl InputInsert {
             text: stored.text,
             data: stored.data.as_ref().map(to_json).transpose()?,
             at: to_micros(input.at),
+            dedupe: input.dedupe.clone(),
         })
     }
 }
@@ -402,16 +405,53 @@ fn insert_event(conn: &Connection, session: &str, event: &EventRow) -> Result<()
 
 /// Stores an input; returns its id.
 fn insert_input(conn: &Connection, session: &str, input: &InputInsert) -> Result<i64> {
+    let inserted: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO session_inputs (session_id, kind, text, data, at, dedupe) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (session_id, dedupe) WHERE dedupe IS NOT NULL DO NOTHING \
+             RETURNING id",
+        )
+        .db()?
+        .query_row(
+            params![
+                session,
+                input.kind,
+                input.text,
+                input.data,
+                input.at,
+                input.dedupe
+            ],
+            |r| r.get(0),
+        )
+        .optional()
+        .db()?;
+    match inserted {
+        Some(id) => Ok(id),
+        None => conn
+            .prepare_cached("SELECT id FROM session_inputs WHERE session_id = ?1 AND dedupe = ?2")
+            .db()?
+            .query_row(params![session, input.dedupe], |r| r.get(0))
+            .db(),
+    }
+}
+
+fn insert_provider_ref(conn: &Connection, r: &ProviderRef) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO session_inputs (session_id, kind, text, data, at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        "INSERT OR IGNORE INTO provider_refs \
+         (connection_id, provider_ref, session_id, item, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .db()?
-    .query_row(
-        params![session, input.kind, input.text, input.data, input.at],
-        |r| r.get(0),
-    )
-    .db()
+    .execute(params![
+        r.connection_id.as_str(),
+        r.provider_ref,
+        r.session_id.to_string(),
+        r.item,
+        now_micros()
+    ])
+    .db()?;
+    Ok(())
 }
 
 #[async_trait]
@@ -1126,6 +1166,43 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn provider_ref(
+        &self,
+        connection: &ConnectionId,
+        provider_ref: &str,
+    ) -> Result<Option<ProviderRef>> {
+        let (connection, provider_ref) = (connection.clone(), provider_ref.to_owned());
+        self.read_point(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT connection_id, provider_ref, session_id, item FROM provider_refs \
+                     WHERE connection_id = ?1 AND provider_ref = ?2",
+                )
+                .db()?;
+            first(
+                &mut stmt,
+                params![connection.as_str(), provider_ref],
+                |row| rows::provider_ref(row),
+            )
+        })
+        .await
+    }
+
+    async fn session_provider_refs(&self, session: SessionId) -> Result<Vec<ProviderRef>> {
+        self.read_point(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT connection_id, provider_ref, session_id, item FROM provider_refs \
+                     WHERE session_id = ?1 ORDER BY created_at, item",
+                )
+                .db()?;
+            all(&mut stmt, [session.to_string()], |row| {
+                rows::provider_ref(row)
+            })
+        })
+        .await
+    }
+
     async fn pending_inputs(&self, session: SessionId, after: i64) -> Result<Vec<InputRow>> {
         self.read_point(move |conn| {
             let mut stmt = conn
@@ -1302,6 +1379,9 @@ impl DispatchQueue for SqliteStore {
             for event in &events {
                 insert_event(conn, &sid, event)?;
             }
+            for r in &u.provider_refs {
+                insert_provider_ref(conn, r)?;
+            }
             for cb in &u.callbacks {
                 // Behind a callback of the same session still pending, it is
                 // not due until that one is settled (see `settle_callbacks`).
@@ -1330,7 +1410,9 @@ impl DispatchQueue for SqliteStore {
                     .db()?
                     .execute([&sid])
                     .db()?;
-            } else if let JobFate::SleepUntil(wake_at) = u.job {
+            } else if let JobFate::SleepUntil(wake_at)
+            | JobFate::EndAndWait { until: wake_at, .. } = u.job
+            {
                 // The one writer runs this and every delivery in turn, so an
                 // input either is seen here or makes the job due after it.
                 // Token 0 is never drawn (a claim's token is negative), so

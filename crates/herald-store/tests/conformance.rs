@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::flow::FlowDefinition;
-use herald_core::session::{SessionEvent, SessionInput};
+use herald_core::session::{Outcome, SessionEvent, SessionInput, SessionStatus};
 use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
 use herald_store::testing::new_session as session;
 use herald_store::*;
@@ -64,6 +64,9 @@ conformance!(
     connections_belong_to_their_account_and_keep_their_sealed_credentials,
     a_connection_in_use_cannot_be_deleted,
     published_versions_keep_the_connection_they_were_published_on,
+    a_report_delivered_twice_is_stored_once,
+    providers_ids_find_their_session_and_item,
+    a_session_that_ends_waiting_takes_late_reports_until_its_time,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -963,6 +966,7 @@ fn input(text: &str) -> NewInput {
     NewInput {
         input: SessionInput::Text(text.into()),
         at: herald_core::time::from_micros(Utc::now().timestamp_micros()),
+        dedupe: None,
     }
 }
 
@@ -1735,7 +1739,7 @@ async fn a_sqlite_database_of_the_previous_schema_upgrades() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
 }
 
 /// A PostgreSQL schema made by the previous release (version 1) opens,
@@ -1784,5 +1788,213 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+}
+
+// ---- what providers report ----------------------------------------------------
+
+fn report(message: u32, status: herald_core::session::MessageStatus, key: &str) -> NewInput {
+    NewInput {
+        input: SessionInput::MessageStatus { message, status },
+        at: herald_core::time::from_micros(Utc::now().timestamp_micros()),
+        dedupe: Some(key.into()),
+    }
+}
+
+/// A provider sends a report again (it did not see our answer): the second
+/// delivery is the first input, and nothing more is stored.
+async fn a_report_delivered_twice_is_stored_once(store: Arc<dyn Store>) {
+    use herald_core::session::MessageStatus;
+    let (account, id) = started(store.as_ref()).await;
+    let delivered = report(0, MessageStatus::Delivered, "m-1:delivered");
+    let first = store
+        .deliver_input(id, delivered.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .deliver_input(id, delivered.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first);
+    let read = store
+        .deliver_input(id, report(0, MessageStatus::Read, "m-1:read"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read > first);
+    // Keys are a session's own: another session may have the same.
+    let agent = store.agents(account).await.unwrap()[0].agent_id.clone();
+    let other = SessionId::generate();
+    store
+        .create_session(session(account, &agent, other))
+        .await
+        .unwrap();
+    assert!(store
+        .deliver_input(other, delivered.clone())
+        .await
+        .unwrap()
+        .is_some());
+    // Inputs without a key are never taken for one another.
+    let a = store
+        .deliver_input(id, input("same"))
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .deliver_input(id, input("same"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(a, b);
+    let kinds: Vec<_> = store
+        .pending_inputs(id, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.input)
+        .collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+}
+
+async fn providers_ids_find_their_session_and_item(store: Arc<dyn Store>) {
+    let (account, id) = started(store.as_ref()).await;
+    let connection = store
+        .create_connection(new_connection(account))
+        .await
+        .unwrap()
+        .id;
+    let lease = claim_now(store.as_ref()).await[0];
+    let reference = |provider_ref: &str, item: &str| ProviderRef {
+        connection_id: connection.clone(),
+        provider_ref: provider_ref.into(),
+        session_id: id,
+        item: item.into(),
+    };
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                provider_refs: vec![reference("uuid-0", "0"), reference("uuid-1", "1")],
+                ..SessionUpdate::keep(lease.token)
+            },
+        )
+        .await
+        .unwrap();
+    // Written again (a step run twice): kept as it was.
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                provider_refs: vec![reference("uuid-1", "1")],
+                ..SessionUpdate::keep(lease.token)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.provider_ref(&connection, "uuid-1").await.unwrap(),
+        Some(reference("uuid-1", "1"))
+    );
+    assert_eq!(
+        store
+            .provider_ref(&ConnectionId::generate(), "uuid-1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.provider_ref(&connection, "uuid-9").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.session_provider_refs(id).await.unwrap(),
+        vec![reference("uuid-0", "0"), reference("uuid-1", "1")]
+    );
+    // Under a lease no longer held, nothing is written.
+    store
+        .update_session(id, sleep(lease, None, later(60)))
+        .await
+        .unwrap();
+    let stale = store
+        .update_session(
+            id,
+            SessionUpdate {
+                provider_refs: vec![reference("uuid-2", "2")],
+                ..SessionUpdate::keep(lease.token)
+            },
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
+    assert_eq!(
+        store.provider_ref(&connection, "uuid-2").await.unwrap(),
+        None
+    );
+}
+
+/// A session may end while its messages still wait for statuses: it is
+/// over (ended, its outcome set, no longer open to the person), and its job
+/// sleeps on, woken by what the provider reports, until it is let go.
+async fn a_session_that_ends_waiting_takes_late_reports_until_its_time(store: Arc<dyn Store>) {
+    use herald_core::session::MessageStatus;
+    let (account, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0];
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                job: JobFate::EndAndWait {
+                    ending: Ending {
+                        outcome: Outcome::Completed,
+                        at: Utc::now(),
+                    },
+                    until: later(3600),
+                },
+                ..SessionUpdate::keep(lease.token)
+            },
+        )
+        .await
+        .unwrap();
+    let ended = store.session(account, id).await.unwrap().unwrap();
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(ended.outcome, Some(Outcome::Completed));
+    assert!(ended.ended_at.is_some());
+    let agent = store.agents(account).await.unwrap()[0].clone();
+    assert!(store
+        .open_sessions(agent.channel, "447700900123", &agent.number)
+        .await
+        .unwrap()
+        .is_empty());
+    // Asleep: not due until a report comes.
+    assert!(claim_now(store.as_ref()).await.is_empty());
+    let read = store
+        .deliver_input(id, report(0, MessageStatus::Read, "m:read"))
+        .await
+        .unwrap()
+        .unwrap();
+    let woken = claim_now(store.as_ref()).await;
+    assert_eq!(woken.len(), 1);
+    assert_eq!(store.pending_inputs(id, 0).await.unwrap()[0].id, read);
+    // Let go: the job goes, and a later report is refused.
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                inputs_consumed: Some(read),
+                job: JobFate::Finish(None),
+                ..SessionUpdate::keep(woken[0].token)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .deliver_input(id, report(0, MessageStatus::Failed, "m:failed"))
+            .await
+            .unwrap(),
+        None
+    );
+    let after = store.session(account, id).await.unwrap().unwrap();
+    assert_eq!(after.outcome, Some(Outcome::Completed));
 }

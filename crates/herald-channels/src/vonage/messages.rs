@@ -17,9 +17,10 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
     Text(String),
-    /// A WhatsApp template: its name, its locale (herald's or Meta's form)
-    /// and its components, in WhatsApp's wire shape.
+    /// A WhatsApp template: its namespace and name, its locale (herald's
+    /// or Meta's form) and its components, in WhatsApp's wire shape.
     Template {
+        namespace: String,
         name: String,
         locale: String,
         components: Value,
@@ -59,6 +60,7 @@ impl OutboundMessage {
                 body["text"] = json!(text);
             }
             Content::Template {
+                namespace,
                 name,
                 locale,
                 components,
@@ -67,6 +69,7 @@ impl OutboundMessage {
                 body["custom"] = json!({
                     "type": "template",
                     "template": {
+                        "namespace": namespace,
                         "name": name,
                         "language": {"policy": "deterministic", "code": meta_locale(locale)},
                         "components": components,
@@ -190,6 +193,9 @@ pub struct StatusReport {
     pub message_uuid: String,
     #[serde(default)]
     pub client_ref: Option<String>,
+    /// Whom the message went to.
+    #[serde(default)]
+    pub to: Option<String>,
     pub status: String,
     #[serde(default)]
     pub timestamp: Option<String>,
@@ -240,6 +246,8 @@ pub struct Inbound {
     pub message_type: Option<String>,
     #[serde(default)]
     pub text: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
 }
 
 impl Inbound {
@@ -281,6 +289,7 @@ mod tests {
         );
         let components = json!([{"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}]);
         let template = message(Content::Template {
+            namespace: "acme".into(),
             name: "appointment_reminder".into(),
             locale: "en-US".into(),
             components: components.clone(),
@@ -288,6 +297,7 @@ mod tests {
         assert_eq!(
             template.body()["custom"],
             json!({"type": "template", "template": {
+                "namespace": "acme",
                 "name": "appointment_reminder",
                 "language": {"policy": "deterministic", "code": "en_US"},
                 "components": components}})
@@ -343,6 +353,7 @@ mod tests {
         let report = |status: &str| StatusReport {
             message_uuid: "m".into(),
             client_ref: None,
+            to: None,
             status: status.into(),
             timestamp: None,
             error: None,

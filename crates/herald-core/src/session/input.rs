@@ -33,6 +33,8 @@ pub enum SessionInput {
     /// A status of the session's `message`-th message to the person
     /// (counting from 0).
     MessageStatus { message: u32, status: MessageStatus },
+    /// A status of a text a Send SMS node sent to `to`.
+    SmsStatus { to: String, status: MessageStatus },
     /// A live agent's words for the person.
     LiveAgentMessage(String),
     /// The live agent gives the conversation back to the flow.
@@ -51,19 +53,21 @@ pub enum InputKind {
     NoInput,
     CallProgress,
     MessageStatus,
+    SmsStatus,
     LiveAgentMessage,
     LiveAgentHandBack,
     LiveAgentEnd,
 }
 
 impl InputKind {
-    const ALL: [InputKind; 9] = [
+    const ALL: [InputKind; 10] = [
         InputKind::Text,
         InputKind::Dtmf,
         InputKind::Speech,
         InputKind::NoInput,
         InputKind::CallProgress,
         InputKind::MessageStatus,
+        InputKind::SmsStatus,
         InputKind::LiveAgentMessage,
         InputKind::LiveAgentHandBack,
         InputKind::LiveAgentEnd,
@@ -77,10 +81,17 @@ impl InputKind {
             InputKind::NoInput => "no_input",
             InputKind::CallProgress => "call_progress",
             InputKind::MessageStatus => "message_status",
+            InputKind::SmsStatus => "sms_status",
             InputKind::LiveAgentMessage => "live_agent_message",
             InputKind::LiveAgentHandBack => "live_agent_hand_back",
             InputKind::LiveAgentEnd => "live_agent_end",
         }
+    }
+
+    /// Whether the input is a provider's report of a message (its status),
+    /// which the session handles itself rather than its flow.
+    pub fn is_message_report(self) -> bool {
+        matches!(self, InputKind::MessageStatus | InputKind::SmsStatus)
     }
 
     /// Whether the input comes from the live agent rather than the person.
@@ -126,6 +137,7 @@ impl SessionInput {
             SessionInput::NoInput => InputKind::NoInput,
             SessionInput::CallProgress(_) => InputKind::CallProgress,
             SessionInput::MessageStatus { .. } => InputKind::MessageStatus,
+            SessionInput::SmsStatus { .. } => InputKind::SmsStatus,
             SessionInput::LiveAgentMessage(_) => InputKind::LiveAgentMessage,
             SessionInput::LiveAgentHandBack => InputKind::LiveAgentHandBack,
             SessionInput::LiveAgentEnd => InputKind::LiveAgentEnd,
@@ -156,6 +168,7 @@ impl SessionInput {
             SessionInput::MessageStatus { message, status } => {
                 Some(json!({ "message": message, "status": status }))
             }
+            SessionInput::SmsStatus { to, status } => Some(json!({ "to": to, "status": status })),
             _ => None,
         };
         StoredInput {
@@ -186,6 +199,14 @@ impl SessionInput {
                     .and_then(|m| m.as_u64())
                     .and_then(|m| u32::try_from(m).ok())
                     .ok_or_else(|| bad("without its message"))?,
+                status: field("status")
+                    .and_then(|s| serde_json::from_value(s).ok())
+                    .ok_or_else(|| bad("without its status"))?,
+            },
+            InputKind::SmsStatus => SessionInput::SmsStatus {
+                to: field("to")
+                    .and_then(|t| t.as_str().map(str::to_owned))
+                    .ok_or_else(|| bad("without its number"))?,
                 status: field("status")
                     .and_then(|s| serde_json::from_value(s).ok())
                     .ok_or_else(|| bad("without its status"))?,
@@ -226,6 +247,10 @@ mod tests {
             SessionInput::MessageStatus {
                 message: 2,
                 status: MessageStatus::Read,
+            },
+            SessionInput::SmsStatus {
+                to: "447700900123".into(),
+                status: MessageStatus::Delivered,
             },
             SessionInput::LiveAgentMessage("Hello, Ada here".into()),
             SessionInput::LiveAgentHandBack,

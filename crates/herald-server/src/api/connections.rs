@@ -266,6 +266,7 @@ pub async fn edit(
         )
         .await?
         .ok_or_else(|| connection_not_found(&raw))?;
+    app.providers.forget(&record.id);
     tracing::info!(
         connection = %record.id,
         credentials_replaced = credentials.is_some(),

@@ -11,6 +11,7 @@ pub mod replies;
 pub mod sessions;
 pub mod templates;
 pub mod triggers;
+pub mod webhooks;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -70,6 +71,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/simulator/inbound", post(replies::simulated))
         .route("/inbound/{channel}", post(replies::provider))
+        .route(
+            "/providers/{connection_id}/{webhook}",
+            post(webhooks::receive),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));

@@ -5,7 +5,9 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{account, agents, connections, ops, replies, sessions, templates, triggers};
+use crate::api::{
+    account, agents, connections, ops, replies, sessions, templates, triggers, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +40,7 @@ use crate::api::{account, agents, connections, ops, replies, sessions, templates
         replies::simulated,
         replies::provider,
         replies::live_agent,
+        webhooks::receive,
         ops::healthz,
         ops::metrics,
         ops::openapi,
@@ -52,6 +55,7 @@ use crate::api::{account, agents, connections, ops, replies, sessions, templates
         (name = "account", description = "The calling account"),
         (name = "sessions", description = "What happened in each session"),
         (name = "conversations", description = "Replies from people and live agents"),
+        (name = "providers", description = "What channel providers report (CONTRACT §11)"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

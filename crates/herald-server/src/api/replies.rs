@@ -22,6 +22,7 @@ use herald_flow::lifecycle::SessionState;
 use herald_store::{AgentIndexRow, Created, NewInput, NewSession};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::{authenticate, opt_string, read_object, req_string, PathParam};
@@ -94,9 +95,16 @@ pub async fn simulated(
         person,
         number,
     };
-    deliver(&app, Sender::Account(account), owner, conversation, input)
-        .await
-        .map(Json)
+    deliver(
+        &app,
+        Sender::Account(account),
+        owner,
+        conversation,
+        input,
+        None,
+    )
+    .await
+    .map(Json)
 }
 
 /// A channel provider's inbound message or input
@@ -136,7 +144,7 @@ pub async fn provider(
         person,
         number,
     };
-    deliver(&app, Sender::Provider, owner, conversation, input)
+    deliver(&app, Sender::Provider, owner, conversation, input, None)
         .await
         .map(Json)
 }
@@ -201,6 +209,7 @@ fn read_input(
     let input = NewInput {
         input,
         at: Utc::now(),
+        dedupe: None,
     };
     Ok((
         person.as_str().to_owned(),
@@ -231,7 +240,7 @@ fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
 
 /// Who an input comes from, which decides the sessions it may reach.
 #[derive(Debug, Clone, Copy)]
-enum Sender {
+pub(crate) enum Sender {
     /// An account playing the person on the simulator: only its own
     /// sessions.
     Account(AccountId),
@@ -243,33 +252,81 @@ enum Sender {
 }
 
 /// The person and the agent's number an input passes between.
-struct Conversation {
-    channel: Channel,
-    person: String,
-    number: String,
+pub(crate) struct Conversation {
+    pub channel: Channel,
+    pub person: String,
+    pub number: String,
+}
+
+/// A message a connection's provider brought in: its connection, which the
+/// sessions it reaches must run on, and the provider's id of it, which
+/// makes a second delivery of it the first.
+pub(crate) struct ViaConnection<'a> {
+    pub connection: &'a herald_core::ConnectionId,
+    pub message_id: &'a str,
+}
+
+/// Whether the session runs on `connection`.
+async fn runs_on(
+    app: &AppState,
+    session: SessionId,
+    connection: &herald_core::ConnectionId,
+) -> Result<bool, ApiError> {
+    let Some(record) = app.store.session_for_work(session).await? else {
+        return Ok(false);
+    };
+    Ok(app
+        .directory
+        .agent_version(app.store.as_ref(), &record.agent_id, record.agent_version)
+        .await?
+        .is_some_and(|v| v.connection_id.as_ref() == Some(connection)))
 }
 
 /// Hands an input to the open session between the person and the agent's
 /// number that `sender` may reach, or starts an inbound session of `owner`,
-/// the agent whose published version has the number, with it.
-async fn deliver(
+/// the agent whose published version has the number, with it. `via`, for
+/// a message a connection brought in, narrows both to what runs on it.
+pub(crate) async fn deliver(
     app: &AppState,
     sender: Sender,
     owner: Option<AgentIndexRow>,
     conversation: Conversation,
-    input: NewInput,
+    mut input: NewInput,
+    via: Option<ViaConnection<'_>>,
 ) -> Result<Delivered, ApiError> {
     let Conversation {
         channel,
         person,
         number,
     } = conversation;
+    let owner = match (&via, owner) {
+        (Some(via), Some(owner)) => {
+            let on_it = match &owner.published {
+                Some((version, _)) => app
+                    .directory
+                    .agent_version(app.store.as_ref(), &owner.agent_id, *version)
+                    .await?
+                    .is_some_and(|v| v.connection_id.as_ref() == Some(via.connection)),
+                None => false,
+            };
+            on_it.then_some(owner)
+        }
+        (_, owner) => owner,
+    };
+    if let Some(via) = &via {
+        input.dedupe = Some(format!("inbound:{}", via.message_id));
+    }
     let open = app.store.open_sessions(channel, &person, &number).await?;
     let reachable = open.iter().filter(|s| match sender {
         Sender::Account(account) => s.account_id == account,
         Sender::Provider => owner.as_ref().is_none_or(|o| o.agent_id == s.agent_id),
     });
     for session in reachable {
+        if let Some(via) = &via {
+            if !runs_on(app, session.id, via.connection).await? {
+                continue;
+            }
+        }
         if app
             .store
             .deliver_input(session.id, input.clone())
@@ -301,6 +358,18 @@ async fn deliver(
         )));
     };
     let id = SessionId::generate();
+    let delivered = Delivered {
+        session_id: id.to_string(),
+        started: true,
+    };
+    // The provider's id makes a second delivery of the message that
+    // started a session the first (a key no client can send: it has
+    // spaces).
+    let idempotency = via.as_ref().map(|via| herald_store::NewIdempotency {
+        key: format!("inbound {} {}", via.connection, via.message_id),
+        request_hash: sha2::Sha256::digest(via.message_id.as_bytes()).into(),
+        response: serde_json::to_string(&delivered).expect("a delivery serialises"),
+    });
     let session = NewSession {
         id,
         account_id: agent.account_id,
@@ -314,22 +383,20 @@ async fn deliver(
         parameters: Default::default(),
         whatsapp: None,
         created_at: Utc::now(),
-        idempotency: None,
+        idempotency,
         inbound: true,
         first_input: Some(input),
     };
-    if let Created::Duplicate(_) = app.store.create_session(session).await? {
-        // Only a session with an idempotency key can be a duplicate.
-        return Err(ApiError::internal(
-            "Failed to fetch preconfigured session information",
-            "an inbound session was answered as a duplicate",
-        ));
+    if let Created::Duplicate(first) = app.store.create_session(session).await? {
+        return serde_json::from_str(&first.response).map_err(|e| {
+            ApiError::internal(
+                "Failed to fetch preconfigured session information",
+                format!("the first delivery's answer cannot be read: {e}"),
+            )
+        });
     }
     app.dispatch_wakeup.notify_one();
-    Ok(Delivered {
-        session_id: id.to_string(),
-        started: true,
-    })
+    Ok(delivered)
 }
 
 /// What a live agent sends: `{"type": "message", "text"}`,
@@ -377,6 +444,7 @@ pub async fn live_agent(
     let input = NewInput {
         input,
         at: Utc::now(),
+        dedupe: None,
     };
     match app.store.deliver_input(id, input).await? {
         Some(_) => {

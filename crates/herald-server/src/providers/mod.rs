@@ -6,7 +6,10 @@
 //! to another connection's row do not open. Nothing here prints them: they
 //! stay in [`herald_core::secret::Secret`]s from the moment they are read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use herald_channels::connection::Credentials;
 use herald_channels::vonage::{Vonage, VonageCredentials};
@@ -47,8 +50,99 @@ pub enum Link {
 /// provider's client.
 pub struct Opened {
     pub id: ConnectionId,
+    pub account_id: herald_core::AccountId,
     pub provider: ProviderKind,
     pub link: Link,
+    /// The pace of its sends from this server.
+    pub pace: Pace,
+}
+
+/// The pace a connection's sends keep, so that the provider need not
+/// refuse them: at most one every `interval`, in the order they ask. Kept
+/// by each server for itself.
+pub struct Pace {
+    interval: Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    pub fn per_second(rate: f64) -> Pace {
+        Pace {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this send's turn.
+    pub async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// The messages a second a Vonage connection sends at most, from each
+/// server: Vonage's documented limit on its APIs' requests other than
+/// call creation (CHANNELS §3).
+const VONAGE_MESSAGES_PER_SECOND: f64 = 15.0;
+
+/// The connections opened so far, kept while they do not change: a
+/// webhook or a send must not unseal credentials and parse a key each
+/// time. A change through this server's API forgets its connection at
+/// once; one made elsewhere, within a refresh of the revisions.
+#[derive(Default)]
+pub struct Providers {
+    opened: Mutex<HashMap<ConnectionId, Arc<Opened>>>,
+    seen: AtomicI64,
+}
+
+impl Providers {
+    /// The connection, opened; `None` if it does not exist.
+    pub async fn get(
+        &self,
+        config: &Config,
+        store: &dyn Store,
+        id: &ConnectionId,
+    ) -> anyhow::Result<Option<Arc<Opened>>> {
+        if let Some(opened) = self
+            .opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(Some(opened.clone()));
+        }
+        let Some(record) = store.connection_for_work(id).await? else {
+            return Ok(None);
+        };
+        let opened = Arc::new(open(config, &record)?);
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), opened.clone());
+        Ok(Some(opened))
+    }
+
+    pub fn forget(&self, id: &ConnectionId) {
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Forgets every connection when the store's revision of them moved.
+    pub fn saw(&self, revision: i64) {
+        if self.seen.swap(revision, Ordering::Relaxed) != revision {
+            self.opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
 }
 
 impl Opened {
@@ -87,18 +181,23 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
     let unreadable = |why: String| OpenError::Unreadable(record.id.clone(), why);
     let provider: ProviderKind = record.provider.parse().map_err(unreadable)?;
     let credentials = unseal(config.secret_key.as_deref(), record)?;
-    let link = match provider {
+    let (link, pace) = match provider {
         ProviderKind::Vonage => {
             let credentials = VonageCredentials::from_credentials(&credentials)
                 .map_err(|e| unreadable(e.to_string()))?;
-            Link::Vonage(Box::new(Vonage::new(&config.vonage_api_url, credentials)))
+            (
+                Link::Vonage(Box::new(Vonage::new(&config.vonage_api_url, credentials))),
+                Pace::per_second(VONAGE_MESSAGES_PER_SECOND),
+            )
         }
-        _ => Link::NotYet,
+        _ => (Link::NotYet, Pace::per_second(1.0)),
     };
     Ok(Opened {
         id: record.id.clone(),
+        account_id: record.account_id,
         provider,
         link,
+        pace,
     })
 }
 

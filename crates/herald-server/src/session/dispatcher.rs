@@ -201,10 +201,13 @@ async fn after_failed_run(app: &AppState, lease: DispatchLease, error: anyhow::E
         tracing::error!(session_id = %id, attempts = lease.attempts, error = %format!("{error:#}"),
             "session run failed for good; ending the session");
         let why = permanent.unwrap_or_else(|| {
-            format!(
-                "the session could not run: {} attempts failed",
-                lease.attempts
-            )
+            match error.downcast_ref::<crate::session::driver::ProviderDown>() {
+                Some(down) => format!("{}; gave up after {} attempts", down.0, lease.attempts),
+                None => format!(
+                    "the session could not run: {} attempts failed",
+                    lease.attempts
+                ),
+            }
         });
         if let Err(e) = crate::session::driver::fail_session(app, lease, why).await {
             // The lease runs out and the next claim tries again.
@@ -212,7 +215,7 @@ async fn after_failed_run(app: &AppState, lease: DispatchLease, error: anyhow::E
         }
         return;
     }
-    let pause = retry_pause(lease.attempts);
+    let pause = retry_pause(app.config.dispatch_retry_pause, lease.attempts);
     tracing::warn!(session_id = %id, attempts = lease.attempts, error = %format!("{error:#}"),
         "session run failed; trying again in {pause:?}");
     let at = Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default();
@@ -224,10 +227,9 @@ async fn after_failed_run(app: &AppState, lease: DispatchLease, error: anyhow::E
 }
 
 /// The pause before the next run after `attempts` runs failed in a row:
-/// 5 s, doubling, at most 10 minutes, with ±20% jitter so that sessions
-/// failing together do not retry together.
-fn retry_pause(attempts: u32) -> std::time::Duration {
-    let base = std::time::Duration::from_secs(5);
+/// `base` (5 s by default), doubling, at most 10 minutes, with ±20% jitter
+/// so that sessions failing together do not retry together.
+fn retry_pause(base: std::time::Duration, attempts: u32) -> std::time::Duration {
     let cap = std::time::Duration::from_secs(600);
     let pause = base
         .saturating_mul(1 << attempts.saturating_sub(1).min(10))
@@ -285,7 +287,7 @@ mod tests {
     #[test]
     fn retries_back_off_to_ten_minutes() {
         for (attempts, nominal) in [(1, 5), (2, 10), (3, 20), (4, 40), (8, 600), (40, 600)] {
-            let pause = retry_pause(attempts);
+            let pause = retry_pause(Duration::from_secs(5), attempts);
             let nominal = Duration::from_secs(nominal);
             assert!(
                 pause >= nominal.mul_f64(0.8) && pause <= nominal.mul_f64(1.2),

@@ -18,31 +18,48 @@
 //! end) is decided by [`herald_flow::lifecycle`]; this module carries out
 //! those decisions and the flow's actions, and nothing else.
 //!
+//! A session whose agent version names a connection sends its messages
+//! through the connection's provider (Vonage's Messages API): a send
+//! returns once the provider took the message, and its id is stored at
+//! once, so that a step run again never sends it twice. The statuses come
+//! later, by webhook, as inputs (`api::webhooks`), and are handled here
+//! before anything else of a wake. A messaging session whose flow has
+//! ended waits for its messages to settle (`--message-settle-secs`) so
+//! that its outcome says whether they got through; once ended, its job
+//! sleeps on for what providers report late (`--message-reports-secs`).
+//! On the simulator, a message's statuses are played out in the send.
+//!
 //! A crash anywhere loses nothing that was acknowledged: the job's lease
 //! runs out and another worker starts again from the last stored state.
 //! Actions of the step under way may then be carried out twice (at least
 //! once), but they are recorded once, because every event is keyed by the
 //! step that made it.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use herald_channels::vonage::{self, SendOutcome};
 use herald_channels::{CallRequest, CallResult, MessageContent, OutboundMessage, Provider};
 use herald_core::flow::FlowDefinition;
 use herald_core::secret::redact_url;
 use herald_core::session::transcript::transcript;
-use herald_core::session::{CallProgress, Outcome, SessionEvent, SessionInput, ShownContent};
+use herald_core::session::{
+    CallProgress, MessageStatus, Outcome, SessionEvent, SessionInput, ShownContent,
+};
 use herald_core::{Channel, ConversationUuid, Destination};
-use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, SessionState};
+use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, PendingEnd, SessionState};
 use herald_flow::{Action, EndReason, Event, Input, InputMode, WebhookRequest};
 use herald_store::{
     Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
-    SessionRecord, SessionUpdate,
+    ProviderRef, SessionRecord, SessionUpdate,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::metrics::{ChannelLabels, OutcomeLabels};
+use crate::providers::{Link, Opened};
 use crate::session::dispatcher::Slot;
 use crate::AppState;
 
@@ -55,6 +72,20 @@ const LIVE_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Permanent(pub &'static str);
+
+/// A provider that could not take a message (it answered 429 or 5xx, or
+/// could not be reached) however often this run tried: the run fails and
+/// is tried again later, and when the provider stays down past the
+/// session's attempts, the session ends `failed` with this reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderDown(pub String);
+
+/// Sends of one message a run tries before it gives up (and the
+/// dispatcher tries the run again later).
+const SEND_TRIES: u32 = 3;
+/// The longest a run waits between two of them.
+const MAX_SEND_PAUSE: Duration = Duration::from_secs(2);
 
 /// Whether a run's error is [`Permanent`] (or a stored row that cannot be
 /// read); the text to record if it is.
@@ -87,18 +118,6 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
             .await
             .map_err(Into::into);
     };
-    if session.status == herald_core::session::SessionStatus::Ended {
-        // A re-run after the end was recorded but before the job was removed.
-        let update = SessionUpdate {
-            job: JobFate::Finish(None),
-            ..SessionUpdate::keep(lease.token)
-        };
-        return app
-            .store
-            .update_session(id, update)
-            .await
-            .map_err(Into::into);
-    }
     let version = app
         .directory
         .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
@@ -110,6 +129,49 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
             Permanent("the session's stored state cannot be read")
         })?),
         None => None,
+    };
+    let ended = session.status == herald_core::session::SessionStatus::Ended;
+    if ended && state.as_ref().is_none_or(|s| s.reports_until.is_none()) {
+        // A re-run after the end was recorded but before the job was removed.
+        let update = SessionUpdate {
+            job: JobFate::Finish(None),
+            ..SessionUpdate::keep(lease.token)
+        };
+        return app
+            .store
+            .update_session(id, update)
+            .await
+            .map_err(Into::into);
+    }
+    let outlet = match &version.connection_id {
+        None => Outlet::Simulator,
+        Some(connection) => {
+            let opened = app
+                .providers
+                .get(&app.config, app.store.as_ref(), connection)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %format!("{e:#}"), %connection, "cannot open the session's connection");
+                    Permanent("the session's connection cannot be opened")
+                })?
+                .ok_or(Permanent("the session's connection is missing"))?;
+            if !opened.provider.channels().contains(&session.channel) {
+                return Err(
+                    Permanent("the session's connection does not carry its channel").into(),
+                );
+            }
+            Outlet::Connection(opened)
+        }
+    };
+    let sent = match &outlet {
+        Outlet::Simulator => HashSet::new(),
+        Outlet::Connection(_) => app
+            .store
+            .session_provider_refs(id)
+            .await?
+            .into_iter()
+            .map(|r| r.item)
+            .collect(),
     };
     let destination = if session.channel.is_messaging() {
         Destination::parse_messaging(&session.to)
@@ -134,7 +196,12 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         reports: Vec::new(),
         keys: EventKeys::first_wake(),
         slot,
+        outlet,
+        sent,
     };
+    if ended {
+        return driver.take_late_reports().await;
+    }
     let first_wake = state.is_none();
     if first_wake
         && (driver.reach_person().await?.is_some() || driver.start_flow().await?.is_some())
@@ -173,6 +240,21 @@ pub async fn fail_session(
         return Ok(());
     };
     let now = Utc::now();
+    if session.status == herald_core::session::SessionStatus::Ended {
+        // It ended before (and waited for late reports): its outcome
+        // stands; the error is recorded and the job goes.
+        let update = SessionUpdate {
+            job: JobFate::Finish(None),
+            events: vec![NewEvent {
+                key: Some(EventKeys::failure().next_key()),
+                event: SessionEvent::Error { error },
+                at: now,
+            }],
+            ..SessionUpdate::keep(lease.token)
+        };
+        app.store.update_session(session.id, update).await?;
+        return Ok(());
+    }
     let mut update = SessionUpdate {
         job: JobFate::Finish(Some(Ending {
             outcome: Outcome::Failed,
@@ -237,10 +319,34 @@ struct Driver<'a> {
     keys: EventKeys,
     /// The session's running place, given up during outside calls.
     slot: Slot,
+    /// Where the session's messages go.
+    outlet: Outlet,
+    /// What the connection already took from this session (a re-run of a
+    /// step sends none of it again): items of [`ProviderRef`]s.
+    sent: HashSet<String>,
 }
 
-/// The session ended in this wake.
+/// Where a session's messages go: the simulator, or a connection's
+/// provider, which reports their statuses later, by webhook.
+enum Outlet {
+    Simulator,
+    Connection(Arc<Opened>),
+}
+
+/// The session ended in this wake (or waits for its messages to settle
+/// before it does).
 struct Ended;
+
+/// What a connection made of a message.
+enum Sent {
+    /// Taken (its provider's id is stored).
+    Accepted,
+    /// Refused for good; the message is `status`, for `reason`.
+    Refused {
+        status: MessageStatus,
+        reason: String,
+    },
+}
 
 impl Driver<'_> {
     // ---- recording --------------------------------------------------------
@@ -344,12 +450,27 @@ impl Driver<'_> {
         Ok(None)
     }
 
+    /// Ends the session now. If a provider may still report something of
+    /// its messages, its job waits on for that (CONTRACT §11.5: statuses
+    /// reach the `status_url` whenever they come).
     async fn finish(&mut self, outcome: Outcome, reason: Option<EndReason>) -> anyhow::Result<()> {
         let at = Utc::now();
         let ended = self.event(SessionEvent::Ended { outcome, reason }, at);
-        let flow_state = (self.state.flow.node.is_some()).then(|| self.state.to_stored());
+        let ending = Ending { outcome, at };
+        self.state.ending = None;
+        let job = if self.state.awaiting_reports(self.session.channel) {
+            let until = at
+                + chrono::Duration::from_std(self.app.config.message_reports_window)
+                    .unwrap_or_default();
+            self.state.reports_until = Some(until);
+            JobFate::EndAndWait { ending, until }
+        } else {
+            JobFate::Finish(Some(ending))
+        };
+        let keep_state = self.state.flow.node.is_some() || self.state.reports_until.is_some();
+        let flow_state = keep_state.then(|| self.state.to_stored());
         self.record(SessionUpdate {
-            job: JobFate::Finish(Some(Ending { outcome, at })),
+            job,
             events: vec![ended],
             flow_state,
             inputs_consumed: Some(self.state.inputs_consumed),
@@ -365,6 +486,88 @@ impl Driver<'_> {
             })
             .inc();
         Ok(())
+    }
+
+    /// The flow has ended. A messaging session whose messages have not all
+    /// settled waits for them (at most `--message-settle-secs`), so that
+    /// its outcome says whether they got through; any other ends now.
+    async fn flow_done(&mut self, reason: EndReason) -> anyhow::Result<()> {
+        let Effect::End { outcome, reason } = self.lifecycle.flow_ended(reason) else {
+            unreachable!("a flow's end is an end");
+        };
+        if self.session.channel.is_messaging() && !self.state.settled() {
+            let by = Utc::now()
+                + chrono::Duration::from_std(self.app.config.message_settle).unwrap_or_default();
+            self.state.ending = Some(PendingEnd {
+                outcome,
+                reason,
+                by,
+            });
+            return self.save(JobFate::SleepUntil(by)).await;
+        }
+        self.finish(outcome, reason).await
+    }
+
+    /// A wake of a session that has ended but still takes what providers
+    /// report late: each status is recorded and reported; the job goes
+    /// once nothing more can come, or its time is up.
+    async fn take_late_reports(&mut self) -> anyhow::Result<()> {
+        let inputs = self
+            .app
+            .store
+            .pending_inputs(self.session.id, self.state.inputs_consumed)
+            .await?;
+        for input in inputs {
+            self.state.inputs_consumed = input.id;
+            self.keys = EventKeys::report(input.id);
+            self.report(input).await?;
+        }
+        let until = self.state.reports_until.unwrap_or_else(Utc::now);
+        let job = if until <= Utc::now() || !self.state.awaiting_reports(self.session.channel) {
+            JobFate::Finish(None)
+        } else {
+            JobFate::SleepUntil(until)
+        };
+        self.save(job).await
+    }
+
+    /// Applies what a provider reported of a message; `Some(Ended)` when it
+    /// ended the session (a message the person cannot be reached by).
+    async fn report(&mut self, input: InputRow) -> anyhow::Result<Option<Ended>> {
+        match input.input {
+            SessionInput::MessageStatus { message, status } => {
+                if message >= self.state.messages {
+                    tracing::warn!(message, "a status of a message the session never sent");
+                    return Ok(None);
+                }
+                let effects =
+                    self.lifecycle
+                        .message_status(&mut self.state, message, status, input.at);
+                if self.state.reports_until.is_some() {
+                    // Ended: record and report, nothing else.
+                    for effect in effects {
+                        match effect {
+                            Effect::Record(event) => {
+                                let event = self.event(event, input.at);
+                                self.pending.push(event);
+                            }
+                            Effect::Report { key, callback } => {
+                                let callback = self.callback(key, &callback);
+                                self.reports.extend(callback);
+                            }
+                            Effect::HangUp | Effect::End { .. } => {}
+                        }
+                    }
+                    return Ok(None);
+                }
+                self.apply(effects, input.at).await
+            }
+            SessionInput::SmsStatus { to, status } => {
+                self.note(SessionEvent::SmsStatus { to, status });
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     // ---- the first wake: reaching the person -------------------------------
@@ -489,8 +692,19 @@ impl Driver<'_> {
                 break;
             }
             for input in inputs {
-                self.note_input(&input);
                 self.state.inputs_consumed = input.id;
+                if input.input.kind().is_message_report() {
+                    self.keys = EventKeys::report(input.id);
+                    if self.report(input).await?.is_some() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                self.note_input(&input);
+                if self.state.ending.is_some() {
+                    // The flow is over; what the person says now is kept.
+                    continue;
+                }
                 let Some(event) = flow_event(input.input) else {
                     continue;
                 };
@@ -498,6 +712,12 @@ impl Driver<'_> {
                     return Ok(());
                 }
             }
+        }
+        if let Some(ending) = self.state.ending {
+            if self.state.settled() || ending.by <= Utc::now() {
+                return self.finish(ending.outcome, ending.reason).await;
+            }
+            return self.save(JobFate::SleepUntil(ending.by)).await;
         }
         if let Some(deadline) = self.state.flow.next_deadline() {
             if deadline <= SystemTime::now() && self.advance(Event::Timer).await?.is_some() {
@@ -593,7 +813,7 @@ impl Driver<'_> {
                 }
                 return Ok(Performed::Then(answer));
             }
-            Action::SendSms { to, text } => self.send_sms(to, text).await,
+            Action::SendSms { to, text } => self.send_sms(to, text).await?,
             Action::SendEmail { to, subject, body } => {
                 let app = self.app;
                 let result = match &app.mailer {
@@ -651,8 +871,7 @@ impl Driver<'_> {
                     self.provider.hang_up(&self.call).await;
                     self.note(SessionEvent::Hangup { reason: None });
                 }
-                let end = self.lifecycle.flow_ended(reason);
-                self.apply(vec![end], Utc::now()).await?;
+                self.flow_done(reason).await?;
                 return Ok(Performed::Ended);
             }
         }
@@ -699,7 +918,8 @@ impl Driver<'_> {
 
     /// Sends one message to the person and records its statuses, each with
     /// its callback; `Some(Ended)` when the message could not be delivered
-    /// and the session has ended so.
+    /// and the session has ended so. Through a connection, the statuses
+    /// come later, by webhook, as inputs.
     async fn send_message(&mut self, content: MessageContent) -> anyhow::Result<Option<Ended>> {
         let session = self.session;
         let n = self.state.messages;
@@ -710,43 +930,170 @@ impl Driver<'_> {
         };
         let sent = self.lifecycle.message_sent(n, shown);
         self.note(sent);
-        let mut statuses = self
-            .provider
-            .send(&OutboundMessage {
-                channel: session.channel,
-                to: session.to.clone(),
-                from: session.from.clone(),
-                content,
-                last_two_digits: self.call.last_two_digits,
-            })
-            .await;
-        while let Some(status) = statuses.recv().await {
-            let now = Utc::now();
-            let effects = self.lifecycle.message_status(n, status, now);
-            if self.apply(effects, now).await?.is_some() {
-                return Ok(Some(Ended));
+        let Outlet::Connection(opened) = &self.outlet else {
+            let mut statuses = self
+                .provider
+                .send(&OutboundMessage {
+                    channel: session.channel,
+                    to: session.to.clone(),
+                    from: session.from.clone(),
+                    content,
+                    last_two_digits: self.call.last_two_digits,
+                })
+                .await;
+            while let Some(status) = statuses.recv().await {
+                let now = Utc::now();
+                let effects = self
+                    .lifecycle
+                    .message_status(&mut self.state, n, status, now);
+                if self.apply(effects, now).await?.is_some() {
+                    return Ok(Some(Ended));
+                }
+            }
+            // The simulator has played every status there is.
+            self.state.closed.insert(n);
+            return Ok(None);
+        };
+        let opened = opened.clone();
+        let vonage_content = match content {
+            MessageContent::Text(text) => vonage::messages::Content::Text(text),
+            MessageContent::Template(t) => vonage::messages::Content::Template {
+                namespace: t["namespace"].as_str().unwrap_or_default().to_owned(),
+                name: t["template"].as_str().unwrap_or_default().to_owned(),
+                locale: t["locale"].as_str().unwrap_or_default().to_owned(),
+                components: t["components"].clone(),
+            },
+        };
+        let item = n.to_string();
+        let message = vonage::OutboundMessage {
+            channel: session.channel,
+            to: session.to.clone(),
+            from: session.from.clone(),
+            content: vonage_content,
+            client_ref: client_ref(session.id, &item),
+        };
+        match self.send_through(&opened, &item, &message).await? {
+            None => Ok(None),
+            Some(Sent::Accepted) => Ok(None),
+            Some(Sent::Refused { status, reason }) => {
+                self.note(SessionEvent::Error { error: reason });
+                let now = Utc::now();
+                let effects = self
+                    .lifecycle
+                    .message_status(&mut self.state, n, status, now);
+                self.apply(effects, now).await
             }
         }
-        Ok(None)
+    }
+
+    /// Sends `message` through the connection as the session's `item`,
+    /// unless the connection took it already (a step run again); the
+    /// provider's id is stored at once, so that no later run sends it
+    /// again. Throttling and failures are tried again a few times, at the
+    /// connection's pace; past that the run fails ([`ProviderDown`]) and is
+    /// tried again later. `None` when it had been sent before.
+    async fn send_through(
+        &mut self,
+        opened: &Opened,
+        item: &str,
+        message: &vonage::OutboundMessage,
+    ) -> anyhow::Result<Option<Sent>> {
+        if self.sent.contains(item) {
+            return Ok(None);
+        }
+        let Link::Vonage(vonage) = &opened.link else {
+            return Err(Permanent("the session's connection cannot send messages").into());
+        };
+        let provider = opened.provider.as_str();
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            opened.pace.wait().await;
+            let started = std::time::Instant::now();
+            let outcome = self.slot.outside(vonage.send(message)).await;
+            let result = match &outcome {
+                SendOutcome::Accepted { .. } => "accepted",
+                SendOutcome::Throttled { .. } => "throttled",
+                SendOutcome::Unavailable { .. } => "unavailable",
+                SendOutcome::Refused { .. } => "refused",
+            };
+            self.app
+                .metrics
+                .provider_request(provider, "send_message", result, started.elapsed());
+            let pause = match &outcome {
+                SendOutcome::Throttled { retry_after } => {
+                    retry_after.unwrap_or(Duration::from_millis(500))
+                }
+                SendOutcome::Unavailable { .. } => Duration::from_millis(250 << tries),
+                _ => break outcome,
+            };
+            if tries >= SEND_TRIES {
+                let reason = match outcome {
+                    SendOutcome::Unavailable { reason } => reason,
+                    _ => format!("{} kept refusing to take messages (429)", opened.provider),
+                };
+                return Err(ProviderDown(reason).into());
+            }
+            tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
+        };
+        Ok(Some(match outcome {
+            SendOutcome::Accepted { message_uuid } => {
+                let reference = ProviderRef {
+                    connection_id: opened.id.clone(),
+                    provider_ref: message_uuid,
+                    session_id: self.session.id,
+                    item: item.to_owned(),
+                };
+                self.record(SessionUpdate {
+                    provider_refs: vec![reference],
+                    ..self.update()
+                })
+                .await?;
+                self.sent.insert(item.to_owned());
+                Sent::Accepted
+            }
+            SendOutcome::Refused { status, reason } => Sent::Refused { status, reason },
+            SendOutcome::Throttled { .. } | SendOutcome::Unavailable { .. } => {
+                unreachable!("tried again above")
+            }
+        }))
     }
 
     /// A Send SMS node's message: to anyone, from the agent's number; its
     /// statuses are recorded, with no callbacks (those report the session's
     /// own conversation).
-    async fn send_sms(&mut self, to: String, text: String) {
+    async fn send_sms(&mut self, to: String, text: String) -> anyhow::Result<()> {
         let Ok(destination) = Destination::parse_messaging(&to) else {
             // Recorded as failed; the flow goes on.
             self.note(SessionEvent::SmsFailed {
                 to,
                 error: "not a phone number".into(),
             });
-            return;
+            return Ok(());
         };
         let digits = destination.last_two_digits();
         self.note(SessionEvent::SmsSent {
             to: to.clone(),
             text: text.clone(),
         });
+        if let Outlet::Connection(opened) = &self.outlet {
+            let opened = opened.clone();
+            let item = format!("sms:{}", self.state.texts);
+            self.state.texts += 1;
+            let message = vonage::OutboundMessage {
+                channel: Channel::Sms,
+                to: destination.as_str().to_owned(),
+                from: self.session.from.clone(),
+                content: vonage::messages::Content::Text(text),
+                client_ref: client_ref(self.session.id, &item),
+            };
+            if let Some(Sent::Refused { reason, .. }) =
+                self.send_through(&opened, &item, &message).await?
+            {
+                self.note(SessionEvent::SmsFailed { to, error: reason });
+            }
+            return Ok(());
+        }
         let mut statuses = self
             .provider
             .send(&OutboundMessage {
@@ -763,7 +1110,21 @@ impl Driver<'_> {
                 status,
             });
         }
+        Ok(())
     }
+}
+
+/// The reference a provider echoes with each status of a session's
+/// `item` (CHANNELS §1.5): the session and the item, so that a status that
+/// arrives before its message's id was stored still finds them.
+pub fn client_ref(session: herald_core::SessionId, item: &str) -> String {
+    format!("{session}:{item}")
+}
+
+/// The session and item of a [`client_ref`].
+pub fn parse_client_ref(text: &str) -> Option<(herald_core::SessionId, &str)> {
+    let (session, item) = text.split_once(':')?;
+    Some((session.parse().ok()?, item))
 }
 
 /// The flow's event for an input; `None` for one the flow does not step on.
@@ -784,10 +1145,12 @@ fn flow_event(input: SessionInput) -> Option<Event> {
         SessionInput::LiveAgentMessage(text) => Event::LiveAgentMessage { text },
         SessionInput::LiveAgentHandBack => Event::LiveAgentHandBack,
         SessionInput::LiveAgentEnd => Event::LiveAgentEnd,
-        // Reported by providers; no provider reports them yet.
+        // Reported by providers, and handled before the flow sees them;
+        // no provider reports a call's progress or silence yet.
         SessionInput::NoInput
         | SessionInput::CallProgress(_)
-        | SessionInput::MessageStatus { .. } => return None,
+        | SessionInput::MessageStatus { .. }
+        | SessionInput::SmsStatus { .. } => return None,
     })
 }
 

@@ -42,6 +42,15 @@ pub struct Config {
     pub dispatch_lease: Duration,
     /// Runs of a session that may fail in a row before it ends `failed`.
     pub dispatch_max_attempts: u32,
+    /// The pause after a session's first failed run; it doubles after
+    /// each further one, up to ten minutes.
+    pub dispatch_retry_pause: Duration,
+    /// How long a messaging session whose flow has ended waits for its
+    /// messages to settle (delivered, read or failed) before it ends.
+    pub message_settle: Duration,
+    /// How long an ended session still takes what providers report late of
+    /// its messages (a WhatsApp `read`).
+    pub message_reports_window: Duration,
     /// How long a graceful shutdown lets sessions and callbacks under way
     /// finish before giving their leases back.
     pub shutdown_grace: Duration,
@@ -171,6 +180,18 @@ pub struct Settings {
     /// [default: 8].
     #[arg(long, env = "HERALD_DISPATCH_MAX_ATTEMPTS")]
     pub dispatch_max_attempts: Option<u32>,
+    /// Seconds before a failed run of a session is tried again; doubled
+    /// after each further failure, up to 600 [default: 5].
+    #[arg(long, env = "HERALD_DISPATCH_RETRY_SECS")]
+    pub dispatch_retry_secs: Option<f64>,
+    /// Seconds a messaging session whose flow has ended waits for its
+    /// messages to be delivered (or to fail) before it ends [default: 60].
+    #[arg(long, env = "HERALD_MESSAGE_SETTLE_SECS")]
+    pub message_settle_secs: Option<f64>,
+    /// Seconds an ended session still takes the statuses providers report
+    /// late of its messages [default: 86400].
+    #[arg(long, env = "HERALD_MESSAGE_REPORTS_SECS")]
+    pub message_reports_secs: Option<f64>,
     /// Seconds a graceful shutdown lets work under way finish [default: 5].
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<f64>,
@@ -495,6 +516,21 @@ impl Settings {
                 .dispatch_max_attempts
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid("dispatch_max_attempts", "must be at least 1"))?,
+            dispatch_retry_pause: secs(
+                "dispatch_retry_secs",
+                self.dispatch_retry_secs,
+                0.01..=600.0,
+            )?,
+            message_settle: secs(
+                "message_settle_secs",
+                self.message_settle_secs,
+                0.0..=86400.0,
+            )?,
+            message_reports_window: secs(
+                "message_reports_secs",
+                self.message_reports_secs,
+                0.0..=30.0 * 86400.0,
+            )?,
             shutdown_grace: secs(
                 "shutdown_grace_secs",
                 self.shutdown_grace_secs,

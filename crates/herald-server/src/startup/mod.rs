@@ -45,6 +45,8 @@ pub struct App {
     /// The address this server answers on (to spot `status_url`s pointing
     /// back at it).
     pub local_addr: SocketAddr,
+    /// Connections opened so far.
+    pub providers: crate::providers::Providers,
 }
 
 pub type AppState = Arc<App>;
@@ -172,6 +174,7 @@ pub async fn start_with_store(
         dispatch_wakeup: Notify::new(),
         callback_wakeup: Notify::new(),
         local_addr: addr,
+        providers: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let shutdown = Shutdown(stop_rx);
@@ -218,8 +221,11 @@ async fn refresh_directory(app: AppState, mut shutdown: Shutdown) {
             _ = tokio::time::sleep(app.config.cache_refresh) => {}
             _ = shutdown.wait() => return,
         }
-        if let Err(e) = app.directory.refresh(app.store.as_ref()).await {
-            tracing::warn!(error = %format!("{e:#}"), "could not refresh the directory");
+        match app.directory.refresh(app.store.as_ref()).await {
+            Ok(revisions) => app.providers.saw(revisions.connections),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not refresh the directory")
+            }
         }
     }
 }

@@ -1,19 +1,75 @@
 //! The example agents of `examples/agents/`, end to end: each is created
 //! from its file as a user would send it (`POST /agents` with a `number`
 //! added), published, triggered, and played through every branch of its
-//! flow, one session per branch, with the test as the person on the
-//! simulator (`POST /simulator/inbound`). What the agent said, the
-//! parameters it set and the session's outcome are checked from the
-//! transcript (`GET /sessions/{id}/transcript`).
+//! flow, one session per branch, with the test as the person: on the
+//! simulator (`POST /simulator/inbound`), and the messaging agents again
+//! over Vonage (a loopback fake of it, which takes the messages, reports
+//! their statuses and brings the person's answers in by webhook). What the
+//! agent said, the parameters it set and the session's outcome are checked
+//! from the transcript (`GET /sessions/{id}/transcript`).
 //!
 //! Timeouts are shortened by editing the file's JSON before it is sent, as
 //! an operator might for a test agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use herald_server::testing::vonage::FakeVonage;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+
+/// How the person is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Simulator,
+    Vonage,
+}
+
+/// Runs each messaging branch both ways: `simulator::NAME`, `vonage::NAME`.
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod simulator {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Way::Simulator).await
+                }
+            )*
+        }
+        mod vonage {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Way::Vonage).await
+                }
+            )*
+        }
+    };
+}
+
+both_ways!(
+    appointment_reminder_confirmed,
+    appointment_reminder_rescheduled_to_a_new_date_and_time,
+    appointment_reminder_asks_again_when_the_new_slot_is_wrong,
+    appointment_reminder_cancelled,
+    appointment_reminder_understood_at_the_second_try,
+    appointment_reminder_gives_up_after_two_unclear_answers,
+    appointment_reminder_gives_up_when_no_date_is_understood,
+    appointment_reminder_keeps_the_appointment_without_a_reply,
+    appointment_reminder_keeps_the_appointment_when_the_time_never_comes,
+    delivery_notice_opens_with_the_template_and_sends_the_tracking_link,
+    delivery_notice_changes_the_day,
+    delivery_notice_helps_when_no_day_is_understood,
+    delivery_notice_keeps_the_day_without_an_answer,
+    delivery_notice_helps_with_what_it_does_not_understand,
+    delivery_notice_ends_quietly_without_an_answer,
+);
+
+const VONAGE_APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+const VONAGE_API_KEY: &str = "abcd1234";
+const VONAGE_SIGNATURE_SECRET: &str = "signature-secret-for-examples";
+const PUBLIC_URL: &str = "https://herald.example.com";
 
 const APPOINTMENT_REMINDER: &str =
     include_str!("../../../../examples/agents/appointment-reminder.json");
@@ -38,6 +94,8 @@ struct Talk {
     id: String,
     /// Where a WhatsApp session's statuses go (kept alive with the talk).
     receiver: Option<TestReceiver>,
+    /// The fake Vonage the talk goes through, if it does.
+    vonage: Option<FakeVonage>,
 }
 
 /// How a talk ended.
@@ -108,13 +166,53 @@ fn person_number() -> String {
 impl Talk {
     /// Creates the example agent in `file` (after `edit`) on a server of its
     /// own, publishes it and triggers one session with `parameters`.
-    async fn start(file: &str, edit: impl FnOnce(&mut Value), parameters: Value) -> Talk {
-        let app = TestApp::spawn().await;
+    async fn start(way: Way, file: &str, edit: impl FnOnce(&mut Value), parameters: Value) -> Talk {
+        let vonage = match way {
+            Way::Simulator => None,
+            Way::Vonage => Some(FakeVonage::start(VONAGE_APPLICATION).await),
+        };
+        let api_url = vonage.as_ref().map(|v| v.url.clone());
+        let app = TestApp::spawn_with(|c| {
+            if let Some(url) = api_url {
+                c.vonage_api_url = url;
+                c.public_url = Some(PUBLIC_URL.into());
+                c.secret_key = Some(Arc::new(
+                    herald_core::secret::Sealer::from_base64(
+                        &herald_core::secret::Sealer::generate_key(),
+                    )
+                    .unwrap(),
+                ));
+            }
+        })
+        .await;
         let key = app.new_key(&format!("examples-{}", unique_number())).await;
         let mut agent: Value = serde_json::from_str(file).expect("the example is JSON");
         edit(&mut agent);
         let number = unique_number();
         agent["number"] = json!(number);
+        if let Some(vonage) = &vonage {
+            let connection = app
+                .post(
+                    "/connections",
+                    &key,
+                    json!({"name": "Vonage", "provider": "vonage", "credentials": {
+                        "application_id": VONAGE_APPLICATION,
+                        "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                        "api_key": VONAGE_API_KEY, "api_secret": "api-secret",
+                        "signature_secret": VONAGE_SIGNATURE_SECRET}}),
+                )
+                .await;
+            assert_eq!(connection.status(), 201);
+            let connection: Value = connection.json().await.unwrap();
+            vonage.deliver_to(
+                &connection["webhooks"],
+                PUBLIC_URL,
+                &app.base,
+                VONAGE_SIGNATURE_SECRET,
+                VONAGE_API_KEY,
+            );
+            agent["connection_id"] = connection["connection_id"].clone();
+        }
         let response = app.post("/agents", &key, agent.clone()).await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
@@ -189,6 +287,7 @@ impl Talk {
             person,
             id,
             receiver,
+            vonage,
         }
     }
 
@@ -219,6 +318,13 @@ impl Talk {
     /// The person answers: a message, or on a call keyed digits (a line of
     /// only digits) or speech, as `herald chat` sends them.
     async fn reply(&self, text: &str) {
+        if let Some(vonage) = &self.vonage {
+            let (status, _) = vonage
+                .send_inbound(&self.channel, &self.person, &self.number, text)
+                .await;
+            assert_eq!(status, 200, "delivering {text:?}");
+            return;
+        }
         let field = match self.channel.as_str() {
             "voice" if text.bytes().all(|b| b.is_ascii_digit()) => "digits",
             "voice" => "speech",
@@ -248,6 +354,13 @@ impl Talk {
 
     async fn ended(&self) -> Ended {
         let session = self.app.ended_session(&self.key, &self.id).await;
+        if let Some(vonage) = &self.vonage {
+            assert_eq!(vonage.problems(), Vec::<String>::new());
+            // Every message the agent sent went through Vonage, once.
+            let said = lines(&self.transcript().await, "outbound").len();
+            let templates = usize::from(self.channel == "whatsapp");
+            assert_eq!(vonage.messages().len(), said + templates);
+        }
         Ended {
             outcome: session["outcome"].as_str().unwrap().to_owned(),
             transcript: self.transcript().await,
@@ -265,8 +378,9 @@ const GIVE_UP: &str = "Sorry, we could not sort this out by text. \
 const NO_REPLY: &str = "We did not hear back, so your appointment on Tuesday 3 March at 10:30 \
     stands. Call 0800 000 000 if you need to change it.";
 
-async fn appointment(edit: impl FnOnce(&mut Value)) -> Talk {
+async fn appointment(way: Way, edit: impl FnOnce(&mut Value)) -> Talk {
     Talk::start(
+        way,
         APPOINTMENT_REMINDER,
         edit,
         json!([
@@ -278,9 +392,8 @@ async fn appointment(edit: impl FnOnce(&mut Value)) -> Talk {
     .await
 }
 
-#[tokio::test]
-async fn appointment_reminder_confirmed() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_confirmed(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     assert_eq!(talk.heard(1).await, REMINDER);
     talk.reply("Yes, I'll be there").await;
 
@@ -297,9 +410,8 @@ async fn appointment_reminder_confirmed() {
     assert_eq!(end.nodes(), ["remind", "confirmed", "end"]);
 }
 
-#[tokio::test]
-async fn appointment_reminder_rescheduled_to_a_new_date_and_time() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_rescheduled_to_a_new_date_and_time(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "Can I reschedule please?").await;
     talk.answer(2, "How about 21 November 2030?").await;
     talk.answer(3, "2:30 pm").await;
@@ -323,9 +435,8 @@ async fn appointment_reminder_rescheduled_to_a_new_date_and_time() {
     assert_eq!(end.parameter("NEW_OK").as_deref(), Some("yes"));
 }
 
-#[tokio::test]
-async fn appointment_reminder_asks_again_when_the_new_slot_is_wrong() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_asks_again_when_the_new_slot_is_wrong(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "I need to reschedule").await;
     talk.answer(2, "21/11/2030").await;
     talk.answer(3, "9:30").await;
@@ -352,9 +463,8 @@ async fn appointment_reminder_asks_again_when_the_new_slot_is_wrong() {
     );
 }
 
-#[tokio::test]
-async fn appointment_reminder_cancelled() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_cancelled(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "Please cancel it").await;
 
     let end = talk.ended().await;
@@ -369,9 +479,8 @@ async fn appointment_reminder_cancelled() {
     assert_eq!(end.parameter("CHOICE").as_deref(), Some("cancel"));
 }
 
-#[tokio::test]
-async fn appointment_reminder_understood_at_the_second_try() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_understood_at_the_second_try(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "banana").await;
     assert_eq!(
         talk.heard(2).await,
@@ -387,9 +496,8 @@ async fn appointment_reminder_understood_at_the_second_try() {
     assert_eq!(end.parameter("UNCLEAR").as_deref(), Some("1"));
 }
 
-#[tokio::test]
-async fn appointment_reminder_gives_up_after_two_unclear_answers() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_gives_up_after_two_unclear_answers(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "banana").await;
     talk.answer(2, "what is this?").await;
 
@@ -406,9 +514,8 @@ async fn appointment_reminder_gives_up_after_two_unclear_answers() {
     assert_eq!(end.parameter("UNCLEAR").as_deref(), Some("2"));
 }
 
-#[tokio::test]
-async fn appointment_reminder_gives_up_when_no_date_is_understood() {
-    let talk = appointment(|_| {}).await;
+async fn appointment_reminder_gives_up_when_no_date_is_understood(way: Way) {
+    let talk = appointment(way, |_| {}).await;
     talk.answer(1, "reschedule").await;
     talk.answer(2, "whenever suits").await;
     assert_eq!(
@@ -422,9 +529,11 @@ async fn appointment_reminder_gives_up_when_no_date_is_understood() {
     assert_eq!(end.parameter("NEW_DATE"), None);
 }
 
-#[tokio::test]
-async fn appointment_reminder_keeps_the_appointment_without_a_reply() {
-    let talk = appointment(|agent| set_node_field(agent, "remind", "timeout_secs", json!(1))).await;
+async fn appointment_reminder_keeps_the_appointment_without_a_reply(way: Way) {
+    let talk = appointment(way, |agent| {
+        set_node_field(agent, "remind", "timeout_secs", json!(1))
+    })
+    .await;
 
     let end = talk.ended().await;
     assert_eq!(end.outcome, "completed");
@@ -432,10 +541,11 @@ async fn appointment_reminder_keeps_the_appointment_without_a_reply() {
     assert!(end.person_lines().is_empty());
 }
 
-#[tokio::test]
-async fn appointment_reminder_keeps_the_appointment_when_the_time_never_comes() {
-    let talk =
-        appointment(|agent| set_node_field(agent, "ask_time", "timeout_secs", json!(1))).await;
+async fn appointment_reminder_keeps_the_appointment_when_the_time_never_comes(way: Way) {
+    let talk = appointment(way, |agent| {
+        set_node_field(agent, "ask_time", "timeout_secs", json!(1))
+    })
+    .await;
     talk.answer(1, "another day").await;
     talk.answer(2, "21/11/2030").await;
 
@@ -450,8 +560,9 @@ const DELIVERY_QUESTION: &str = "Would you like the tracking link, or to change 
 const DELIVERY_HELP: &str = "Sorry, I could not help with that here. Follow parcel TRK-2041 at \
     https://track.example.com/TRK-2041 or call 0800 000 000.";
 
-async fn delivery(edit: impl FnOnce(&mut Value)) -> Talk {
+async fn delivery(way: Way, edit: impl FnOnce(&mut Value)) -> Talk {
     Talk::start(
+        way,
         DELIVERY_NOTICE,
         edit,
         json!([
@@ -462,9 +573,8 @@ async fn delivery(edit: impl FnOnce(&mut Value)) -> Talk {
     .await
 }
 
-#[tokio::test]
-async fn delivery_notice_opens_with_the_template_and_sends_the_tracking_link() {
-    let talk = delivery(|_| {}).await;
+async fn delivery_notice_opens_with_the_template_and_sends_the_tracking_link(way: Way) {
+    let talk = delivery(way, |_| {}).await;
     assert_eq!(talk.heard(1).await, DELIVERY_QUESTION);
     talk.reply("Can I have the tracking link?").await;
 
@@ -501,9 +611,8 @@ async fn delivery_notice_opens_with_the_template_and_sends_the_tracking_link() {
         .all(|c| c.body["session_id"] == talk.id.as_str()));
 }
 
-#[tokio::test]
-async fn delivery_notice_changes_the_day() {
-    let talk = delivery(|_| {}).await;
+async fn delivery_notice_changes_the_day(way: Way) {
+    let talk = delivery(way, |_| {}).await;
     talk.answer(1, "I'd like to change the day").await;
     assert_eq!(
         talk.heard(2).await,
@@ -521,9 +630,8 @@ async fn delivery_notice_changes_the_day() {
     assert_eq!(end.parameter("NEW_DAY").as_deref(), Some("2030-11-21"));
 }
 
-#[tokio::test]
-async fn delivery_notice_helps_when_no_day_is_understood() {
-    let talk = delivery(|_| {}).await;
+async fn delivery_notice_helps_when_no_day_is_understood(way: Way) {
+    let talk = delivery(way, |_| {}).await;
     talk.answer(1, "change the delivery day").await;
     talk.answer(2, "soon").await;
     assert_eq!(
@@ -537,9 +645,11 @@ async fn delivery_notice_helps_when_no_day_is_understood() {
     assert_eq!(end.parameter("NEW_DAY"), None);
 }
 
-#[tokio::test]
-async fn delivery_notice_keeps_the_day_without_an_answer() {
-    let talk = delivery(|agent| set_node_field(agent, "new_day", "timeout_secs", json!(1))).await;
+async fn delivery_notice_keeps_the_day_without_an_answer(way: Way) {
+    let talk = delivery(way, |agent| {
+        set_node_field(agent, "new_day", "timeout_secs", json!(1))
+    })
+    .await;
     talk.answer(1, "another day").await;
 
     let end = talk.ended().await;
@@ -550,9 +660,8 @@ async fn delivery_notice_keeps_the_day_without_an_answer() {
     );
 }
 
-#[tokio::test]
-async fn delivery_notice_helps_with_what_it_does_not_understand() {
-    let talk = delivery(|_| {}).await;
+async fn delivery_notice_helps_with_what_it_does_not_understand(way: Way) {
+    let talk = delivery(way, |_| {}).await;
     talk.answer(1, "Who are you?").await;
 
     let end = talk.ended().await;
@@ -561,9 +670,11 @@ async fn delivery_notice_helps_with_what_it_does_not_understand() {
     assert_eq!(end.parameter("CHOICE"), None);
 }
 
-#[tokio::test]
-async fn delivery_notice_ends_quietly_without_an_answer() {
-    let talk = delivery(|agent| set_node_field(agent, "ask", "timeout_secs", json!(1))).await;
+async fn delivery_notice_ends_quietly_without_an_answer(way: Way) {
+    let talk = delivery(way, |agent| {
+        set_node_field(agent, "ask", "timeout_secs", json!(1))
+    })
+    .await;
 
     let end = talk.ended().await;
     assert_eq!(end.outcome, "completed");
@@ -580,8 +691,9 @@ const SURVEY_QUESTION: &str = "On a scale from 0 to 10, how likely are you to re
 const SURVEY_THANKS: &str = "Thank you for your time, Ada. Goodbye.";
 const SURVEY_NO_SCORE: &str = "No problem, we will not take more of your time. Goodbye.";
 
-async fn survey(edit: impl FnOnce(&mut Value)) -> Talk {
+async fn survey(way: Way, edit: impl FnOnce(&mut Value)) -> Talk {
     Talk::start(
+        way,
         SATISFACTION_SURVEY,
         edit,
         json!([{"name": "NAME", "value": "Ada"}]),
@@ -591,7 +703,7 @@ async fn survey(edit: impl FnOnce(&mut Value)) -> Talk {
 
 #[tokio::test]
 async fn satisfaction_survey_thanks_a_promoter() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     assert_eq!(talk.heard(1).await, SURVEY_HELLO);
     assert_eq!(talk.heard(2).await, SURVEY_QUESTION);
     talk.reply("10").await;
@@ -622,7 +734,7 @@ async fn satisfaction_survey_thanks_a_promoter() {
 
 #[tokio::test]
 async fn satisfaction_survey_asks_a_passive_what_would_make_it_a_ten() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     talk.answer(2, "eight").await;
     assert_eq!(
         talk.heard(3).await,
@@ -643,7 +755,7 @@ async fn satisfaction_survey_asks_a_passive_what_would_make_it_a_ten() {
 
 #[tokio::test]
 async fn satisfaction_survey_asks_a_detractor_what_went_wrong() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     talk.answer(2, "3").await;
     assert_eq!(
         talk.heard(3).await,
@@ -661,7 +773,10 @@ async fn satisfaction_survey_asks_a_detractor_what_went_wrong() {
 
 #[tokio::test]
 async fn satisfaction_survey_thanks_a_detractor_who_says_nothing_more() {
-    let talk = survey(|agent| set_node_field(agent, "ask_wrong", "timeout_secs", json!(1))).await;
+    let talk = survey(Way::Simulator, |agent| {
+        set_node_field(agent, "ask_wrong", "timeout_secs", json!(1))
+    })
+    .await;
     talk.answer(2, "zero").await;
 
     let end = talk.ended().await;
@@ -673,7 +788,7 @@ async fn satisfaction_survey_thanks_a_detractor_who_says_nothing_more() {
 
 #[tokio::test]
 async fn satisfaction_survey_asks_again_for_a_score_out_of_range() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     talk.answer(2, "11").await;
     assert_eq!(talk.heard(3).await, "11 is not between 0 and 10.");
     assert_eq!(talk.heard(4).await, SURVEY_QUESTION);
@@ -687,7 +802,7 @@ async fn satisfaction_survey_asks_again_for_a_score_out_of_range() {
 
 #[tokio::test]
 async fn satisfaction_survey_stops_after_two_scores_out_of_range() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     talk.answer(2, "11").await;
     talk.answer(4, "42").await;
 
@@ -707,7 +822,7 @@ async fn satisfaction_survey_stops_after_two_scores_out_of_range() {
 
 #[tokio::test]
 async fn satisfaction_survey_stops_when_no_number_is_understood() {
-    let talk = survey(|_| {}).await;
+    let talk = survey(Way::Simulator, |_| {}).await;
     talk.answer(2, "I don't know").await;
     assert_eq!(
         talk.heard(3).await,
@@ -722,7 +837,10 @@ async fn satisfaction_survey_stops_when_no_number_is_understood() {
 
 #[tokio::test]
 async fn satisfaction_survey_stops_without_an_answer() {
-    let talk = survey(|agent| set_node_field(agent, "ask_score", "timeout_secs", json!(1))).await;
+    let talk = survey(Way::Simulator, |agent| {
+        set_node_field(agent, "ask_score", "timeout_secs", json!(1))
+    })
+    .await;
 
     let end = talk.ended().await;
     assert_eq!(end.outcome, "completed");

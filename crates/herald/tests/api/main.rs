@@ -28,5 +28,6 @@ mod rate_limits;
 mod secrets;
 mod sessions;
 mod tenancy;
+mod vonage;
 
 const BACKEND: helpers::Backend = helpers::Backend::Embedded;

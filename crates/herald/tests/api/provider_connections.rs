@@ -688,6 +688,64 @@ async fn credentials_and_the_key_reach_no_log_line() {
         .await
         .unwrap();
     assert_eq!(refused["ok"], false, "{refused}");
+    vonage.refuse_credentials(false);
+    // A session over the connection, its statuses signed and verified.
+    vonage.deliver_to(
+        &created["webhooks"],
+        "https://herald.example.com",
+        &server.base,
+        SIGNATURE_SECRET,
+        "abcd1234",
+    );
+    let agent: Value = call(
+        reqwest::Method::POST,
+        "/agents",
+        Some(
+            json!({"name": "a", "type": "sms", "number": unique_number(),
+                    "connection_id": id}),
+        ),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let agent = agent["agent_id"].as_str().unwrap().to_owned();
+    let published = call(
+        reqwest::Method::POST,
+        &format!("/agents/{agent}/publish"),
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(published.status(), 200);
+    let triggered: Value = call(
+        reqwest::Method::POST,
+        "/messaging/conversation",
+        Some(json!({"agent_id": agent, "to": unique_number(), "channel": "sms"})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let session = triggered["session_id"].as_str().unwrap();
+    let mut ended = false;
+    for _ in 0..400 {
+        let read: Value = call(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if read["status"] == "ended" {
+            assert_eq!(read["outcome"], "completed", "{read}");
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(ended, "the session over Vonage ended");
     let other = create_connection_over(&client, &server.base, &key).await;
     let gone = call(
         reqwest::Method::DELETE,

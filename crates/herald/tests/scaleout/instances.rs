@@ -23,6 +23,11 @@ struct Cluster {
 impl Cluster {
     /// `n` instances on a fresh database, each given `args` too.
     async fn start(n: usize, args: &[&str]) -> Self {
+        Self::start_with(n, args, &[]).await
+    }
+
+    /// As [`Cluster::start`], with these variables set too.
+    async fn start_with(n: usize, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let database = Backend::ScaleOut.fresh_database(dir.path()).await;
         let output = herald(&["keys", "create", "--account", "acme"], &database).await;
@@ -32,7 +37,7 @@ impl Cluster {
         all.extend_from_slice(args);
         let mut instances = Vec::new();
         for _ in 0..n {
-            instances.push(ServeProcess::start(&all, &[]).await);
+            instances.push(ServeProcess::start(&all, envs).await);
         }
         Cluster {
             database,
@@ -426,4 +431,103 @@ async fn an_instance_killed_mid_load_loses_nothing_and_its_work_finishes_elsewhe
         0,
         "no work is left behind"
     );
+}
+
+/// A message sent by one instance has its statuses reported to another
+/// (the provider calls whichever the load balancer picks): they land all
+/// the same, and the session ends as it would on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
+    use herald_server::testing::vonage::FakeVonage;
+
+    const APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+    const PUBLIC_URL: &str = "https://herald.example.com";
+    let vonage = FakeVonage::start(APPLICATION).await;
+    vonage.stay_silent(true);
+    let secret_key = herald_core::secret::Sealer::generate_key();
+    let cluster = Cluster::start_with(
+        2,
+        &[],
+        &[
+            ("HERALD_SECRET_KEY", &secret_key),
+            ("HERALD_PUBLIC_URL", PUBLIC_URL),
+            ("HERALD_VONAGE_API_URL", &vonage.url),
+        ],
+    )
+    .await;
+    let connection: Value = cluster
+        .post(
+            0,
+            "/connections",
+            json!({"name": "Vonage", "provider": "vonage", "credentials": {
+                "application_id": APPLICATION,
+                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "api_key": "abcd1234", "api_secret": "api-secret",
+                "signature_secret": "signature-secret"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let created: Value = cluster
+        .post(
+            0,
+            "/agents",
+            json!({"name": "a", "type": "sms", "number": unique_number(),
+                   "connection_id": connection["connection_id"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let agent = created["agent_id"].as_str().unwrap();
+    let published = cluster
+        .post(0, &format!("/agents/{agent}/publish"), json!({}))
+        .await;
+    assert_eq!(published.status(), 200);
+    // The other instance learns of the publish within its refresh.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let receiver = TestReceiver::start().await;
+    let triggered: Value = cluster
+        .post(
+            0,
+            "/messaging/conversation",
+            json!({"agent_id": agent, "to": unique_number(), "channel": "sms",
+                   "status_url": receiver.url}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = triggered["session_id"].as_str().unwrap().to_owned();
+    let (uuid, _) = vonage.wait_for_messages(1).await[0].clone();
+    vonage.deliver_to(
+        &connection["webhooks"],
+        PUBLIC_URL,
+        &cluster.instances[1].base,
+        "signature-secret",
+        "abcd1234",
+    );
+    for status in ["submitted", "delivered"] {
+        let report = vonage.status_report(&uuid, status);
+        assert_eq!(vonage.post_status(&report, None).await, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let session = loop {
+        let session = cluster.get(1, &format!("/sessions/{id}")).await;
+        if session["status"] == "ended" || Instant::now() > deadline {
+            break session;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(session["outcome"], "completed", "{session}");
+    let statuses: Vec<_> = receiver
+        .wait_for(2)
+        .await
+        .iter()
+        .map(|c| c.body["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["sent", "delivered"]);
+    assert_eq!(vonage.messages().len(), 1);
+    assert_eq!(vonage.problems(), Vec::<String>::new());
 }

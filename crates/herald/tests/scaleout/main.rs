@@ -51,6 +51,8 @@ mod secrets;
 mod sessions;
 #[path = "../api/tenancy.rs"]
 mod tenancy;
+#[path = "../api/vonage.rs"]
+mod vonage;
 
 mod instances;
 

@@ -1,0 +1,261 @@
+//! Providers' webhooks (CONTRACT §11): what a connection's provider
+//! reports, at `/providers/{connection_id}/{webhook}`.
+//!
+//! Each request is verified with the connection's own secret before
+//! anything is read (401 otherwise, and nothing changes); a report becomes
+//! an input of the session it names, keyed so that a second delivery is
+//! the first; one that names nothing herald knows is answered 200, so that
+//! the provider does not retry it for days, and counted.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use herald_channels::vonage::{Inbound, StatusReport};
+use herald_channels::ProviderKind;
+use herald_core::session::SessionInput;
+use herald_core::{ConnectionId, Destination, SessionId};
+use herald_store::NewInput;
+
+use crate::api::error::ApiError;
+use crate::api::replies::{self, Conversation, Sender, ViaConnection};
+use crate::providers::{Link, Opened};
+use crate::session::driver::parse_client_ref;
+use crate::AppState;
+
+/// What became of a webhook, as `/metrics` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Applied,
+    /// It names nothing herald knows (or a session that is over).
+    Unmatched,
+    /// Verified and understood, but of nothing herald acts on.
+    Ignored,
+}
+
+impl Fate {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fate::Applied => "applied",
+            Fate::Unmatched => "unmatched",
+            Fate::Ignored => "ignored",
+        }
+    }
+}
+
+fn no_such_webhook() -> ApiError {
+    ApiError::not_found("No such webhook")
+}
+
+/// The longest text of an inbound message a flow is given.
+const MAX_TEXT: usize = 4096;
+
+/// A person's text as a flow takes it: without control characters but
+/// line breaks and tabs, and at most [`MAX_TEXT`] bytes.
+fn readable(text: &str) -> String {
+    let mut out = String::new();
+    for c in text
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    {
+        if out.len() + c.len_utf8() > MAX_TEXT {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Receive a provider's report
+#[utoipa::path(post, path = "/providers/{connection_id}/{webhook}", operation_id = "receive_provider_webhook", tag = "providers",
+    params(("connection_id" = String, Path, description = "The connection's id"),
+        ("webhook" = String, Path, description = "A name of the connection's `webhooks`"),
+        ("authorization" = Option<String>, Header, description = "The provider's signature (Vonage: Bearer, a JWT signed with the signature secret)")),
+    request_body(content = Object, description = "The provider's report, in its own shape"),
+    responses((status = 200, description = "Taken (or matched nothing herald knows; counted in /metrics)"),
+        (status = 400, description = "Not a report of the provider's", body = crate::api::error::ErrorBody),
+        (status = 401, description = "The signature does not verify; nothing changed", body = crate::api::error::ErrorBody),
+        (status = 404, description = "No such connection or webhook", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::api::error::ErrorBody)))]
+pub async fn receive(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Ok(Path((raw, webhook))) = path else {
+        return Err(no_such_webhook());
+    };
+    let id: ConnectionId = raw.parse().map_err(|_| no_such_webhook())?;
+    let opened = app
+        .providers
+        .get(&app.config, app.store.as_ref(), &id)
+        .await
+        .map_err(|e| {
+            // The operator's to mend (the key); the provider tries again.
+            let mut error = ApiError::internal("The connection cannot be opened", format!("{e:#}"));
+            error.status = StatusCode::SERVICE_UNAVAILABLE;
+            error
+        })?
+        .ok_or_else(no_such_webhook)?;
+    let (Link::Vonage(vonage), ProviderKind::Vonage) = (&opened.link, opened.provider) else {
+        return Err(no_such_webhook());
+    };
+    let name: &'static str = match webhook.as_str() {
+        "message_status" => "message_status",
+        "message_inbound" => "message_inbound",
+        _ => return Err(no_such_webhook()),
+    };
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(why) = vonage.verify(authorization, &body) {
+        app.metrics.webhook("vonage", name, "bad_signature");
+        tracing::warn!(connection = %id, webhook = name, reason = %why, "a webhook's signature does not verify");
+        return Err(ApiError::unauthorised());
+    }
+    let fate = match name {
+        "message_status" => message_status(&app, &opened, &body).await,
+        _ => message_inbound(&app, &opened, &body).await,
+    };
+    let fate = match fate {
+        Ok(fate) => fate,
+        Err(error) => {
+            if error.status == StatusCode::BAD_REQUEST {
+                app.metrics.webhook("vonage", name, "malformed");
+            }
+            return Err(error);
+        }
+    };
+    app.metrics.webhook("vonage", name, fate.as_str());
+    Ok(StatusCode::OK.into_response())
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+}
+
+/// When the provider says it happened; now if it says nothing readable.
+fn when(timestamp: Option<&str>) -> DateTime<Utc> {
+    timestamp
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now)
+}
+
+/// A status of a message a session sent (CHANNELS §4).
+async fn message_status(app: &AppState, opened: &Opened, body: &[u8]) -> Result<Fate, ApiError> {
+    let report: StatusReport = json(body)?;
+    let Some(status) = report.status() else {
+        return Ok(Fate::Ignored);
+    };
+    let Some((session, item)) = find_item(app, opened, &report).await? else {
+        tracing::info!(connection = %opened.id, "a status of a message herald does not know");
+        return Ok(Fate::Unmatched);
+    };
+    let input = if let Some(text) = item.strip_prefix("sms:") {
+        if text.parse::<u32>().is_err() {
+            return Ok(Fate::Unmatched);
+        }
+        SessionInput::SmsStatus {
+            to: report.to.clone().unwrap_or_default(),
+            status,
+        }
+    } else {
+        match item.parse::<u32>() {
+            Ok(message) => SessionInput::MessageStatus { message, status },
+            Err(_) => return Ok(Fate::Unmatched),
+        }
+    };
+    let input = NewInput {
+        input,
+        at: when(report.timestamp.as_deref()),
+        dedupe: Some(format!("{}:{}", report.message_uuid, report.status)),
+    };
+    if app.store.deliver_input(session, input).await?.is_none() {
+        return Ok(Fate::Unmatched);
+    }
+    app.dispatch_wakeup.notify_one();
+    Ok(Fate::Applied)
+}
+
+/// The session and item a status is of: by the provider's id, as stored
+/// when the message was taken; or, for a status that outran that write, by
+/// the reference herald gave the message, if the session it names runs on
+/// this connection (a connection's signature must not reach another's
+/// sessions).
+async fn find_item(
+    app: &AppState,
+    opened: &Opened,
+    report: &StatusReport,
+) -> Result<Option<(SessionId, String)>, ApiError> {
+    if let Some(found) = app
+        .store
+        .provider_ref(&opened.id, &report.message_uuid)
+        .await?
+    {
+        return Ok(Some((found.session_id, found.item)));
+    }
+    let Some((session, item)) = report.client_ref.as_deref().and_then(parse_client_ref) else {
+        return Ok(None);
+    };
+    let Some(record) = app.store.session_for_work(session).await? else {
+        return Ok(None);
+    };
+    let on_it = app
+        .directory
+        .agent_version(app.store.as_ref(), &record.agent_id, record.agent_version)
+        .await?
+        .is_some_and(|v| v.connection_id.as_ref() == Some(&opened.id));
+    Ok(on_it.then(|| (session, item.to_owned())))
+}
+
+/// A message from a person to one of the connection's numbers: it reaches
+/// the open session between them, or starts an inbound session of the
+/// agent on this connection that has the number.
+async fn message_inbound(app: &AppState, opened: &Opened, body: &[u8]) -> Result<Fate, ApiError> {
+    let inbound: Inbound = json(body)?;
+    let Some(channel) = inbound.channel() else {
+        return Ok(Fate::Ignored);
+    };
+    let text = match (inbound.message_type.as_deref(), &inbound.text) {
+        (None | Some("text"), Some(text)) => readable(text),
+        // An image, a location, a sticker: nothing a flow reads.
+        _ => return Ok(Fate::Ignored),
+    };
+    if text.trim().is_empty() {
+        return Ok(Fate::Ignored);
+    }
+    let (Ok(person), Ok(number)) = (
+        Destination::parse_messaging(&inbound.from),
+        Destination::parse_messaging(&inbound.to),
+    ) else {
+        return Ok(Fate::Unmatched);
+    };
+    let owner = app
+        .directory
+        .agent_for_number(number.as_str(), channel, app.config.region);
+    let input = NewInput {
+        input: SessionInput::Text(text),
+        at: when(inbound.timestamp.as_deref()),
+        dedupe: None,
+    };
+    let conversation = Conversation {
+        channel,
+        person: person.as_str().to_owned(),
+        number: number.as_str().to_owned(),
+    };
+    let via = ViaConnection {
+        connection: &opened.id,
+        message_id: &inbound.message_uuid,
+    };
+    match replies::deliver(app, Sender::Provider, owner, conversation, input, Some(via)).await {
+        Ok(_) => Ok(Fate::Applied),
+        // No agent on this connection has the number, and no session is
+        // open on it: nothing to reach.
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(Fate::Unmatched),
+        Err(e) => Err(e),
+    }
+}
