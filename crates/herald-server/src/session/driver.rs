@@ -108,21 +108,8 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
     let Some(session) = app.store.session_for_work(id).await? else {
         // Nothing to run or to end: the job goes.
         tracing::warn!("a dispatch job names a session that does not exist; removing it");
-        let update = SessionUpdate {
-            job: JobFate::Finish(None),
-            ..SessionUpdate::keep(lease.token)
-        };
-        return app
-            .store
-            .update_session(id, update)
-            .await
-            .map_err(Into::into);
+        return remove_job(app, lease).await;
     };
-    let version = app
-        .directory
-        .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
-        .await?
-        .ok_or(Permanent("the session's agent version is missing"))?;
     let state = match &session.flow_state {
         Some(state) => Some(SessionState::from_stored(state).map_err(|e| {
             tracing::error!(error = %e, "the stored flow state is unreadable");
@@ -133,16 +120,13 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
     let ended = session.status == herald_core::session::SessionStatus::Ended;
     if ended && state.as_ref().is_none_or(|s| s.reports_until.is_none()) {
         // A re-run after the end was recorded but before the job was removed.
-        let update = SessionUpdate {
-            job: JobFate::Finish(None),
-            ..SessionUpdate::keep(lease.token)
-        };
-        return app
-            .store
-            .update_session(id, update)
-            .await
-            .map_err(Into::into);
+        return remove_job(app, lease).await;
     }
+    let version = app
+        .directory
+        .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
+        .await?
+        .ok_or(Permanent("the session's agent version is missing"))?;
     let outlet = match &version.connection_id {
         None => Outlet::Simulator,
         Some(connection) => {
@@ -209,6 +193,18 @@ pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> an
         return Ok(());
     }
     driver.handle_inputs_and_timer().await
+}
+
+/// Removes a job that has nothing left to run.
+async fn remove_job(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
+    let update = SessionUpdate {
+        job: JobFate::Finish(None),
+        ..SessionUpdate::keep(lease.token)
+    };
+    app.store
+        .update_session(lease.session_id, update)
+        .await
+        .map_err(Into::into)
 }
 
 /// The lifecycle of a stored session.

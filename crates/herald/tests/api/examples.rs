@@ -11,7 +11,6 @@
 //! Timeouts are shortened by editing the file's JSON before it is sent, as
 //! an operator might for a test agent.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use herald_server::testing::vonage::FakeVonage;
@@ -65,11 +64,6 @@ both_ways!(
     delivery_notice_helps_with_what_it_does_not_understand,
     delivery_notice_ends_quietly_without_an_answer,
 );
-
-const VONAGE_APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
-const VONAGE_API_KEY: &str = "abcd1234";
-const VONAGE_SIGNATURE_SECRET: &str = "signature-secret-for-examples";
-const PUBLIC_URL: &str = "https://herald.example.com";
 
 const APPOINTMENT_REMINDER: &str =
     include_str!("../../../../examples/agents/appointment-reminder.json");
@@ -174,14 +168,7 @@ impl Talk {
         let api_url = vonage.as_ref().map(|v| v.url.clone());
         let app = TestApp::spawn_with(|c| {
             if let Some(url) = api_url {
-                c.vonage_api_url = url;
-                c.public_url = Some(PUBLIC_URL.into());
-                c.secret_key = Some(Arc::new(
-                    herald_core::secret::Sealer::from_base64(
-                        &herald_core::secret::Sealer::generate_key(),
-                    )
-                    .unwrap(),
-                ));
+                talk_to(c, &url);
             }
         })
         .await;
@@ -191,26 +178,7 @@ impl Talk {
         let number = unique_number();
         agent["number"] = json!(number);
         if let Some(vonage) = &vonage {
-            let connection = app
-                .post(
-                    "/connections",
-                    &key,
-                    json!({"name": "Vonage", "provider": "vonage", "credentials": {
-                        "application_id": VONAGE_APPLICATION,
-                        "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
-                        "api_key": VONAGE_API_KEY, "api_secret": "api-secret",
-                        "signature_secret": VONAGE_SIGNATURE_SECRET}}),
-                )
-                .await;
-            assert_eq!(connection.status(), 201);
-            let connection: Value = connection.json().await.unwrap();
-            vonage.deliver_to(
-                &connection["webhooks"],
-                PUBLIC_URL,
-                &app.base,
-                VONAGE_SIGNATURE_SECRET,
-                VONAGE_API_KEY,
-            );
+            let connection = vonage_connection(&app, &key, vonage).await;
             agent["connection_id"] = connection["connection_id"].clone();
         }
         let response = app.post("/agents", &key, agent.clone()).await;

@@ -203,6 +203,25 @@ impl TestApp {
             .expect("the server answers")
     }
 
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .header("X-Vgai-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the server answers")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .header("X-Vgai-Key", key)
+            .send()
+            .await
+            .expect("the server answers")
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -803,4 +822,55 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---- Vonage ---------------------------------------------------------------
+
+/// The Vonage application of the tests' connections (the fake's).
+pub const VONAGE_APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+pub const VONAGE_API_KEY: &str = "abcd1234";
+pub const VONAGE_SIGNATURE_SECRET: &str = "s3cret-signature-for-vonage-tests";
+/// The public URL of servers that take connections; the fake posts to the
+/// paths under it at the server's real address.
+pub const PUBLIC_URL: &str = "https://herald.example.com";
+
+/// Settings for a server that talks to `vonage`: a secret key, a public
+/// URL, Vonage's API at the fake.
+pub fn talk_to(config: &mut Config, vonage_url: &str) {
+    config.vonage_api_url = vonage_url.to_owned();
+    config.public_url = Some(PUBLIC_URL.into());
+    config.secret_key = Some(Arc::new(
+        herald_core::secret::Sealer::from_base64(&herald_core::secret::Sealer::generate_key())
+            .unwrap(),
+    ));
+}
+
+/// Creates the account's Vonage connection and points the fake's webhooks
+/// at the server; the connection as the API shows it.
+pub async fn vonage_connection(
+    app: &TestApp,
+    key: &str,
+    vonage: &herald_server::testing::vonage::FakeVonage,
+) -> Value {
+    let response = app
+        .post(
+            "/connections",
+            key,
+            json!({"name": "Vonage", "provider": "vonage", "credentials": {
+                "application_id": VONAGE_APPLICATION,
+                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "api_key": VONAGE_API_KEY, "api_secret": "s3cret-api",
+                "signature_secret": VONAGE_SIGNATURE_SECRET}}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let connection: Value = response.json().await.unwrap();
+    vonage.deliver_to(
+        &connection["webhooks"],
+        PUBLIC_URL,
+        &app.base,
+        VONAGE_SIGNATURE_SECRET,
+        VONAGE_API_KEY,
+    );
+    connection
 }

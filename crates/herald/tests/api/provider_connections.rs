@@ -64,22 +64,11 @@ async fn create(app: &TestApp, key: &str, body: Value) -> Value {
 }
 
 async fn patch(app: &TestApp, path: &str, key: &str, body: Value) -> reqwest::Response {
-    app.client
-        .patch(app.url(path))
-        .header("X-Vgai-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    app.patch(path, key, body).await
 }
 
 async fn delete(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
-    app.client
-        .delete(app.url(path))
-        .header("X-Vgai-Key", key)
-        .send()
-        .await
-        .unwrap()
+    app.delete(path, key).await
 }
 
 fn assert_no_credential(text: &str) {

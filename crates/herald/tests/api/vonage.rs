@@ -6,19 +6,12 @@
 //! nothing herald knows; a restart while statuses are awaited; a stranger's
 //! message starting a session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::secret::Sealer;
 use herald_server::testing::vonage::FakeVonage;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-
-const APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
-const API_KEY: &str = "abcd1234";
-const SIGNATURE_SECRET: &str = "s3cret-signature-for-vonage-tests";
-const PUBLIC_URL: &str = "https://herald.example.com";
 
 /// A server on a fake Vonage, with an account, a Vonage connection and a
 /// published agent of `channel` on it with `flow`.
@@ -41,38 +34,15 @@ impl OnVonage {
         flow: Option<Value>,
         configure: impl FnOnce(&mut herald_server::Config),
     ) -> OnVonage {
-        let vonage = FakeVonage::start(APPLICATION).await;
+        let vonage = FakeVonage::start(VONAGE_APPLICATION).await;
         let url = vonage.url.clone();
         let app = TestApp::spawn_with(|c| {
-            c.vonage_api_url = url;
-            c.public_url = Some(PUBLIC_URL.into());
-            c.secret_key = Some(Arc::new(
-                Sealer::from_base64(&Sealer::generate_key()).unwrap(),
-            ));
+            talk_to(c, &url);
             configure(c);
         })
         .await;
         let key = app.new_key("acme").await;
-        let connection = app
-            .post(
-                "/connections",
-                &key,
-                json!({"name": "Vonage", "provider": "vonage", "credentials": {
-                    "application_id": APPLICATION,
-                    "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
-                    "api_key": API_KEY, "api_secret": "s3cret-api",
-                    "signature_secret": SIGNATURE_SECRET}}),
-            )
-            .await;
-        assert_eq!(connection.status(), 201);
-        let connection: Value = connection.json().await.unwrap();
-        vonage.deliver_to(
-            &connection["webhooks"],
-            PUBLIC_URL,
-            &app.base,
-            SIGNATURE_SECRET,
-            API_KEY,
-        );
+        let connection = vonage_connection(&app, &key, &vonage).await;
         let number = unique_number();
         let mut agent = json!({"name": "a", "type": channel, "number": number,
                                "connection_id": connection["connection_id"]});
@@ -440,8 +410,8 @@ async fn statuses_awaited_across_a_restart_still_land() {
         &connections["connections"][0]["webhooks"],
         PUBLIC_URL,
         &base,
-        SIGNATURE_SECRET,
-        API_KEY,
+        VONAGE_SIGNATURE_SECRET,
+        VONAGE_API_KEY,
     );
     for status in ["submitted", "delivered"] {
         let report = on.vonage.status_report(&uuid, status);
