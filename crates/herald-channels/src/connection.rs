@@ -83,6 +83,10 @@ impl ProviderKind {
                     ("language", Text),
                     ("style", Count),
                     ("machine_detection", OneOf(&["continue", "hangup"])),
+                    // Paces above Vonage's defaults, once Vonage has raised
+                    // the account's limits.
+                    ("calls_per_second", Number),
+                    ("messages_per_second", Number),
                 ],
                 webhooks: &["answer", "event", "message_status", "message_inbound"],
             },
@@ -143,7 +147,7 @@ impl ProviderKind {
     /// on its connections yet.
     pub fn channels(self) -> &'static [Channel] {
         match self {
-            ProviderKind::Vonage => &[Channel::Sms, Channel::Whatsapp],
+            ProviderKind::Vonage => &[Channel::Voice, Channel::Sms, Channel::Whatsapp],
             ProviderKind::Twilio
             | ProviderKind::WhatsappCloud
             | ProviderKind::Smpp

@@ -42,6 +42,21 @@ pub const MAX_NODE_ID: usize = 64;
 /// `flow` node is the first call, the sub-flow's own `flow` node the second.
 pub const MAX_SUBFLOW_DEPTH: usize = 32;
 
+/// What a conversation waiting for the person's answer accepts (a Collect
+/// Input or Classification node), for a provider that collects the answer
+/// itself to render: `herald_flow::awaited` says it of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Awaited {
+    /// Whether keyed digits are an answer.
+    pub dtmf: bool,
+    /// Whether speech is an answer.
+    pub speech: bool,
+    /// The most digits an answer has; `#` ends a shorter one.
+    pub max_digits: u32,
+    /// How long the person has to start answering.
+    pub timeout: std::time::Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowDefinition {

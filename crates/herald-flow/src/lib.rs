@@ -122,6 +122,10 @@ pub enum Event {
     Input(Input),
     /// A deadline passed ([`FlowState::next_deadline`]).
     Timer,
+    /// The provider's own wait for the person's answer ran out (a voice
+    /// provider times the input it collects): the conversation leaves the
+    /// waiting node as at its deadline.
+    NoInput,
     /// The answer to [`Action::CallWebhook`].
     WebhookAnswered { status: u16, body: String },
     /// [`Action::CallWebhook`] got no answer (refused, timed out, failed).
@@ -150,6 +154,57 @@ pub enum InputMode {
     Dtmf,
     /// A spoken phrase on a call, as recognised text.
     Speech,
+}
+
+/// What a conversation waiting for the person's answer accepts, for a
+/// provider that collects the answer itself (CHANNELS §1.2) to render.
+pub use herald_core::flow::Awaited;
+
+/// What the conversation in `state` waits for, if it waits for the
+/// person's answer: keyed digits and speech, at most as many digits as
+/// the node's entity can read (one for a yes or no, the longest digit
+/// value of a flow's own entity, else 20), within what is left of the
+/// node's timeout.
+pub fn awaited(flow: &FlowDefinition, state: &FlowState, now: SystemTime) -> Option<Awaited> {
+    let Some(Wait::Input { until }) = state.waiting else {
+        return None;
+    };
+    let node = state.node.as_deref()?;
+    let kind = flow
+        .nodes
+        .iter()
+        .chain(flow.subflows.iter().flat_map(|s| s.nodes.iter()))
+        .find(|n| n.id == node)
+        .map(|n| &n.kind);
+    let max_digits = match kind {
+        Some(herald_core::flow::NodeKind::CollectInput { entity, .. }) => match entity.as_str() {
+            "yes_no" => 1,
+            name => flow
+                .entities
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| {
+                    e.values
+                        .iter()
+                        .flat_map(|v| std::iter::once(&v.value).chain(v.synonyms.iter()))
+                        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                        .map(|t| t.len() as u32)
+                        .max()
+                })
+                .unwrap_or(20),
+        },
+        _ => 20,
+    };
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    Some(Awaited {
+        dtmf: true,
+        speech: true,
+        max_digits: max_digits.clamp(1, 20),
+        timeout: Duration::from_millis(until.saturating_sub(now_ms)),
+    })
 }
 
 /// What the driver must do, in order.

@@ -73,6 +73,14 @@ pub struct SessionState {
     /// providers report late of its messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports_until: Option<DateTime<Utc>>,
+    /// A call a provider drives has been placed; it ends if the provider
+    /// has said nothing of its answer by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_by: Option<DateTime<Utc>>,
+    /// The instructions of a provider-driven call's latest turn, in the
+    /// provider's own form: given again to a provider that asks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_turn: Option<serde_json::Value>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -21,6 +21,9 @@
 //!   first); past an input deadline, leaves by `no_input` (a Classification
 //!   node's default is `fallback`); past a live agent's deadline, stops it
 //!   and goes on to the node's `next`.
+//! - `NoInput`: the provider's own wait for an answer ran out; a
+//!   conversation waiting for input leaves by `no_input` as at its
+//!   deadline, whenever that is.
 //! - `WebhookAnswered` / `WebhookFailed`: see [`crate::webhook`].
 //! - `LiveAgentMessage`, `LiveAgentHandBack`, `LiveAgentEnd`: while a live
 //!   agent holds the conversation, pass its message on to the person, give
@@ -131,6 +134,13 @@ impl<'a> Machine<'a> {
                 true
             }
             Event::Timer => self.timer(),
+            Event::NoInput => {
+                if !matches!(self.state.waiting, Some(Wait::Input { .. })) {
+                    return false;
+                }
+                self.leave_by_no_input();
+                true
+            }
             Event::WebhookAnswered { status, body } => self.webhook_answered(Some((status, &body))),
             Event::WebhookFailed { .. } => self.webhook_answered(None),
             Event::LiveAgentMessage { text } => {
@@ -267,14 +277,7 @@ impl<'a> Machine<'a> {
         let kind = self.current().map(|n| &n.kind);
         match self.state.waiting {
             Some(Wait::Input { until }) if until <= self.now_ms => {
-                self.stop_waiting();
-                match kind {
-                    Some(NodeKind::CollectInput { no_input, .. }) => self.run(self.find(no_input)),
-                    Some(NodeKind::Classify {
-                        no_input, fallback, ..
-                    }) => self.run(self.find(no_input.as_ref().unwrap_or(fallback))),
-                    _ => self.end(EndReason::Completed),
-                }
+                self.leave_by_no_input();
                 true
             }
             Some(Wait::LiveAgent { until }) if until <= self.now_ms => {
@@ -287,6 +290,20 @@ impl<'a> Machine<'a> {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// No answer came: leaves the waiting node by its `no_input` exit (a
+    /// Classification node's default is `fallback`).
+    fn leave_by_no_input(&mut self) {
+        let kind = self.current().map(|n| &n.kind);
+        self.stop_waiting();
+        match kind {
+            Some(NodeKind::CollectInput { no_input, .. }) => self.run(self.find(no_input)),
+            Some(NodeKind::Classify {
+                no_input, fallback, ..
+            }) => self.run(self.find(no_input.as_ref().unwrap_or(fallback))),
+            _ => self.end(EndReason::Completed),
         }
     }
 

@@ -690,6 +690,59 @@ fn collect_input_no_input() {
 }
 
 #[test]
+fn a_provider_s_no_input_leaves_at_once_and_only_a_waiting_node() {
+    let mut talk = Talk::new(ask_number(json!({"timeout_secs": 30})));
+    talk.assert_ignores(Event::NoInput);
+    talk.start_on(Channel::Voice, &[]);
+    talk.now += 3;
+    let actions = talk.send(Event::NoInput);
+    assert_eq!(actions[0], entered("silent"));
+    assert!(talk.state.ended);
+    talk.assert_ignores(Event::NoInput);
+}
+
+#[test]
+fn a_waiting_node_says_what_it_accepts() {
+    let mut talk = Talk::new(ask_number(json!({"timeout_secs": 30})));
+    assert_eq!(
+        herald_flow::awaited(&talk.flow, &talk.state, talk.time()),
+        None
+    );
+    talk.start_on(Channel::Voice, &[]);
+    talk.now += 4;
+    let awaited = herald_flow::awaited(&talk.flow, &talk.state, talk.time()).unwrap();
+    assert!(awaited.dtmf && awaited.speech);
+    assert_eq!(awaited.max_digits, 20);
+    assert_eq!(awaited.timeout, Duration::from_secs(26));
+
+    let yes_no = flow(json!([
+        {"id": "ask", "type": "collect_input", "prompt": "?", "entity": "yes_no",
+         "parameter": "OK", "success": "end", "invalid": "end", "no_input": "end"},
+        {"id": "end", "type": "end"}
+    ]));
+    let mut talk = Talk::new(yes_no);
+    talk.start_on(Channel::Voice, &[]);
+    let awaited = herald_flow::awaited(&talk.flow, &talk.state, talk.time()).unwrap();
+    assert_eq!(awaited.max_digits, 1);
+
+    let menu = flow_with(
+        json!([
+            {"id": "ask", "type": "collect_input", "prompt": "?", "entity": "desk",
+             "parameter": "D", "success": "end", "invalid": "end", "no_input": "end"},
+            {"id": "end", "type": "end"}
+        ]),
+        json!({"entities": [{"name": "desk", "values": [
+            {"value": "sales", "synonyms": ["1", "selling"]},
+            {"value": "support", "synonyms": ["22"]}
+        ]}]}),
+    );
+    let mut talk = Talk::new(menu);
+    talk.start_on(Channel::Voice, &[]);
+    let awaited = herald_flow::awaited(&talk.flow, &talk.state, talk.time()).unwrap();
+    assert_eq!(awaited.max_digits, 2);
+}
+
+#[test]
 fn collect_input_reads_dates_relative_to_now() {
     let mut talk = Talk::new(flow(json!([
         {"id": "ask", "type": "collect_input", "prompt": "When?", "entity": "date",

@@ -317,6 +317,17 @@ pub trait DispatchQueue: Send + Sync + 'static {
         limit: usize,
         skip_accounts: &[AccountId],
     ) -> Result<Vec<DispatchLease>>;
+    /// Leases the job of one session until `now + lease`, whenever it is
+    /// due, if no one holds it: a provider's request that steps the
+    /// session at once (a voice webhook) runs under it. `None` while
+    /// another worker holds the job, or when the session has none (it is
+    /// over). The job's attempts are not counted on.
+    async fn claim_session(
+        &self,
+        session: SessionId,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<DispatchLease>>;
     /// Extends a lease still held; false if it was lost (the job was claimed
     /// again, or finished), in which case the worker must stop.
     async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool>;

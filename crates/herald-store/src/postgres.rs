@@ -1394,6 +1394,30 @@ impl DispatchQueue for PostgresStore {
         .collect()
     }
 
+    async fn claim_session(
+        &self,
+        session: SessionId,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<DispatchLease>> {
+        let now = to_micros(now);
+        let token = LeaseToken::generate();
+        sqlx::query(
+            "UPDATE dispatch_jobs SET lease_until = $3, lease_token = $4 \
+             WHERE session_id = $1 AND lease_until <= $2 \
+             RETURNING session_id, account_id, attempts",
+        )
+        .bind(session.to_string())
+        .bind(now)
+        .bind(now + lease.as_micros() as i64)
+        .bind(token.0)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?
+        .map(|row| rows::dispatch_lease(&row, token))
+        .transpose()
+    }
+
     async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE dispatch_jobs SET lease_until = $3 \

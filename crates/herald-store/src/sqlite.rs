@@ -1281,6 +1281,37 @@ impl DispatchQueue for SqliteStore {
         .await
     }
 
+    async fn claim_session(
+        &self,
+        session: SessionId,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<DispatchLease>> {
+        self.write(move |conn| {
+            let now = to_micros(now);
+            let token = LeaseToken::generate();
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE dispatch_jobs SET lease_until = ?3, lease_token = ?4 \
+                     WHERE session_id = ?1 AND lease_until <= ?2 \
+                     RETURNING session_id, account_id, attempts",
+                )
+                .db()?;
+            let mut leases = all(
+                &mut stmt,
+                params![
+                    session.to_string(),
+                    now,
+                    now + lease.as_micros() as i64,
+                    token.0
+                ],
+                |row| rows::dispatch_lease(row, token),
+            )?;
+            Ok(leases.pop())
+        })
+        .await
+    }
+
     async fn renew_dispatch(&self, lease: DispatchLease, until: DateTime<Utc>) -> Result<bool> {
         self.write(move |conn| {
             let n = conn

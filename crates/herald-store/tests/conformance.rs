@@ -67,6 +67,7 @@ conformance!(
     a_report_delivered_twice_is_stored_once,
     providers_ids_find_their_session_and_item,
     a_session_that_ends_waiting_takes_late_reports_until_its_time,
+    a_session_s_own_job_is_leased_asleep_or_due_but_never_twice,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -717,6 +718,62 @@ async fn a_dispatch_lease_is_exclusive_until_it_runs_out(store: Arc<dyn Store>) 
             .len(),
         1
     );
+}
+
+async fn a_session_s_own_job_is_leased_asleep_or_due_but_never_twice(store: Arc<dyn Store>) {
+    let (_, id) = started(store.as_ref()).await;
+    let lease = claim_now(store.as_ref()).await[0];
+    store
+        .update_session(id, sleep(lease, None, later(600)))
+        .await
+        .unwrap();
+    // Asleep, it is leased all the same; the claim is not an attempt (the
+    // sleep set them back to none).
+    let own = store
+        .claim_session(id, Utc::now(), LEASE)
+        .await
+        .unwrap()
+        .expect("a sleeping job is leased");
+    assert_eq!(own.attempts, 0);
+    assert!(store
+        .claim_session(id, later(29), LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    // Held so (and renewed), no claimer takes it, even once it is due.
+    assert!(store.renew_dispatch(own, later(700)).await.unwrap());
+    assert!(store
+        .claim_dispatches(later(601), LEASE, 10, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    store.release_dispatches(vec![own]).await.unwrap();
+    // A session with no job (over, or unknown) has nothing to lease.
+    let elsewhere = store
+        .claim_session(SessionId::generate(), Utc::now(), LEASE)
+        .await
+        .unwrap();
+    assert!(elsewhere.is_none());
+    let again = store
+        .claim_session(id, Utc::now(), LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .update_session(
+            id,
+            SessionUpdate {
+                job: ended_now(),
+                ..SessionUpdate::keep(again.token)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .claim_session(id, later(60), LEASE)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn a_lost_lease_refuses_the_old_workers_writes(store: Arc<dyn Store>) {

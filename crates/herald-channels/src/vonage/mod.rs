@@ -1,6 +1,7 @@
 //! Vonage, the hosted platform's own provider (CHANNELS §3, §4): its
-//! connection's credentials and settings, its JWTs ([`auth`]), and the
-//! Messages API ([`messages`]) for SMS and WhatsApp.
+//! connection's credentials and settings, its JWTs ([`auth`]), the Voice
+//! API ([`voice`]) for calls and the Messages API ([`messages`]) for SMS
+//! and WhatsApp.
 //!
 //! Everything here is wire types, signing, verification, request building
 //! and status mapping, testable without a network; [`Vonage::send`] is the
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod messages;
+pub mod voice;
 
 use std::time::Duration;
 
@@ -103,6 +105,32 @@ impl Vonage {
             .header(reqwest::header::AUTHORIZATION, self.bearer())
             .json(&message.body());
         messages::outcome(request.send().await).await
+    }
+
+    /// Places a call through the Voice API.
+    pub async fn create_call(&self, call: &voice::NewCall) -> voice::CallOutcome {
+        let request = self
+            .http
+            .post(format!("{}/v1/calls", self.api_url))
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .json(&call.body());
+        voice::outcome(request.send().await).await
+    }
+
+    /// Changes a live call: `body` is [`voice::transfer_body`] or
+    /// [`voice::hangup_body`].
+    pub async fn update_call(&self, uuid: &str, body: &serde_json::Value) -> voice::CallOutcome {
+        if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return voice::CallOutcome::Refused {
+                reason: "not a call's uuid".into(),
+            };
+        }
+        let request = self
+            .http
+            .put(format!("{}/v1/calls/{}", self.api_url, uuid))
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .json(body);
+        voice::outcome(request.send().await).await
     }
 
     /// Asks Vonage whether the credentials work, with a cheap

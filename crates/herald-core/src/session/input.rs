@@ -88,10 +88,14 @@ impl InputKind {
         }
     }
 
-    /// Whether the input is a provider's report of a message (its status),
-    /// which the session handles itself rather than its flow.
-    pub fn is_message_report(self) -> bool {
-        matches!(self, InputKind::MessageStatus | InputKind::SmsStatus)
+    /// Whether the input is a provider's report (of a message's status or
+    /// of the call's progress), which the session handles itself rather
+    /// than its flow.
+    pub fn is_provider_report(self) -> bool {
+        matches!(
+            self,
+            InputKind::MessageStatus | InputKind::SmsStatus | InputKind::CallProgress
+        )
     }
 
     /// Whether the input comes from the live agent rather than the person.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_channels::connection::Credentials;
+use herald_channels::vonage::voice::{MachineDetection, Voice};
 use herald_channels::vonage::{Vonage, VonageCredentials};
 use herald_channels::ProviderKind;
 use herald_core::secret::Sealer;
@@ -55,6 +56,13 @@ pub struct Opened {
     pub link: Link,
     /// The pace of its sends from this server.
     pub pace: Pace,
+    /// The pace of the calls it places from this server.
+    pub call_pace: Pace,
+    /// How its calls speak (the `language` and `style` settings).
+    pub voice: Voice,
+    /// What its calls do when an answering machine picks up, unless a
+    /// trigger asks to hang up (the `machine_detection` setting).
+    pub machine_detection: Option<MachineDetection>,
 }
 
 /// The pace a connection's sends keep, so that the provider need not
@@ -86,9 +94,14 @@ impl Pace {
 }
 
 /// The messages a second a Vonage connection sends at most, from each
-/// server: Vonage's documented limit on its APIs' requests other than
-/// call creation (CHANNELS §3).
+/// server, unless its `messages_per_second` setting says otherwise:
+/// Vonage's documented limit on its APIs' requests other than call
+/// creation (CHANNELS §3).
 const VONAGE_MESSAGES_PER_SECOND: f64 = 15.0;
+/// The calls a second a Vonage connection places at most, from each
+/// server, unless its `calls_per_second` setting says otherwise: Vonage's
+/// default limit on call creation (CHANNELS §3).
+const VONAGE_CALLS_PER_SECOND: f64 = 3.0;
 
 /// The connections opened so far, kept while they do not change: a
 /// webhook or a send must not unseal credentials and parse a key each
@@ -181,16 +194,37 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
     let unreadable = |why: String| OpenError::Unreadable(record.id.clone(), why);
     let provider: ProviderKind = record.provider.parse().map_err(unreadable)?;
     let credentials = unseal(config.secret_key.as_deref(), record)?;
-    let (link, pace) = match provider {
+    let setting = |name: &str| record.settings.get(name);
+    let rate = |name: &str, default: f64| {
+        setting(name)
+            .and_then(|v| v.as_f64())
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .unwrap_or(default)
+    };
+    let (link, pace, call_pace) = match provider {
         ProviderKind::Vonage => {
             let credentials = VonageCredentials::from_credentials(&credentials)
                 .map_err(|e| unreadable(e.to_string()))?;
             (
                 Link::Vonage(Box::new(Vonage::new(&config.vonage_api_url, credentials))),
-                Pace::per_second(VONAGE_MESSAGES_PER_SECOND),
+                Pace::per_second(rate("messages_per_second", VONAGE_MESSAGES_PER_SECOND)),
+                Pace::per_second(rate("calls_per_second", VONAGE_CALLS_PER_SECOND)),
             )
         }
-        _ => (Link::NotYet, Pace::per_second(1.0)),
+        _ => (Link::NotYet, Pace::per_second(1.0), Pace::per_second(1.0)),
+    };
+    let voice = Voice {
+        language: setting("language")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        style: setting("style")
+            .and_then(|v| v.as_u64())
+            .and_then(|n| u32::try_from(n).ok()),
+    };
+    let machine_detection = match setting("machine_detection").and_then(|v| v.as_str()) {
+        Some("continue") => Some(MachineDetection::Continue),
+        Some("hangup") => Some(MachineDetection::Hangup),
+        _ => None,
     };
     Ok(Opened {
         id: record.id.clone(),
@@ -198,6 +232,9 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
         provider,
         link,
         pace,
+        call_pace,
+        voice,
+        machine_detection,
     })
 }
 

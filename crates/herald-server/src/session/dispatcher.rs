@@ -260,7 +260,7 @@ async fn run_holding_lease(app: &AppState, lease: DispatchLease, slot: Slot) -> 
 }
 
 /// Renews the lease every third of its length; returns once it is lost.
-async fn keep_renewing(app: &AppState, lease: DispatchLease) -> StoreError {
+pub(crate) async fn keep_renewing(app: &AppState, lease: DispatchLease) -> StoreError {
     let length = app.config.dispatch_lease;
     let mut renew = tokio::time::interval(length / 3);
     renew.tick().await; // the first tick is immediate; the claim just set the lease

@@ -29,6 +29,17 @@
 //! sleeps on for what providers report late (`--message-reports-secs`).
 //! On the simulator, a message's statuses are played out in the send.
 //!
+//! A call through a connection is driven by its provider (CHANNELS §1.2):
+//! the first wake places it and sleeps; the provider's answer webhook
+//! steps the flow inline ([`voice_turn`], under the session's lease,
+//! taken by `api::webhooks`), and so does each input webhook; the actions
+//! of those steps are rendered as the call's next turn (NCCO) and given
+//! as the webhook's answer, and kept in the state for a provider that asks
+//! again. What the provider reports of the call otherwise (a failure, an
+//! answering machine, the end) comes as inputs that wake the session here,
+//! as a reply does; a turn such a wake makes (a deadline passed, a hang-up
+//! on a machine) is pushed to the call.
+//!
 //! A crash anywhere loses nothing that was acknowledged: the job's lease
 //! runs out and another worker starts again from the last stored state.
 //! Actions of the step under way may then be carried out twice (at least
@@ -40,20 +51,22 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use herald_channels::vonage::voice::{self as call, CallOutcome, Endpoint, Ncco, NewCall};
 use herald_channels::vonage::{self, SendOutcome};
 use herald_channels::{CallRequest, CallResult, MessageContent, OutboundMessage, Provider};
 use herald_core::flow::FlowDefinition;
 use herald_core::secret::redact_url;
 use herald_core::session::transcript::transcript;
 use herald_core::session::{
-    CallProgress, MessageStatus, Outcome, SessionEvent, SessionInput, ShownContent,
+    AnsweredBy, CallFailure, CallProgress, MessageStatus, Outcome, SessionEvent, SessionInput,
+    ShownContent,
 };
 use herald_core::{Channel, ConversationUuid, Destination};
 use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, PendingEnd, SessionState};
-use herald_flow::{Action, EndReason, Event, Input, InputMode, WebhookRequest};
+use herald_flow::{Action, EndReason, Event, Input, InputMode, Wait, WebhookRequest};
 use herald_store::{
     Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
-    ProviderRef, SessionRecord, SessionUpdate,
+    NewInput, ProviderRef, SessionRecord, SessionUpdate,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -87,6 +100,15 @@ const SEND_TRIES: u32 = 3;
 /// The longest a run waits between two of them.
 const MAX_SEND_PAUSE: Duration = Duration::from_secs(2);
 
+/// How long a provider-driven call may ring (Vonage's `ringing_timer`).
+const RINGING_SECS: u32 = 60;
+/// How long after the ringing stops herald waits to hear of a placed
+/// call's answer before it gives the call up.
+const ANSWER_GRACE_SECS: i64 = 90;
+/// How much longer than the flow's own input deadline herald waits for a
+/// provider that times the person's answer to say it ran out.
+const PROVIDER_INPUT_GRACE_SECS: i64 = 15;
+
 /// Whether a run's error is [`Permanent`] (or a stored row that cannot be
 /// read); the text to record if it is.
 pub fn permanent(error: &anyhow::Error) -> Option<String> {
@@ -104,96 +126,226 @@ pub fn permanent(error: &anyhow::Error) -> Option<String> {
 /// Runs one wake of a session (see the module's comment).
 #[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
 pub async fn run_session(app: &AppState, lease: DispatchLease, slot: Slot) -> anyhow::Result<()> {
-    let id = lease.session_id;
-    let Some(session) = app.store.session_for_work(id).await? else {
-        // Nothing to run or to end: the job goes.
-        tracing::warn!("a dispatch job names a session that does not exist; removing it");
-        return remove_job(app, lease).await;
+    let Some(loaded) = Loaded::load(app, lease).await? else {
+        return Ok(());
     };
-    let state = match &session.flow_state {
-        Some(state) => Some(SessionState::from_stored(state).map_err(|e| {
-            tracing::error!(error = %e, "the stored flow state is unreadable");
-            Permanent("the session's stored state cannot be read")
-        })?),
-        None => None,
-    };
-    let ended = session.status == herald_core::session::SessionStatus::Ended;
-    if ended && state.as_ref().is_none_or(|s| s.reports_until.is_none()) {
-        // A re-run after the end was recorded but before the job was removed.
-        return remove_job(app, lease).await;
-    }
-    let version = app
-        .directory
-        .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
-        .await?
-        .ok_or(Permanent("the session's agent version is missing"))?;
-    let outlet = match &version.connection_id {
-        None => Outlet::Simulator,
-        Some(connection) => {
-            let opened = app
-                .providers
-                .get(&app.config, app.store.as_ref(), connection)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %format!("{e:#}"), %connection, "cannot open the session's connection");
-                    Permanent("the session's connection cannot be opened")
-                })?
-                .ok_or(Permanent("the session's connection is missing"))?;
-            if !opened.provider.channels().contains(&session.channel) {
-                return Err(
-                    Permanent("the session's connection does not carry its channel").into(),
-                );
-            }
-            Outlet::Connection(opened)
-        }
-    };
-    let sent = match &outlet {
-        Outlet::Simulator => HashSet::new(),
-        Outlet::Connection(_) => app
-            .store
-            .session_provider_refs(id)
-            .await?
-            .into_iter()
-            .map(|r| r.item)
-            .collect(),
-    };
-    let destination = if session.channel.is_messaging() {
-        Destination::parse_messaging(&session.to)
-    } else {
-        Destination::parse_voice(&session.to)
-    };
-    let digits = destination.ok().and_then(|d| d.last_two_digits());
-    let mut driver = Driver {
-        app,
-        provider: app.provider.as_ref(),
-        lifecycle: lifecycle_of(&session),
-        session: &session,
-        flow: &version.flow,
-        lease: lease.token,
-        call: CallRequest {
-            to: session.to.clone(),
-            from: session.from.clone(),
-            last_two_digits: digits,
-        },
-        state: state.clone().unwrap_or_default(),
-        pending: Vec::new(),
-        reports: Vec::new(),
-        keys: EventKeys::first_wake(),
-        slot,
-        outlet,
-        sent,
-    };
-    if ended {
+    let mut driver = loaded.driver(app, lease, slot);
+    if driver.session.status == herald_core::session::SessionStatus::Ended {
         return driver.take_late_reports().await;
     }
-    let first_wake = state.is_none();
-    if first_wake
-        && (driver.reach_person().await?.is_some() || driver.start_flow().await?.is_some())
+    let first_wake = loaded.state.is_none();
+    if !(first_wake
+        && (driver.reach_person().await?.is_some() || driver.start_flow().await?.is_some()))
     {
-        return Ok(());
+        driver.handle_inputs_and_timer().await?;
     }
-    driver.handle_inputs_and_timer().await
+    // A call its provider drives hears what this wake made of it now.
+    driver.push_turn().await;
+    Ok(())
 }
+
+/// What a provider-driven call's webhook brings (CHANNELS §1.2), for
+/// [`voice_turn`] to step the session on.
+#[derive(Debug, Clone)]
+pub enum Happening {
+    /// The person picked up.
+    Answered { at: DateTime<Utc>, dedupe: String },
+    /// The person answered (or said nothing) to the input of turn `turn`.
+    Input {
+        turn: u64,
+        input: SessionInput,
+        at: DateTime<Utc>,
+        dedupe: String,
+    },
+    /// The provider asks for the next turn again.
+    Again,
+}
+
+/// Steps a provider-driven call's session inline, under `lease`, on what
+/// its webhook brought, and returns the call's next turn in the
+/// provider's form (the latest one again if nothing new came of it).
+/// `None` when the session is over and the call has nothing more to do.
+#[tracing::instrument(skip_all, fields(session_id = %lease.session_id))]
+pub async fn voice_turn(
+    app: &AppState,
+    lease: DispatchLease,
+    happening: Happening,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(loaded) = Loaded::load(app, lease).await? else {
+        return Ok(None);
+    };
+    let mut driver = loaded.driver(app, lease, Slot::unbounded());
+    if driver.session.status == herald_core::session::SessionStatus::Ended {
+        // Over (its end was stored): the call is told the last turn there
+        // was, once more, and nothing else happens.
+        let last = driver.state.call_turn.clone();
+        remove_or_release(app, lease, &driver.state).await?;
+        return Ok(last);
+    }
+    let fresh = match happening {
+        Happening::Answered { at, dedupe } => Some(NewInput {
+            input: SessionInput::CallProgress(CallProgress::Answered {
+                by: AnsweredBy::Person,
+            }),
+            at,
+            dedupe: Some(dedupe),
+        }),
+        // An answer to a turn that is not the latest (its input outran a
+        // newer turn) is not the person's answer to anything now.
+        Happening::Input { turn, .. } if turn != driver.state.flow.seq => {
+            tracing::info!(turn, "an input of an earlier turn of the call");
+            None
+        }
+        Happening::Input {
+            input, at, dedupe, ..
+        } => Some(NewInput {
+            input,
+            at,
+            dedupe: Some(dedupe),
+        }),
+        Happening::Again => None,
+    };
+    if let Some(input) = fresh {
+        app.store.deliver_input(driver.session.id, input).await?;
+    }
+    driver.handle_inputs_and_timer().await?;
+    Ok(driver.rendered.take().or(driver.state.call_turn.clone()))
+}
+
+/// Gives back the lease of a job that has nothing to do now, or removes
+/// the job of a session that has nothing more to take.
+async fn remove_or_release(
+    app: &AppState,
+    lease: DispatchLease,
+    state: &SessionState,
+) -> anyhow::Result<()> {
+    match state.reports_until {
+        Some(until) if until > Utc::now() => {
+            let update = SessionUpdate {
+                job: JobFate::SleepUntil(until),
+                ..SessionUpdate::keep(lease.token)
+            };
+            Ok(app.store.update_session(lease.session_id, update).await?)
+        }
+        _ => remove_job(app, lease).await,
+    }
+}
+
+/// What a wake of a session reads before it runs: the session, its agent
+/// version, its stored state and where its messages go.
+struct Loaded {
+    session: SessionRecord,
+    version: Arc<herald_store::AgentVersion>,
+    state: Option<SessionState>,
+    outlet: Outlet,
+    refs: Vec<ProviderRef>,
+}
+
+impl Loaded {
+    /// `None` when there is nothing to run (the job is removed).
+    async fn load(app: &AppState, lease: DispatchLease) -> anyhow::Result<Option<Loaded>> {
+        let id = lease.session_id;
+        let Some(session) = app.store.session_for_work(id).await? else {
+            // Nothing to run or to end: the job goes.
+            tracing::warn!("a dispatch job names a session that does not exist; removing it");
+            remove_job(app, lease).await?;
+            return Ok(None);
+        };
+        let state = match &session.flow_state {
+            Some(state) => Some(SessionState::from_stored(state).map_err(|e| {
+                tracing::error!(error = %e, "the stored flow state is unreadable");
+                Permanent("the session's stored state cannot be read")
+            })?),
+            None => None,
+        };
+        let ended = session.status == herald_core::session::SessionStatus::Ended;
+        if ended && state.as_ref().is_none_or(|s| s.reports_until.is_none()) {
+            // A re-run after the end was recorded but before the job was removed.
+            remove_job(app, lease).await?;
+            return Ok(None);
+        }
+        let version = app
+            .directory
+            .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
+            .await?
+            .ok_or(Permanent("the session's agent version is missing"))?;
+        let outlet = match &version.connection_id {
+            None => Outlet::Simulator,
+            Some(connection) => {
+                let opened = app
+                    .providers
+                    .get(&app.config, app.store.as_ref(), connection)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %format!("{e:#}"), %connection, "cannot open the session's connection");
+                        Permanent("the session's connection cannot be opened")
+                    })?
+                    .ok_or(Permanent("the session's connection is missing"))?;
+                if !opened.provider.channels().contains(&session.channel) {
+                    return Err(
+                        Permanent("the session's connection does not carry its channel").into(),
+                    );
+                }
+                Outlet::Connection(opened)
+            }
+        };
+        let refs = match &outlet {
+            Outlet::Simulator => Vec::new(),
+            Outlet::Connection(_) => app.store.session_provider_refs(id).await?,
+        };
+        Ok(Some(Loaded {
+            session,
+            version,
+            state,
+            outlet,
+            refs,
+        }))
+    }
+
+    fn driver<'a>(&'a self, app: &'a AppState, lease: DispatchLease, slot: Slot) -> Driver<'a> {
+        let session = &self.session;
+        let destination = if session.channel.is_messaging() {
+            Destination::parse_messaging(&session.to)
+        } else {
+            Destination::parse_voice(&session.to)
+        };
+        let digits = destination.ok().and_then(|d| d.last_two_digits());
+        let outlet = match &self.outlet {
+            Outlet::Simulator => Outlet::Simulator,
+            Outlet::Connection(opened) => Outlet::Connection(opened.clone()),
+        };
+        Driver {
+            app,
+            provider: app.provider.as_ref(),
+            lifecycle: lifecycle_of(session),
+            session,
+            flow: &self.version.flow,
+            lease: lease.token,
+            call: CallRequest {
+                to: session.to.clone(),
+                from: session.from.clone(),
+                last_two_digits: digits,
+            },
+            state: self.state.clone().unwrap_or_default(),
+            pending: Vec::new(),
+            reports: Vec::new(),
+            keys: EventKeys::first_wake(),
+            slot,
+            outlet,
+            sent: self.refs.iter().map(|r| r.item.clone()).collect(),
+            call_uuid: self
+                .refs
+                .iter()
+                .find(|r| r.item == CALL_ITEM)
+                .map(|r| r.provider_ref.clone()),
+            turn: Turn::default(),
+            rendered: None,
+        }
+    }
+}
+
+/// The item of a session's call among what its connection took.
+pub const CALL_ITEM: &str = "call";
 
 /// Removes a job that has nothing left to run.
 async fn remove_job(app: &AppState, lease: DispatchLease) -> anyhow::Result<()> {
@@ -320,6 +472,25 @@ struct Driver<'a> {
     /// What the connection already took from this session (a re-run of a
     /// step sends none of it again): items of [`ProviderRef`]s.
     sent: HashSet<String>,
+    /// The provider's id of the session's call, once placed through a
+    /// connection.
+    call_uuid: Option<String>,
+    /// What this wake's steps asked a provider-driven call to do.
+    turn: Turn,
+    /// The turn this wake rendered for the call, once its last write is
+    /// made: the webhook's answer, or pushed to the call.
+    rendered: Option<serde_json::Value>,
+}
+
+/// What the steps of one wake ask a provider-driven call to do: what to
+/// say and where to hand the call over, then whether the call ends (else
+/// it collects the person's answer, if the flow waits for one).
+#[derive(Default)]
+struct Turn {
+    ncco: Vec<Ncco>,
+    hang_up: bool,
+    /// Whether anything happened that the call must hear of.
+    changed: bool,
 }
 
 /// Where a session's messages go: the simulator, or a connection's
@@ -388,6 +559,9 @@ impl Driver<'_> {
 
     /// Stores the conversation's state with what was noted.
     async fn save(&mut self, job: JobFate) -> anyhow::Result<()> {
+        if !matches!(job, JobFate::Keep) {
+            self.close_turn();
+        }
         let update = SessionUpdate {
             job,
             flow_state: Some(self.state.to_stored()),
@@ -433,7 +607,7 @@ impl Driver<'_> {
                     let callback = self.callback(key, &callback);
                     self.reports.extend(callback);
                 }
-                Effect::HangUp => self.provider.hang_up(&self.call).await,
+                Effect::HangUp => self.hang_up().await,
                 Effect::End { outcome, reason } => {
                     self.finish(outcome, reason).await?;
                     return Ok(Some(Ended));
@@ -463,7 +637,11 @@ impl Driver<'_> {
         } else {
             JobFate::Finish(Some(ending))
         };
-        let keep_state = self.state.flow.node.is_some() || self.state.reports_until.is_some();
+        self.turn.hang_up = true;
+        self.close_turn();
+        let keep_state = self.state.flow.node.is_some()
+            || self.state.reports_until.is_some()
+            || self.state.call_turn.is_some();
         let flow_state = keep_state.then(|| self.state.to_stored());
         self.record(SessionUpdate {
             job,
@@ -562,6 +740,9 @@ impl Driver<'_> {
                 self.note(SessionEvent::SmsStatus { to, status });
                 Ok(None)
             }
+            SessionInput::CallProgress(progress) if self.state.reports_until.is_none() => {
+                self.call_report(progress, input.at).await
+            }
             _ => Ok(None),
         }
     }
@@ -595,6 +776,9 @@ impl Driver<'_> {
         let now = Utc::now();
         let ringing = self.lifecycle.call_progress(CallProgress::Ringing, now);
         self.apply(ringing, now).await?;
+        if let Some(opened) = self.driving_provider() {
+            return self.place_call(&opened).await;
+        }
         let progress = match self.provider.call(&self.call).await {
             CallResult::NotAnswered(failure) => CallProgress::NotAnswered { failure },
             CallResult::Answered(by) => CallProgress::Answered { by },
@@ -689,7 +873,7 @@ impl Driver<'_> {
             }
             for input in inputs {
                 self.state.inputs_consumed = input.id;
-                if input.input.kind().is_message_report() {
+                if input.input.kind().is_provider_report() {
                     self.keys = EventKeys::report(input.id);
                     if self.report(input).await?.is_some() {
                         return Ok(());
@@ -715,19 +899,49 @@ impl Driver<'_> {
             }
             return self.save(JobFate::SleepUntil(ending.by)).await;
         }
-        if let Some(deadline) = self.state.flow.next_deadline() {
-            if deadline <= SystemTime::now() && self.advance(Event::Timer).await?.is_some() {
+        if let (Some(_), Some(by)) = (self.driving_provider(), self.state.answer_by) {
+            if self.state.flow.seq == 0 {
+                // Placed, and not answered yet.
+                if by > Utc::now() {
+                    return self.save(JobFate::SleepUntil(by)).await;
+                }
+                self.note(SessionEvent::Error {
+                    error: "the provider said nothing of the call's answer in time".into(),
+                });
+                let now = Utc::now();
+                let failed = CallProgress::NotAnswered {
+                    failure: CallFailure::Failed,
+                };
+                let effects = self.lifecycle.call_progress(failed, now);
+                self.apply(effects, now).await?;
+                return Ok(());
+            }
+        }
+        if let Some(deadline) = self.deadline() {
+            if deadline <= Utc::now() && self.advance(Event::Timer).await?.is_some() {
                 return Ok(());
             }
         }
         // Nothing more to do until the next deadline, or an input.
         let wake_at = self
-            .state
-            .flow
-            .next_deadline()
-            .map(DateTime::<Utc>::from)
+            .deadline()
             .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1));
         self.save(JobFate::SleepUntil(wake_at)).await
+    }
+
+    /// When the flow must be stepped with [`Event::Timer`]. A call its
+    /// provider drives times the person's answer itself, and says when it
+    /// ran out ([`Event::NoInput`]): herald's own deadline waits a little
+    /// longer, for a provider that never says.
+    fn deadline(&self) -> Option<DateTime<Utc>> {
+        let deadline = DateTime::<Utc>::from(self.state.flow.next_deadline()?);
+        let provider_times_it = self.driving_provider().is_some()
+            && matches!(self.state.flow.waiting, Some(Wait::Input { .. }));
+        Some(if provider_times_it {
+            deadline + chrono::Duration::seconds(PROVIDER_INPUT_GRACE_SECS)
+        } else {
+            deadline
+        })
     }
 
     fn note_input(&mut self, input: &InputRow) {
@@ -770,7 +984,13 @@ impl Driver<'_> {
         match action {
             Action::Entered { node } => self.note(SessionEvent::NodeEntered { node }),
             Action::Speak { text } => {
-                self.provider.say(&self.call, &text).await;
+                match self.driving_provider() {
+                    Some(opened) => {
+                        self.turn.ncco.push(Ncco::talk(&text, &opened.voice));
+                        self.turn.changed = true;
+                    }
+                    None => self.provider.say(&self.call, &text).await,
+                }
                 self.note(SessionEvent::Speak { text });
             }
             Action::SendMessage { text } => {
@@ -826,7 +1046,12 @@ impl Driver<'_> {
                 }
             }
             Action::Transfer { to } => {
-                self.provider.transfer(&self.call, &to).await;
+                if self.driving_provider().is_some() {
+                    self.turn.ncco.push(Ncco::connect(&to, &self.session.from));
+                    self.turn.changed = true;
+                } else {
+                    self.provider.transfer(&self.call, &to).await;
+                }
                 self.note(SessionEvent::Transferred { to });
             }
             Action::LiveAgentStart { url } => {
@@ -864,7 +1089,7 @@ impl Driver<'_> {
             Action::LiveAgentStop => self.note(SessionEvent::LiveAgentStopped),
             Action::End { reason } => {
                 if self.session.channel == Channel::Voice && reason != EndReason::Transferred {
-                    self.provider.hang_up(&self.call).await;
+                    self.hang_up().await;
                     self.note(SessionEvent::Hangup { reason: None });
                 }
                 self.flow_done(reason).await?;
@@ -1110,6 +1335,261 @@ impl Driver<'_> {
     }
 }
 
+// ---- calls a provider drives (CHANNELS §1.2) -------------------------------
+
+impl Driver<'_> {
+    /// The connection, if the session is a call its provider drives: the
+    /// provider asks herald for each turn, by webhook.
+    fn driving_provider(&self) -> Option<Arc<Opened>> {
+        match &self.outlet {
+            Outlet::Connection(opened) if self.session.channel == Channel::Voice => {
+                Some(opened.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends the call: on the simulator at once; a provider-driven call
+    /// once it has said this turn's last words.
+    async fn hang_up(&mut self) {
+        if self.driving_provider().is_some() {
+            self.turn.hang_up = true;
+            self.turn.changed = true;
+        } else {
+            self.provider.hang_up(&self.call).await;
+        }
+    }
+
+    /// The URL of one of the connection's webhooks for this session.
+    fn webhook_url(&self, opened: &Opened, name: &str, query: &str) -> anyhow::Result<String> {
+        let base = self.app.config.public_url.as_deref().ok_or(Permanent(
+            "a call through a connection needs the server's public URL (--public-url), \
+             where the provider asks for each turn",
+        ))?;
+        Ok(format!(
+            "{base}/providers/{}/{name}?session={}{query}",
+            opened.id, self.session.id
+        ))
+    }
+
+    /// Renders what this wake's steps asked of a provider-driven call into
+    /// its next turn (kept in the state, for a provider that asks again):
+    /// the words to say, then the answer to collect if the flow waits for
+    /// one, unless the call ends.
+    fn close_turn(&mut self) {
+        let Some(opened) = self.driving_provider() else {
+            return;
+        };
+        if !std::mem::take(&mut self.turn.changed) {
+            return;
+        }
+        let mut ncco = std::mem::take(&mut self.turn.ncco);
+        let hang_up = std::mem::take(&mut self.turn.hang_up);
+        if !hang_up && !self.state.flow.ended {
+            let awaited = herald_flow::awaited(self.flow, &self.state.flow, SystemTime::now());
+            if let (Some(awaited), Some(uuid)) = (awaited, self.call_uuid.as_deref()) {
+                let turn = format!("&turn={}", self.state.flow.seq);
+                match self.webhook_url(&opened, "input", &turn) {
+                    Ok(url) => ncco.push(Ncco::input(uuid, &awaited, &opened.voice, url)),
+                    Err(e) => tracing::error!(error = %e, "the call cannot collect an answer"),
+                }
+            }
+        }
+        let ncco = serde_json::to_value(&ncco).expect("NCCO serialises");
+        self.state.call_turn = Some(ncco.clone());
+        self.rendered = Some(ncco);
+    }
+
+    /// Gives the call the turn a wake of herald's own (a deadline, a
+    /// provider's event) rendered: it replaces what the call is doing, or,
+    /// with nothing left to say, ends it.
+    async fn push_turn(&mut self) {
+        let (Some(opened), Some(ncco), Some(uuid)) = (
+            self.driving_provider(),
+            self.rendered.take(),
+            self.call_uuid.clone(),
+        ) else {
+            return;
+        };
+        let Link::Vonage(vonage) = &opened.link else {
+            return;
+        };
+        let (operation, body) = match ncco.as_array() {
+            Some(actions) if actions.is_empty() => ("hang_up", call::hangup_body()),
+            _ => (
+                "transfer",
+                serde_json::json!({"action": "transfer",
+                    "destination": {"type": "ncco", "ncco": ncco}}),
+            ),
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.slot.outside(vonage.update_call(&uuid, &body)).await;
+        let result = match &outcome {
+            CallOutcome::Done { .. } => "accepted",
+            CallOutcome::Throttled { .. } => "throttled",
+            CallOutcome::Unavailable { .. } => "unavailable",
+            CallOutcome::Refused { .. } => "refused",
+        };
+        self.app.metrics.provider_request(
+            opened.provider.as_str(),
+            operation,
+            result,
+            started.elapsed(),
+        );
+        if !matches!(outcome, CallOutcome::Done { .. }) {
+            // A call that is over already refuses; nothing else to do.
+            tracing::info!(operation, result, "the call did not take its new turn");
+        }
+    }
+
+    /// Places the call through the connection (once: a re-run finds its
+    /// id stored), then sleeps: the flow starts when the provider says the
+    /// call was answered. The wake ends here, whatever happened.
+    async fn place_call(&mut self, opened: &Opened) -> anyhow::Result<Option<Ended>> {
+        if !self.sent.contains(CALL_ITEM) {
+            let Link::Vonage(vonage) = &opened.link else {
+                return Err(Permanent("the session's connection cannot place calls").into());
+            };
+            let machine_detection = if self.session.hangup_on_machine {
+                Some(call::MachineDetection::Continue)
+            } else {
+                opened.machine_detection
+            };
+            let request = NewCall {
+                to: Endpoint::parse(&self.session.to),
+                from: self.session.from.clone(),
+                answer_url: self.webhook_url(opened, "answer", "")?,
+                event_url: self.webhook_url(opened, "event", "")?,
+                machine_detection,
+                ringing_timer: RINGING_SECS,
+            };
+            let mut tries = 0;
+            let outcome = loop {
+                tries += 1;
+                opened.call_pace.wait().await;
+                let started = std::time::Instant::now();
+                let outcome = self.slot.outside(vonage.create_call(&request)).await;
+                let result = match &outcome {
+                    CallOutcome::Done { .. } => "accepted",
+                    CallOutcome::Throttled { .. } => "throttled",
+                    CallOutcome::Unavailable { .. } => "unavailable",
+                    CallOutcome::Refused { .. } => "refused",
+                };
+                self.app.metrics.provider_request(
+                    opened.provider.as_str(),
+                    "create_call",
+                    result,
+                    started.elapsed(),
+                );
+                let pause = match &outcome {
+                    CallOutcome::Throttled { retry_after } => {
+                        retry_after.unwrap_or(Duration::from_millis(500))
+                    }
+                    CallOutcome::Unavailable { .. } => Duration::from_millis(250 << tries),
+                    _ => break outcome,
+                };
+                if tries >= SEND_TRIES {
+                    let reason = match outcome {
+                        CallOutcome::Unavailable { reason } => reason,
+                        _ => format!("{} kept refusing to place calls (429)", opened.provider),
+                    };
+                    return Err(ProviderDown(reason).into());
+                }
+                tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
+            };
+            let uuid = match outcome {
+                CallOutcome::Done { uuid: Some(uuid) } => uuid,
+                CallOutcome::Done { uuid: None } => {
+                    return Err(ProviderDown(format!(
+                        "{} placed the call without saying its id",
+                        opened.provider
+                    ))
+                    .into())
+                }
+                CallOutcome::Refused { reason } => {
+                    self.note(SessionEvent::Error { error: reason });
+                    let now = Utc::now();
+                    let failed = CallProgress::NotAnswered {
+                        failure: CallFailure::Failed,
+                    };
+                    let effects = self.lifecycle.call_progress(failed, now);
+                    self.apply(effects, now).await?;
+                    return Ok(Some(Ended));
+                }
+                CallOutcome::Throttled { .. } | CallOutcome::Unavailable { .. } => {
+                    unreachable!("tried again above")
+                }
+            };
+            self.record(SessionUpdate {
+                provider_refs: vec![ProviderRef {
+                    connection_id: opened.id.clone(),
+                    provider_ref: uuid.clone(),
+                    session_id: self.session.id,
+                    item: CALL_ITEM.to_owned(),
+                }],
+                ..self.update()
+            })
+            .await?;
+            self.sent.insert(CALL_ITEM.to_owned());
+            self.call_uuid = Some(uuid);
+        }
+        let by =
+            Utc::now() + chrono::Duration::seconds(i64::from(RINGING_SECS) + ANSWER_GRACE_SECS);
+        self.state.answer_by = Some(by);
+        self.save(JobFate::SleepUntil(by)).await?;
+        Ok(Some(Ended))
+    }
+
+    /// Applies what the provider reported of the call: its answer starts
+    /// the flow; a failure before it, or its end, ends the session; an
+    /// answering machine ends it if the trigger said to hang up on one.
+    /// `Some(Ended)` when the session ended.
+    async fn call_report(
+        &mut self,
+        progress: CallProgress,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Ended>> {
+        let answered = self.state.flow.seq > 0;
+        match progress {
+            CallProgress::Ringing => Ok(None),
+            CallProgress::Answered {
+                by: AnsweredBy::Person,
+            } => {
+                if answered {
+                    return Ok(None);
+                }
+                let effects = self.lifecycle.call_progress(progress, at);
+                if self.apply(effects, at).await?.is_some() {
+                    return Ok(Some(Ended));
+                }
+                self.start_flow().await
+            }
+            CallProgress::Answered {
+                by: AnsweredBy::Machine,
+            } if !self.session.hangup_on_machine => {
+                self.note(SessionEvent::Answered {
+                    by: AnsweredBy::Machine,
+                });
+                Ok(None)
+            }
+            CallProgress::NotAnswered { .. } if !answered => {
+                let effects = self.lifecycle.call_progress(progress, at);
+                self.apply(effects, at).await
+            }
+            CallProgress::Answered { .. } => {
+                let effects = self.lifecycle.call_progress(progress, at);
+                self.apply(effects, at).await
+            }
+            // The call is over (the person hung up; or it failed after the
+            // answer): so is the conversation.
+            CallProgress::NotAnswered { .. } | CallProgress::Completed => {
+                let effects = self.lifecycle.call_progress(CallProgress::Completed, at);
+                self.apply(effects, at).await
+            }
+        }
+    }
+}
+
 /// The reference a provider echoes with each status of a session's
 /// `item` (CHANNELS §1.5): the session and the item, so that a status that
 /// arrives before its message's id was stored still finds them.
@@ -1141,10 +1621,9 @@ fn flow_event(input: SessionInput) -> Option<Event> {
         SessionInput::LiveAgentMessage(text) => Event::LiveAgentMessage { text },
         SessionInput::LiveAgentHandBack => Event::LiveAgentHandBack,
         SessionInput::LiveAgentEnd => Event::LiveAgentEnd,
-        // Reported by providers, and handled before the flow sees them;
-        // no provider reports a call's progress or silence yet.
-        SessionInput::NoInput
-        | SessionInput::CallProgress(_)
+        SessionInput::NoInput => Event::NoInput,
+        // Reported by providers, and handled before the flow sees them.
+        SessionInput::CallProgress(_)
         | SessionInput::MessageStatus { .. }
         | SessionInput::SmsStatus { .. } => return None,
     })

@@ -2,9 +2,10 @@
 //! from its file as a user would send it (`POST /agents` with a `number`
 //! added), published, triggered, and played through every branch of its
 //! flow, one session per branch, with the test as the person: on the
-//! simulator (`POST /simulator/inbound`), and the messaging agents again
-//! over Vonage (a loopback fake of it, which takes the messages, reports
-//! their statuses and brings the person's answers in by webhook). What the
+//! simulator (`POST /simulator/inbound`), and again over Vonage (a
+//! loopback fake of it, which takes the messages, reports their statuses
+//! and brings the person's answers in by webhook; and places the call,
+//! plays the agent's NCCO and posts what the person keys or says). What the
 //! agent said, the parameters it set and the session's outcome are checked
 //! from the transcript (`GET /sessions/{id}/transcript`).
 //!
@@ -25,7 +26,7 @@ enum Way {
     Vonage,
 }
 
-/// Runs each messaging branch both ways: `simulator::NAME`, `vonage::NAME`.
+/// Runs each branch both ways: `simulator::NAME`, `vonage::NAME`.
 macro_rules! both_ways {
     ($($name:ident),* $(,)?) => {
         mod simulator {
@@ -63,6 +64,14 @@ both_ways!(
     delivery_notice_keeps_the_day_without_an_answer,
     delivery_notice_helps_with_what_it_does_not_understand,
     delivery_notice_ends_quietly_without_an_answer,
+    satisfaction_survey_thanks_a_promoter,
+    satisfaction_survey_asks_a_passive_what_would_make_it_a_ten,
+    satisfaction_survey_asks_a_detractor_what_went_wrong,
+    satisfaction_survey_thanks_a_detractor_who_says_nothing_more,
+    satisfaction_survey_asks_again_for_a_score_out_of_range,
+    satisfaction_survey_stops_after_two_scores_out_of_range,
+    satisfaction_survey_stops_when_no_number_is_understood,
+    satisfaction_survey_stops_without_an_answer,
 );
 
 const APPOINTMENT_REMINDER: &str =
@@ -286,6 +295,10 @@ impl Talk {
     /// The person answers: a message, or on a call keyed digits (a line of
     /// only digits) or speech, as `herald chat` sends them.
     async fn reply(&self, text: &str) {
+        if let (Some(vonage), "voice") = (&self.vonage, self.channel.as_str()) {
+            vonage.person_answers(&self.person, text);
+            return;
+        }
         if let Some(vonage) = &self.vonage {
             let (status, _) = vonage
                 .send_inbound(&self.channel, &self.person, &self.number, text)
@@ -322,7 +335,17 @@ impl Talk {
 
     async fn ended(&self) -> Ended {
         let session = self.app.ended_session(&self.key, &self.id).await;
-        if let Some(vonage) = &self.vonage {
+        if let (Some(vonage), "voice") = (&self.vonage, self.channel.as_str()) {
+            // Vonage said on the call what the agent said, once.
+            let calls = vonage.wait_for_calls_to_end(&self.person).await;
+            assert_eq!(vonage.problems(), Vec::<String>::new());
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            assert_eq!(
+                calls[0].said,
+                lines(&self.transcript().await, "outbound"),
+                "{calls:?}"
+            );
+        } else if let Some(vonage) = &self.vonage {
             assert_eq!(vonage.problems(), Vec::<String>::new());
             // Every message the agent sent went through Vonage, once.
             let said = lines(&self.transcript().await, "outbound").len();
@@ -669,9 +692,8 @@ async fn survey(way: Way, edit: impl FnOnce(&mut Value)) -> Talk {
     .await
 }
 
-#[tokio::test]
-async fn satisfaction_survey_thanks_a_promoter() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_thanks_a_promoter(way: Way) {
+    let talk = survey(way, |_| {}).await;
     assert_eq!(talk.heard(1).await, SURVEY_HELLO);
     assert_eq!(talk.heard(2).await, SURVEY_QUESTION);
     talk.reply("10").await;
@@ -700,9 +722,8 @@ async fn satisfaction_survey_thanks_a_promoter() {
     );
 }
 
-#[tokio::test]
-async fn satisfaction_survey_asks_a_passive_what_would_make_it_a_ten() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_asks_a_passive_what_would_make_it_a_ten(way: Way) {
+    let talk = survey(way, |_| {}).await;
     talk.answer(2, "eight").await;
     assert_eq!(
         talk.heard(3).await,
@@ -721,9 +742,8 @@ async fn satisfaction_survey_asks_a_passive_what_would_make_it_a_ten() {
     assert_eq!(end.parameter("REASON").as_deref(), Some("Shorter queues"));
 }
 
-#[tokio::test]
-async fn satisfaction_survey_asks_a_detractor_what_went_wrong() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_asks_a_detractor_what_went_wrong(way: Way) {
+    let talk = survey(way, |_| {}).await;
     talk.answer(2, "3").await;
     assert_eq!(
         talk.heard(3).await,
@@ -739,9 +759,8 @@ async fn satisfaction_survey_asks_a_detractor_what_went_wrong() {
     assert_eq!(end.parameter("SEGMENT").as_deref(), Some("detractor"));
 }
 
-#[tokio::test]
-async fn satisfaction_survey_thanks_a_detractor_who_says_nothing_more() {
-    let talk = survey(Way::Simulator, |agent| {
+async fn satisfaction_survey_thanks_a_detractor_who_says_nothing_more(way: Way) {
+    let talk = survey(way, |agent| {
         set_node_field(agent, "ask_wrong", "timeout_secs", json!(1))
     })
     .await;
@@ -754,9 +773,8 @@ async fn satisfaction_survey_thanks_a_detractor_who_says_nothing_more() {
     assert_eq!(end.parameter("REASON"), None);
 }
 
-#[tokio::test]
-async fn satisfaction_survey_asks_again_for_a_score_out_of_range() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_asks_again_for_a_score_out_of_range(way: Way) {
+    let talk = survey(way, |_| {}).await;
     talk.answer(2, "11").await;
     assert_eq!(talk.heard(3).await, "11 is not between 0 and 10.");
     assert_eq!(talk.heard(4).await, SURVEY_QUESTION);
@@ -768,9 +786,8 @@ async fn satisfaction_survey_asks_again_for_a_score_out_of_range() {
     assert_eq!(end.agent_lines().last().unwrap(), SURVEY_THANKS);
 }
 
-#[tokio::test]
-async fn satisfaction_survey_stops_after_two_scores_out_of_range() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_stops_after_two_scores_out_of_range(way: Way) {
+    let talk = survey(way, |_| {}).await;
     talk.answer(2, "11").await;
     talk.answer(4, "42").await;
 
@@ -788,9 +805,8 @@ async fn satisfaction_survey_stops_after_two_scores_out_of_range() {
     assert_eq!(end.parameter("SEGMENT"), None);
 }
 
-#[tokio::test]
-async fn satisfaction_survey_stops_when_no_number_is_understood() {
-    let talk = survey(Way::Simulator, |_| {}).await;
+async fn satisfaction_survey_stops_when_no_number_is_understood(way: Way) {
+    let talk = survey(way, |_| {}).await;
     talk.answer(2, "I don't know").await;
     assert_eq!(
         talk.heard(3).await,
@@ -803,9 +819,8 @@ async fn satisfaction_survey_stops_when_no_number_is_understood() {
     assert_eq!(end.person_lines(), ["I don't know", "pass"]);
 }
 
-#[tokio::test]
-async fn satisfaction_survey_stops_without_an_answer() {
-    let talk = survey(Way::Simulator, |agent| {
+async fn satisfaction_survey_stops_without_an_answer(way: Way) {
+    let talk = survey(way, |agent| {
         set_node_field(agent, "ask_score", "timeout_secs", json!(1))
     })
     .await;

@@ -228,7 +228,8 @@ async fn malformed_connections_get_400_naming_the_field_and_store_nothing() {
         ),
         (
             with(&|b| b["settings"] = json!({"voice": "Amy"})),
-            "settings.voice is not a vonage setting (they are: language, style, machine_detection)",
+            "settings.voice is not a vonage setting (they are: language, style, machine_detection, \
+             calls_per_second, messages_per_second)",
         ),
         (
             with(&|b| b["settings"] = json!({"machine_detection": "detect"})),

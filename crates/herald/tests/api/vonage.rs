@@ -38,6 +38,8 @@ impl OnVonage {
         let url = vonage.url.clone();
         let app = TestApp::spawn_with(|c| {
             talk_to(c, &url);
+            // Tests trigger several sessions at once.
+            c.default_rate = 100;
             configure(c);
         })
         .await;
@@ -528,5 +530,400 @@ async fn a_stranger_s_message_starts_one_session_of_the_connection_s_agent() {
             &["webhook=\"message_inbound\"", "result=\"unmatched\""]
         ),
         1.0
+    );
+}
+
+// ---- calls (Voice API) ---------------------------------------------------------
+
+/// A flow that asks for a number and says what it heard.
+fn asking_flow() -> Value {
+    json!({"format": 1, "start": "ask", "nodes": [
+        {"id": "ask", "type": "collect_input", "prompt": "Key or say a number.",
+         "entity": "number", "parameter": "N", "timeout_secs": 20,
+         "success": "heard", "invalid": "end", "no_input": "end"},
+        {"id": "heard", "type": "speak", "text": "You said $N.", "next": "end"},
+        {"id": "end", "type": "end"}
+    ]})
+}
+
+impl OnVonage {
+    /// Triggers a call to `to`; its id.
+    async fn call(&self, to: &str, hangup_on_machine: bool) -> String {
+        let response = self
+            .app
+            .post(
+                "/telephony/make-call",
+                &self.key,
+                json!({"agent_id": self.agent, "to": to, "status_url": self.receiver.url,
+                       "hangup_on_answer_machine": hangup_on_machine}),
+            )
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the fake has placed a call to `to` and reached its
+    /// `n`th input.
+    async fn at_input(&self, to: &str, n: usize) -> herald_server::testing::vonage::CallSummary {
+        for _ in 0..400 {
+            if let Some(call) = self.vonage.calls().into_iter().find(|c| c.to == to) {
+                if call.inputs.len() >= n {
+                    return call;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "no call to {to} reached input {n}: {:?}",
+            self.vonage.calls()
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_call_status_reaches_its_outcome_and_callback() {
+    use herald_server::testing::vonage::CallFate;
+    let on = OnVonage::start("voice", None).await;
+    let cases = [
+        ("busy", "busy"),
+        ("cancelled", "cancelled"),
+        ("rejected", "rejected"),
+        ("timeout", "timeout"),
+        ("unanswered", "timeout"),
+        ("failed", "failed"),
+    ];
+    let mut ids = Vec::new();
+    for (status, _) in cases {
+        let to = unique_number();
+        on.vonage.call_fate(&to, CallFate::Unanswered(status));
+        ids.push(on.call(&to, false).await);
+    }
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        outcomes.push(on.ended(id).await["outcome"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<&str> = cases.iter().map(|(_, outcome)| *outcome).collect();
+    assert_eq!(outcomes, expected);
+    let mut told: Vec<String> = on.callbacks(cases.len()).await;
+    told.sort();
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(told, expected);
+    // Each callback is the voice payload, naming the call.
+    let first = &on.receiver.wait_for(1).await[0].body;
+    assert!(first["conversation_uuid"].is_string(), "{first}");
+
+    // Answered, the agent speaks and the call completes.
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(
+        calls[0].said,
+        ["Hello, this is an automated call from herald. Goodbye."]
+    );
+    let request = &calls[0].request;
+    assert_eq!(request["to"][0]["number"], to.as_str());
+    assert!(request["answer_url"][0]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{PUBLIC_URL}/providers/")));
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+    let metrics = on.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "herald_provider_requests_total",
+            &["operation=\"create_call\"", "result=\"accepted\""]
+        ),
+        7.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "herald_provider_webhooks_total",
+            &["webhook=\"answer\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_person_s_digits_and_words_are_their_answers() {
+    let on = OnVonage::start("voice", Some(asking_flow())).await;
+    for (answer, said) in [("42", "You said 42."), ("seven", "You said 7.")] {
+        let to = unique_number();
+        let id = on.call(&to, false).await;
+        let call = on.at_input(&to, 1).await;
+        // The input collects what the node can read, for as long as it waits.
+        let input = &call.inputs[0];
+        assert_eq!(input["type"], json!(["dtmf", "speech"]));
+        assert_eq!(input["dtmf"]["maxDigits"], 20);
+        assert_eq!(input["speech"]["startTimeout"], 20);
+        assert_eq!(input["speech"]["uuid"][0], call.uuid.as_str());
+        on.vonage.person_answers(&to, answer);
+        assert_eq!(on.ended(&id).await["outcome"], "completed");
+        let calls = on.vonage.wait_for_calls_to_end(&to).await;
+        assert_eq!(calls[0].said, ["Key or say a number.", said]);
+    }
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_answering_machine_is_hung_up_on_only_when_the_trigger_says_so() {
+    use herald_server::testing::vonage::CallFate;
+    let on = OnVonage::start("voice", Some(asking_flow())).await;
+    let to = unique_number();
+    on.vonage.call_fate(&to, CallFate::Machine);
+    let id = on.call(&to, true).await;
+    let session = on.ended(&id).await;
+    assert_eq!(session["outcome"], "machine");
+    assert_eq!(on.callbacks(1).await, ["machine"]);
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(calls[0].request["machine_detection"], "continue");
+    // herald hung up: a hang-up was asked for, and the call is over.
+    assert!(on
+        .vonage
+        .requests()
+        .iter()
+        .any(|r| r.method == "PUT" && r.body["action"] == "hangup"));
+
+    // Without it, no detection is asked for and the agent runs as usual.
+    let to = unique_number();
+    on.vonage.call_fate(&to, CallFate::Machine);
+    let id = on.call(&to, false).await;
+    on.at_input(&to, 1).await;
+    on.vonage.person_answers(&to, "3");
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert!(calls[0].request.get("machine_detection").is_none());
+    assert_eq!(calls[0].said, ["Key or say a number.", "You said 3."]);
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn silence_leaves_by_no_input_when_vonage_says_so() {
+    let mut flow = asking_flow();
+    flow["nodes"][0]["timeout_secs"] = json!(1);
+    flow["nodes"][0]["no_input"] = json!("silent");
+    flow["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "silent", "type": "speak", "text": "Goodbye.", "next": "end"}));
+    let on = OnVonage::start("voice", Some(flow)).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(calls[0].said, ["Key or say a number.", "Goodbye."]);
+    let session = on.session(&id).await;
+    assert_eq!(events_of(&session, "input_received", "input"), ["no_input"]);
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_call_routing_node_hands_the_call_over() {
+    let flow = json!({"format": 1, "start": "hello", "nodes": [
+        {"id": "hello", "type": "speak", "text": "Putting you through.", "next": "route"},
+        {"id": "route", "type": "transfer", "to": "+447700900999"}
+    ]});
+    let on = OnVonage::start("voice", Some(flow)).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(calls[0].said, ["Putting you through."]);
+    assert_eq!(
+        calls[0].connected,
+        Some(json!({"type": "phone", "number": "447700900999"}))
+    );
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_throttled_call_is_placed_once_and_a_refused_one_fails_saying_why() {
+    let on = OnVonage::start("voice", None).await;
+    on.vonage
+        .answer_next(429, json!({"title": "Too Many Requests"}));
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let placed = |to: &str| {
+        on.vonage
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.path == "/v1/calls" && r.method == "POST" && r.body["to"][0]["number"] == to
+            })
+            .count()
+    };
+    assert_eq!(placed(&to), 2);
+    assert_eq!(on.vonage.calls().iter().filter(|c| c.to == to).count(), 1);
+
+    on.vonage.answer_next(
+        400,
+        json!({"type": "https://developer.nexmo.com/api-errors#bad-request",
+               "title": "Bad Request", "detail": "The to number is not valid"}),
+    );
+    let id = on.call(&unique_number(), false).await;
+    let session = on.ended(&id).await;
+    assert_eq!(session["outcome"], "failed");
+    let errors = events_of(&session, "error", "error");
+    assert_eq!(
+        errors,
+        ["Vonage refused the call (400): Bad Request: The to number is not valid"]
+    );
+    assert_eq!(on.callbacks(1).await, ["failed"]);
+}
+
+#[tokio::test]
+async fn voice_webhooks_refuse_bad_signatures_and_take_strangers_and_repeats_calmly() {
+    let on = OnVonage::start("voice", Some(asking_flow())).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    let call = on.at_input(&to, 1).await;
+    let answer_url = call.request["answer_url"][0].as_str().unwrap().to_owned();
+    let event_url = call.request["event_url"][0].as_str().unwrap().to_owned();
+    let answered = json!({"uuid": call.uuid, "to": to, "from": on.number,
+                          "conversation_uuid": "CON-1"});
+
+    // A bad signature: 401, and nothing changes.
+    let before = on.session(&id).await["events"].as_array().unwrap().len();
+    let (status, _) = on
+        .vonage
+        .post_webhook(&answer_url, &answered, Some("not-the-secret"))
+        .await;
+    assert_eq!(status, 401);
+    let completed =
+        json!({"uuid": call.uuid, "status": "completed", "timestamp": "2026-01-01T00:00:00Z"});
+    let (status, _) = on
+        .vonage
+        .post_webhook(&event_url, &completed, Some("not-the-secret"))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        on.session(&id).await["events"].as_array().unwrap().len(),
+        before
+    );
+
+    // The answer again (Vonage retrying it): the same turn, answered once.
+    let (status, ncco) = on.vonage.post_webhook(&answer_url, &answered, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ncco[0]["action"], "talk");
+    assert_eq!(ncco[1]["action"], "input");
+    let session = on.session(&id).await;
+    assert_eq!(events_of(&session, "answered", "by"), ["person"]);
+
+    // A call herald never placed, and an event of one: 200, counted.
+    let stranger = json!({"uuid": "2c5f3c1e-0000-4000-8000-000000000000", "to": to,
+                          "from": on.number, "conversation_uuid": "CON-2"});
+    let base = answer_url.split('?').next().unwrap().to_owned();
+    let (status, ncco) = on.vonage.post_webhook(&base, &stranger, None).await;
+    assert_eq!((status, ncco), (200, json!([])));
+    let event_base = event_url.split('?').next().unwrap().to_owned();
+    let unknown = json!({"uuid": "2c5f3c1e-0000-4000-8000-000000000000", "status": "completed"});
+    assert_eq!(
+        on.vonage.post_webhook(&event_base, &unknown, None).await.0,
+        200
+    );
+    // Not an event at all: 400.
+    assert_eq!(
+        on.vonage
+            .post_webhook(&event_base, &json!([1]), None)
+            .await
+            .0,
+        400
+    );
+    let metrics = on.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "herald_provider_webhooks_total",
+            &["webhook=\"event\"", "result=\"unmatched\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "herald_provider_webhooks_total",
+            &["result=\"bad_signature\""]
+        ),
+        2.0
+    );
+
+    on.vonage.person_answers(&to, "5");
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    // A late duplicate of the end changes nothing.
+    let (status, _) = on.vonage.post_webhook(&event_url, &completed, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_an_answer_survives_a_restart() {
+    let mut on = OnVonage::start("voice", Some(asking_flow())).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    on.at_input(&to, 1).await;
+    on.app.restart().await;
+    let connections: Value = on
+        .app
+        .get("/connections", &on.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let base = on.app.base.clone();
+    on.vonage.deliver_to(
+        &connections["connections"][0]["webhooks"],
+        PUBLIC_URL,
+        &base,
+        VONAGE_SIGNATURE_SECRET,
+        VONAGE_API_KEY,
+    );
+    on.vonage.person_answers(&to, "8");
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].said, ["Key or say a number.", "You said 8."]);
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_turn_that_takes_too_long_holds_the_call_rather_than_losing_it() {
+    // The flow's first step waits on a webhook slower than Vonage's
+    // deadline: herald asks the call to hold on, then gives the turn.
+    let slow = TestReceiver::start().await;
+    slow.answer_after(Duration::from_millis(4500));
+    let flow = json!({"format": 1, "start": "lookup", "nodes": [
+        {"id": "lookup", "type": "webhook", "url": slow.url, "timeout_secs": 10,
+         "success": "hello", "failure": "hello"},
+        {"id": "hello", "type": "speak", "text": "Thank you for waiting.", "next": "end"},
+        {"id": "end", "type": "end"}
+    ]});
+    let on = OnVonage::start("voice", Some(flow)).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    // No webhook took past Vonage's deadline.
+    assert_eq!(on.vonage.problems(), Vec::<String>::new());
+    assert_eq!(
+        calls[0].said,
+        ["Thank you for waiting."],
+        "{}",
+        on.session(&id).await
+    );
+    let metrics = on.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "herald_provider_webhooks_total",
+            &["webhook=\"turn\"", "result=\"held\""]
+        ) >= 1.0,
+        "{metrics}"
     );
 }

@@ -436,14 +436,24 @@ async fn an_instance_killed_mid_load_loses_nothing_and_its_work_finishes_elsewhe
 /// A message sent by one instance has its statuses reported to another
 /// (the provider calls whichever the load balancer picks): they land all
 /// the same, and the session ends as it would on one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
+const VONAGE_APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+const PUBLIC_URL: &str = "https://herald.example.com";
+
+/// Two instances on a fake Vonage, with a Vonage connection and a
+/// published agent of `channel` (with `flow`, if given) on it: the fake,
+/// the cluster, the connection and the agent's id.
+async fn on_vonage(
+    channel: &str,
+    flow: Option<Value>,
+) -> (
+    herald_server::testing::vonage::FakeVonage,
+    Cluster,
+    Value,
+    String,
+) {
     use herald_server::testing::vonage::FakeVonage;
 
-    const APPLICATION: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
-    const PUBLIC_URL: &str = "https://herald.example.com";
-    let vonage = FakeVonage::start(APPLICATION).await;
-    vonage.stay_silent(true);
+    let vonage = FakeVonage::start(VONAGE_APPLICATION).await;
     let secret_key = herald_core::secret::Sealer::generate_key();
     let cluster = Cluster::start_with(
         2,
@@ -460,7 +470,7 @@ async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
             0,
             "/connections",
             json!({"name": "Vonage", "provider": "vonage", "credentials": {
-                "application_id": APPLICATION,
+                "application_id": VONAGE_APPLICATION,
                 "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
                 "api_key": "abcd1234", "api_secret": "api-secret",
                 "signature_secret": "signature-secret"}}),
@@ -469,24 +479,44 @@ async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
         .json()
         .await
         .unwrap();
+    let mut agent = json!({"name": "a", "type": channel, "number": unique_number(),
+                           "connection_id": connection["connection_id"]});
+    if let Some(flow) = flow {
+        agent["flow"] = flow;
+    }
     let created: Value = cluster
-        .post(
-            0,
-            "/agents",
-            json!({"name": "a", "type": "sms", "number": unique_number(),
-                   "connection_id": connection["connection_id"]}),
-        )
+        .post(0, "/agents", agent)
         .await
         .json()
         .await
         .unwrap();
-    let agent = created["agent_id"].as_str().unwrap();
+    let agent = created["agent_id"].as_str().unwrap().to_owned();
     let published = cluster
         .post(0, &format!("/agents/{agent}/publish"), json!({}))
         .await;
     assert_eq!(published.status(), 200);
     // The other instance learns of the publish within its refresh.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    (vonage, cluster, connection, agent)
+}
+
+/// The session `id`, once it has ended (or after 20 s), as instance `n`
+/// shows it.
+async fn ended_on(cluster: &Cluster, n: usize, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let session = cluster.get(n, &format!("/sessions/{id}")).await;
+        if session["status"] == "ended" || Instant::now() > deadline {
+            return session;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
+    let (vonage, cluster, connection, agent) = on_vonage("sms", None).await;
+    vonage.stay_silent(true);
     let receiver = TestReceiver::start().await;
     let triggered: Value = cluster
         .post(
@@ -512,14 +542,7 @@ async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
         let report = vonage.status_report(&uuid, status);
         assert_eq!(vonage.post_status(&report, None).await, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let session = loop {
-        let session = cluster.get(1, &format!("/sessions/{id}")).await;
-        if session["status"] == "ended" || Instant::now() > deadline {
-            break session;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let session = ended_on(&cluster, 1, &id).await;
     assert_eq!(session["outcome"], "completed", "{session}");
     let statuses: Vec<_> = receiver
         .wait_for(2)
@@ -529,5 +552,55 @@ async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
         .collect();
     assert_eq!(statuses, ["sent", "delivered"]);
     assert_eq!(vonage.messages().len(), 1);
+    assert_eq!(vonage.problems(), Vec::<String>::new());
+}
+
+/// A call's webhooks may reach either instance, whichever placed it: the
+/// answer reaches one, the person's answer the other, and the call goes on
+/// as on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_s_turns_may_reach_either_instance() {
+    let flow = json!({"format": 1, "start": "ask", "nodes": [
+        {"id": "ask", "type": "collect_input", "prompt": "Key a number.", "entity": "number",
+         "parameter": "N", "timeout_secs": 20,
+         "success": "heard", "invalid": "end", "no_input": "end"},
+        {"id": "heard", "type": "speak", "text": "You keyed $N.", "next": "end"},
+        {"id": "end", "type": "end"}
+    ]});
+    let (vonage, cluster, connection, agent) = on_vonage("voice", Some(flow)).await;
+    let deliver_to = |n: usize| {
+        vonage.deliver_to(
+            &connection["webhooks"],
+            PUBLIC_URL,
+            &cluster.instances[n].base,
+            "signature-secret",
+            "abcd1234",
+        )
+    };
+    deliver_to(1);
+    let to = unique_number();
+    let triggered: Value = cluster
+        .post(
+            0,
+            "/telephony/make-call",
+            json!({"agent_id": agent, "to": to}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = triggered["session_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while vonage.calls().first().is_none_or(|c| c.inputs.is_empty()) {
+        assert!(Instant::now() < deadline, "no input: {:?}", vonage.calls());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    deliver_to(0);
+    vonage.person_answers(&to, "4");
+    let session = ended_on(&cluster, 1, &id).await;
+    assert_eq!(session["outcome"], "completed", "{session}");
+    let calls = vonage.wait_for_calls_to_end(&to).await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].said, ["Key a number.", "You keyed 4."]);
     assert_eq!(vonage.problems(), Vec::<String>::new());
 }

@@ -8,7 +8,7 @@
 //! the provider does not retry it for days, and counted.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -23,6 +23,31 @@ use crate::api::replies::{self, Conversation, Sender, ViaConnection};
 use crate::providers::{Link, Opened};
 use crate::session::driver::parse_client_ref;
 use crate::AppState;
+
+mod voice;
+
+/// What herald put in the query of the URLs it gave a call: the session
+/// (for a webhook that outruns the store's write of the call's id) and the
+/// turn an input answers.
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    session: Option<SessionId>,
+    turn: Option<u64>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut parsed = Query::default();
+        for pair in query.unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("session", v)) => parsed.session = v.parse().ok(),
+                Some(("turn", v)) => parsed.turn = v.parse().ok(),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
 
 /// What became of a webhook, as `/metrics` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +106,7 @@ fn readable(text: &str) -> String {
 pub async fn receive(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -105,6 +131,10 @@ pub async fn receive(
     let name: &'static str = match webhook.as_str() {
         "message_status" => "message_status",
         "message_inbound" => "message_inbound",
+        "answer" => "answer",
+        "event" => "event",
+        // Where herald's own `input` and `notify` actions post.
+        "input" => "input",
         _ => return Err(no_such_webhook()),
     };
     let authorization = headers
@@ -115,8 +145,23 @@ pub async fn receive(
         tracing::warn!(connection = %id, webhook = name, reason = %why, "a webhook's signature does not verify");
         return Err(ApiError::unauthorised());
     }
+    let query = Query::parse(query.as_deref());
+    if matches!(name, "answer" | "input") {
+        let (fate, ncco) = match voice::turn(&app, &opened, name, &query, &body).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                if error.status == StatusCode::BAD_REQUEST {
+                    app.metrics.webhook("vonage", name, "malformed");
+                }
+                return Err(error);
+            }
+        };
+        app.metrics.webhook("vonage", name, fate.as_str());
+        return Ok(axum::Json(ncco).into_response());
+    }
     let fate = match name {
         "message_status" => message_status(&app, &opened, &body).await,
+        "event" => voice::event(&app, &opened, &query, &body).await,
         _ => message_inbound(&app, &opened, &body).await,
     };
     let fate = match fate {
@@ -201,15 +246,21 @@ async fn find_item(
     let Some((session, item)) = report.client_ref.as_deref().and_then(parse_client_ref) else {
         return Ok(None);
     };
+    let on_it = runs_on(app, opened, session).await?;
+    Ok(on_it.then(|| (session, item.to_owned())))
+}
+
+/// Whether `session` runs on the connection (a connection's signature must
+/// not reach another's sessions).
+async fn runs_on(app: &AppState, opened: &Opened, session: SessionId) -> Result<bool, ApiError> {
     let Some(record) = app.store.session_for_work(session).await? else {
-        return Ok(None);
+        return Ok(false);
     };
-    let on_it = app
+    Ok(app
         .directory
         .agent_version(app.store.as_ref(), &record.agent_id, record.agent_version)
         .await?
-        .is_some_and(|v| v.connection_id.as_ref() == Some(&opened.id));
-    Ok(on_it.then(|| (session, item.to_owned())))
+        .is_some_and(|v| v.connection_id.as_ref() == Some(&opened.id)))
 }
 
 /// A message from a person to one of the connection's numbers: it reaches

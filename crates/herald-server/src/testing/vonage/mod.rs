@@ -9,9 +9,12 @@
 //! from the specification in [`FakeVonage::problems`], which a test
 //! expects empty; and it plays Vonage's side: it takes messages and posts
 //! their statuses to the connection's status webhook, and posts a
-//! person's messages to its inbound webhook, each signed as Vonage signs
-//! them (an HS256 JWT of the signature secret carrying the body's hash).
-//! Point a server at it with `vonage_api_url`.
+//! person's messages to its inbound webhook; it places calls, asks the
+//! answer URL for their NCCO and plays it (`talk`, `input`, `connect`,
+//! `notify`) with the test as the person, and posts the calls' events;
+//! each webhook signed as Vonage signs them (an HS256 JWT of the signature
+//! secret carrying the body's hash). Point a server at it with
+//! `vonage_api_url`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,10 @@ use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
+
+mod voice;
+
+pub use voice::{CallFate, CallSummary};
 
 /// One request herald made, as the fake read it.
 #[derive(Debug, Clone)]
@@ -49,6 +56,21 @@ struct Webhooks {
     inbound_url: String,
     signature_secret: String,
     api_key: String,
+    /// herald's public URL, which the URLs it gives begin with…
+    public_url: String,
+    /// …and where the test's server is reached in its stead.
+    base: String,
+}
+
+impl Webhooks {
+    /// Where a URL herald gave is reached from here.
+    fn reach(&self, url: &str) -> Option<String> {
+        Some(format!(
+            "{}{}",
+            self.base,
+            url.strip_prefix(&self.public_url)?
+        ))
+    }
 }
 
 /// How the fake answers the next sends, and what it reports of them.
@@ -73,6 +95,8 @@ struct Shared {
     script: Mutex<Script>,
     /// Every message taken, as sent: its uuid and body.
     messages: Mutex<Vec<(String, Value)>>,
+    /// The calls placed, and the people they reach.
+    voice: voice::Voice,
     http: reqwest::Client,
 }
 
@@ -178,10 +202,12 @@ impl FakeVonage {
             webhooks: Mutex::new(None),
             script: Mutex::new(Script::default()),
             messages: Mutex::new(Vec::new()),
+            voice: voice::Voice::default(),
             http: reqwest::Client::new(),
         });
         let router = Router::new()
-            .route("/v1/calls", get(list_calls))
+            .route("/v1/calls", get(list_calls).post(voice::create_call))
+            .route("/v1/calls/{uuid}", axum::routing::put(voice::update_call))
             .route("/v1/messages", post(send_message))
             .fallback(unknown)
             .with_state(shared.clone());
@@ -253,6 +279,8 @@ impl FakeVonage {
             inbound_url: url("message_inbound"),
             signature_secret: signature_secret.to_owned(),
             api_key: api_key.to_owned(),
+            public_url: public_url.to_owned(),
+            base: base.to_owned(),
         });
     }
 
@@ -354,6 +382,32 @@ impl FakeVonage {
         .await
     }
 
+    /// Posts `body` to the connection's webhook at `url` (as herald gave
+    /// it: under its public URL), signed with `secret` (the connection's
+    /// own when `None`); the answer's status and JSON body.
+    pub async fn post_webhook(
+        &self,
+        url: &str,
+        body: &Value,
+        secret: Option<&str>,
+    ) -> (u16, Value) {
+        let hooks = self.hooks();
+        let reached = hooks.reach(url).expect("a URL under herald's public URL");
+        let answer = signed_request(
+            &self.shared.http,
+            &reached,
+            body,
+            secret.unwrap_or(&hooks.signature_secret),
+            &hooks.api_key,
+            &self.shared.application_id,
+        )
+        .await;
+        match answer {
+            Some((status, body)) => (status, serde_json::from_slice(&body).unwrap_or(Value::Null)),
+            None => (0, Value::Null),
+        }
+    }
+
     fn hooks(&self) -> Webhooks {
         self.shared
             .webhooks
@@ -417,6 +471,22 @@ async fn post_signed(
     api_key: &str,
     application_id: &str,
 ) -> u16 {
+    signed_request(http, url, body, secret, api_key, application_id)
+        .await
+        .map(|(status, _)| status)
+        .unwrap_or(0)
+}
+
+/// Posts `body` signed as Vonage signs webhooks; the answer's status and
+/// body, `None` when there was no answer.
+async fn signed_request(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    secret: &str,
+    api_key: &str,
+    application_id: &str,
+) -> Option<(u16, Vec<u8>)> {
     let raw = serde_json::to_vec(body).expect("a body serialises");
     let claims = json!({
         "iat": chrono::Utc::now().timestamp(),
@@ -432,17 +502,16 @@ async fn post_signed(
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("an HS256 token signs");
-    match http
+    let response = http
         .post(url)
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .body(raw)
         .send()
         .await
-    {
-        Ok(response) => response.status().as_u16(),
-        Err(_) => 0,
-    }
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.bytes().await.ok()?.to_vec()))
 }
 
 async fn unknown(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> StatusCode {
