@@ -9,13 +9,18 @@
 //! 5. callbacks to a local receiver: throughput, and the time from a status
 //!    change to its delivery;
 //! 6. a second server's memory as more and more conversations wait in it
-//!    for the person's reply.
+//!    for the person's reply;
+//! 7. on a Vonage connection, against the loopback fake of Vonage
+//!    ([`vonage`]): how long voice webhooks take to answer with the call's
+//!    next turn under load, and messages a second with their statuses
+//!    coming back.
 //!
 //! The server is a separate process, as in production, so its memory can
 //! be read on its own; the load generator ([`load`]) shares the machine
 //! with it, which is what the ratios to the baseline allow for.
 
 mod load;
+mod vonage;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -46,6 +51,16 @@ pub struct BenchArgs {
     /// Sessions left waiting in the memory measurement, in four steps.
     #[arg(long, default_value_t = 40_000)]
     waiting_sessions: usize,
+    /// Calls placed a second through the fake Vonage (three turns each),
+    /// for `--seconds`.
+    #[arg(long, default_value_t = 100.0)]
+    vonage_call_rate: f64,
+    /// SMS sessions sent through the fake Vonage's Messages API.
+    #[arg(long, default_value_t = 2_000)]
+    vonage_messages: usize,
+    /// Run the Vonage scenarios only.
+    #[arg(long)]
+    vonage_only: bool,
 }
 
 /// A `herald serve` child process, killed when dropped.
@@ -87,8 +102,47 @@ impl Server {
         Server::serve(dir, name, key, args).await
     }
 
+    /// [`Server::start`] with these variables set too.
+    async fn start_with_env(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("finding the herald executable")?;
+        let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        let output = Command::new(&exe)
+            .args([
+                "keys",
+                "create",
+                "--account",
+                "bench",
+                "--database",
+                &database,
+            ])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "herald keys create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let key = String::from_utf8(output.stdout)?.trim().to_owned();
+        Server::serve_with_env(dir, name, key, args, env).await
+    }
+
     /// Serves the database `start` made in `dir` under `name`, again.
     async fn serve(dir: &Path, name: &str, key: String, args: &[&str]) -> anyhow::Result<Server> {
+        Server::serve_with_env(dir, name, key, args, &[]).await
+    }
+
+    async fn serve_with_env(
+        dir: &Path,
+        name: &str,
+        key: String,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("finding the herald executable")?;
         let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         let addr = free_port()?;
@@ -108,6 +162,7 @@ impl Server {
             .args(["--default-rate", "1000000", "--max-rate", "1000000"])
             .args(args)
             .env("HERALD_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -146,10 +201,25 @@ impl Server {
         number: u32,
         flow: Option<Value>,
     ) -> anyhow::Result<String> {
+        self.agent_on(channel, number, flow, None).await
+    }
+
+    /// Creates and publishes an agent running `flow` on the connection
+    /// `connection_id` (the simulator without one); returns its id.
+    async fn agent_on(
+        &self,
+        channel: &str,
+        number: u32,
+        flow: Option<Value>,
+        connection_id: Option<Value>,
+    ) -> anyhow::Result<String> {
         let mut agent =
             json!({"name": "bench", "type": channel, "number": format!("4477009{number:05}")});
         if let Some(flow) = flow {
             agent["flow"] = flow;
+        }
+        if let Some(connection_id) = connection_id {
+            agent["connection_id"] = connection_id;
         }
         let (status, body) = self.call("POST", "/agents", Some(agent)).await?;
         if status != 201 {
@@ -253,6 +323,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let c = args.connections;
     print_machine();
+    if args.vonage_only {
+        eprintln!("Vonage scenarios...");
+        let figures = vonage::measure(
+            dir.path(),
+            args.vonage_call_rate,
+            seconds,
+            args.vonage_messages,
+            c,
+        )
+        .await?;
+        print_vonage(&figures);
+        return Ok(());
+    }
 
     let server = Server::start(dir.path(), "bench", &["--allow-private-callbacks"]).await?;
     eprintln!("setting up {} agents...", args.agents + 2);
@@ -316,8 +399,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let backlog = measure_backlog(dir.path(), args.callback_sessions, c).await?;
     eprintln!("memory with waiting sessions...");
     let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
+    eprintln!("Vonage scenarios...");
+    let figures = vonage::measure(
+        dir.path(),
+        args.vonage_call_rate,
+        seconds,
+        args.vonage_messages,
+        c,
+    )
+    .await?;
 
     print_report(&rows, drained, &callbacks, &backlog, &memory);
+    print_vonage(&figures);
     Ok(())
 }
 
@@ -685,5 +778,45 @@ fn print_report(
         memory[1].0,
         memory[memory.len() - 1].0,
         last - first
+    );
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    values
+        .get(((values.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn print_vonage(figures: &vonage::Figures) {
+    println!();
+    println!(
+        "on the fake Vonage: {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",
+        figures.calls,
+        figures.rate,
+        figures.elapsed.as_secs_f64(),
+        (figures.answers.len() + figures.inputs.len()) as f64 / figures.elapsed.as_secs_f64(),
+        figures.held,
+    );
+    for (what, times) in [("answer", &figures.answers), ("input", &figures.inputs)] {
+        println!(
+            "  {what} webhook to NCCO: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            times.len(),
+            quantile(times, 0.5),
+            quantile(times, 0.99),
+            times.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+    println!(
+        "  messages with their statuses back: {} in {:.2} s = {:.0}/s",
+        figures.messages,
+        figures.messages_elapsed.as_secs_f64(),
+        figures.messages as f64 / figures.messages_elapsed.as_secs_f64(),
+    );
+    let p99 = quantile(&figures.inputs, 0.99).max(quantile(&figures.answers, 0.99));
+    println!(
+        "  {} voice webhook p99 under 50 ms at load: {p99:.2} ms",
+        if p99 < 50.0 { "met   " } else { "MISSED" }
     );
 }
