@@ -151,17 +151,22 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> CallO
         .flatten()
         .collect::<Vec<_>>()
         .join(": ");
-    let mut reason = format!("Vonage refused the call ({status})");
-    if !said.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(&said.chars().take(300).collect::<String>());
-    }
+    let reason = |what: &str| {
+        let mut reason = format!("Vonage {what} ({status})");
+        if !said.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&said.chars().take(300).collect::<String>());
+        }
+        reason
+    };
     match status {
         429 => CallOutcome::Throttled { retry_after },
         500..=599 => CallOutcome::Unavailable {
-            reason: format!("Vonage failed ({status})"),
+            reason: reason("failed"),
         },
-        _ => CallOutcome::Refused { reason },
+        _ => CallOutcome::Refused {
+            reason: reason("refused the call"),
+        },
     }
 }
 

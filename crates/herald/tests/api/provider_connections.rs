@@ -603,9 +603,9 @@ async fn a_server_starts_only_with_the_key_its_connections_were_sealed_with() {
 }
 
 /// CONTRACT §10.4: at the finest log level, through creation, a refused
-/// edit, a check that fails and one that passes, a deletion, a restart and
-/// an agent published on a connection, no credential and not the key
-/// reach the log.
+/// edit, a check that fails and one that passes, a message and a call
+/// over the connection, a deletion and a restart, no credential and not
+/// the key reach the log.
 #[tokio::test]
 async fn credentials_and_the_key_reach_no_log_line() {
     let vonage = FakeVonage::start(APPLICATION_ID).await;
@@ -687,55 +687,62 @@ async fn credentials_and_the_key_reach_no_log_line() {
         SIGNATURE_SECRET,
         "abcd1234",
     );
-    let agent: Value = call(
-        reqwest::Method::POST,
-        "/agents",
-        Some(
-            json!({"name": "a", "type": "sms", "number": unique_number(),
-                    "connection_id": id}),
-        ),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let agent = agent["agent_id"].as_str().unwrap().to_owned();
-    let published = call(
-        reqwest::Method::POST,
-        &format!("/agents/{agent}/publish"),
-        Some(json!({})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(published.status(), 200);
-    let triggered: Value = call(
-        reqwest::Method::POST,
-        "/messaging/conversation",
-        Some(json!({"agent_id": agent, "to": unique_number(), "channel": "sms"})),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let session = triggered["session_id"].as_str().unwrap();
-    let mut ended = false;
-    for _ in 0..400 {
-        let read: Value = call(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+    // A message and a call, each in a session of its own agent.
+    for (channel, path, extra) in [
+        ("sms", "/messaging/conversation", json!({"channel": "sms"})),
+        ("voice", "/telephony/make-call", json!({})),
+    ] {
+        let agent: Value = call(
+            reqwest::Method::POST,
+            "/agents",
+            Some(
+                json!({"name": "a", "type": channel, "number": unique_number(),
+                        "connection_id": id}),
+            ),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let agent = agent["agent_id"].as_str().unwrap().to_owned();
+        let published = call(
+            reqwest::Method::POST,
+            &format!("/agents/{agent}/publish"),
+            Some(json!({})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(published.status(), 200);
+        let mut trigger = json!({"agent_id": agent, "to": unique_number()});
+        for (k, v) in extra.as_object().unwrap() {
+            trigger[k] = v.clone();
+        }
+        let triggered: Value = call(reqwest::Method::POST, path, Some(trigger))
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        if read["status"] == "ended" {
-            assert_eq!(read["outcome"], "completed", "{read}");
-            ended = true;
-            break;
+        let session = triggered["session_id"].as_str().unwrap();
+        let mut ended = false;
+        for _ in 0..400 {
+            let read: Value = call(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if read["status"] == "ended" {
+                assert_eq!(read["outcome"], "completed", "{read}");
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        assert!(ended, "the {channel} session over Vonage ended");
     }
-    assert!(ended, "the session over Vonage ended");
+    assert_eq!(vonage.problems(), Vec::<String>::new());
     let other = create_connection_over(&client, &server.base, &key).await;
     let gone = call(
         reqwest::Method::DELETE,

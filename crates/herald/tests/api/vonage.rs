@@ -779,6 +779,29 @@ async fn a_throttled_call_is_placed_once_and_a_refused_one_fails_saying_why() {
 }
 
 #[tokio::test]
+async fn a_vonage_that_stays_down_ends_the_call_failed_saying_why() {
+    let on = OnVonage::start_with("voice", None, |c| {
+        c.dispatch_max_attempts = 2;
+        c.dispatch_retry_pause = Duration::from_millis(50);
+    })
+    .await;
+    for _ in 0..6 {
+        on.vonage
+            .answer_next(503, json!({"title": "Service Unavailable"}));
+    }
+    let id = on.call(&unique_number(), false).await;
+    let ended = on.ended(&id).await;
+    assert_eq!(ended["outcome"], "failed", "{ended}");
+    assert_eq!(
+        events_of(&ended, "error", "error"),
+        ["Vonage failed (503): Service Unavailable; gave up after 2 attempts"],
+        "{ended}"
+    );
+    assert!(on.vonage.calls().is_empty());
+    assert_eq!(on.callbacks(1).await, ["failed"]);
+}
+
+#[tokio::test]
 async fn voice_webhooks_refuse_bad_signatures_and_take_strangers_and_repeats_calmly() {
     let on = OnVonage::start("voice", Some(asking_flow())).await;
     let to = unique_number();
