@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_channels::vonage::voice::{Answered, CallEvent, CallStatus, Heard, InputResult, Ncco};
 use herald_core::session::{AnsweredBy, CallProgress, SessionInput, SessionStatus};
-use herald_core::SessionId;
+use herald_core::{Channel, SessionId};
 use herald_store::NewInput;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -36,8 +36,8 @@ const LEASE_POLL: Duration = Duration::from_millis(20);
 /// The session of the call `uuid` on the connection: by the call's id, as
 /// stored when it was placed; or, for a webhook that outran that write
 /// (or herald's own `notify`, which names no call), the session named in
-/// the URL herald gave, if it runs on this connection and has placed no
-/// other call.
+/// the URL herald gave, if it is a call on this connection and has placed
+/// no other call.
 async fn find_call(
     app: &AppState,
     opened: &Opened,
@@ -52,7 +52,12 @@ async fn find_call(
     let Some(session) = named else {
         return Ok(None);
     };
-    if !runs_on(app, opened, session).await? {
+    let is_call = app
+        .store
+        .session_for_work(session)
+        .await?
+        .is_some_and(|s| s.channel == Channel::Voice);
+    if !is_call || !runs_on(app, opened, session).await? {
         return Ok(None);
     }
     let Some(uuid) = uuid else {
