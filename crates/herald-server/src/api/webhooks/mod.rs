@@ -1,5 +1,6 @@
 //! Providers' webhooks (CONTRACT §11): what a connection's provider
-//! reports, at `/providers/{connection_id}/{webhook}`.
+//! reports, at `/providers/{connection_id}/{webhook}`; a call's answer and
+//! input webhooks ([`voice`]) are answered with its next turn.
 //!
 //! Each request is verified with the connection's own secret before
 //! anything is read (401 otherwise, and nothing changes); a report becomes
@@ -95,10 +96,10 @@ fn readable(text: &str) -> String {
 /// Receive a provider's report
 #[utoipa::path(post, path = "/providers/{connection_id}/{webhook}", operation_id = "receive_provider_webhook", tag = "providers",
     params(("connection_id" = String, Path, description = "The connection's id"),
-        ("webhook" = String, Path, description = "A name of the connection's `webhooks`"),
+        ("webhook" = String, Path, description = "A name of the connection's `webhooks`, or `input`, where a call's `input` and `notify` actions post"),
         ("authorization" = Option<String>, Header, description = "The provider's signature (Vonage: Bearer, a JWT signed with the signature secret)")),
     request_body(content = Object, description = "The provider's report, in its own shape"),
-    responses((status = 200, description = "Taken (or matched nothing herald knows; counted in /metrics)"),
+    responses((status = 200, description = "Taken (or matched nothing herald knows; counted in /metrics). For `answer` and `input`, the call's next turn: a JSON array of NCCO actions"),
         (status = 400, description = "Not a report of the provider's", body = crate::api::error::ErrorBody),
         (status = 401, description = "The signature does not verify; nothing changed", body = crate::api::error::ErrorBody),
         (status = 404, description = "No such connection or webhook", body = crate::api::error::ErrorBody),
