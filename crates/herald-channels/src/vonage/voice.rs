@@ -102,6 +102,18 @@ pub enum CallOutcome {
     Refused { reason: String },
 }
 
+impl CallOutcome {
+    /// The outcome's word in herald's provider metrics.
+    pub fn result(&self) -> &'static str {
+        match self {
+            CallOutcome::Done { .. } => "accepted",
+            CallOutcome::Throttled { .. } => "throttled",
+            CallOutcome::Unavailable { .. } => "unavailable",
+            CallOutcome::Refused { .. } => "refused",
+        }
+    }
+}
+
 /// Reads Vonage's answer to a request about a call.
 pub(crate) async fn outcome(answer: Result<reqwest::Response, reqwest::Error>) -> CallOutcome {
     let response = match answer {

@@ -447,7 +447,48 @@ pub async fn fail_session(
         })
         .inc();
     app.callback_wakeup.notify_one();
+    if session.channel == Channel::Voice {
+        hang_up_placed_call(app, &session).await;
+    }
     Ok(())
+}
+
+/// Ends a session's call, if its provider placed one, as best it can: a
+/// session that ends for good must not leave the person on a live line.
+async fn hang_up_placed_call(app: &AppState, session: &SessionRecord) {
+    let version = app
+        .directory
+        .agent_version(app.store.as_ref(), &session.agent_id, session.agent_version)
+        .await;
+    let Some(connection) = version.ok().flatten().and_then(|v| v.connection_id.clone()) else {
+        return;
+    };
+    let Ok(Some(opened)) = app
+        .providers
+        .get(&app.config, app.store.as_ref(), &connection)
+        .await
+    else {
+        return;
+    };
+    let Link::Vonage(vonage) = &opened.link else {
+        return;
+    };
+    let Ok(refs) = app.store.session_provider_refs(session.id).await else {
+        return;
+    };
+    if let Some(call) = refs.iter().find(|r| r.item == CALL_ITEM) {
+        let started = std::time::Instant::now();
+        let outcome = vonage
+            .update_call(&call.provider_ref, &call::hangup_body())
+            .await;
+        let result = outcome.result();
+        app.metrics.provider_request(
+            opened.provider.as_str(),
+            "hang_up",
+            result,
+            started.elapsed(),
+        );
+    }
 }
 
 struct Driver<'a> {
@@ -1424,12 +1465,7 @@ impl Driver<'_> {
         };
         let started = std::time::Instant::now();
         let outcome = self.slot.outside(vonage.update_call(&uuid, &body)).await;
-        let result = match &outcome {
-            CallOutcome::Done { .. } => "accepted",
-            CallOutcome::Throttled { .. } => "throttled",
-            CallOutcome::Unavailable { .. } => "unavailable",
-            CallOutcome::Refused { .. } => "refused",
-        };
+        let result = outcome.result();
         self.app.metrics.provider_request(
             opened.provider.as_str(),
             operation,
@@ -1469,12 +1505,7 @@ impl Driver<'_> {
                 opened.call_pace.wait().await;
                 let started = std::time::Instant::now();
                 let outcome = self.slot.outside(vonage.create_call(&request)).await;
-                let result = match &outcome {
-                    CallOutcome::Done { .. } => "accepted",
-                    CallOutcome::Throttled { .. } => "throttled",
-                    CallOutcome::Unavailable { .. } => "unavailable",
-                    CallOutcome::Refused { .. } => "refused",
-                };
+                let result = outcome.result();
                 self.app.metrics.provider_request(
                     opened.provider.as_str(),
                     "create_call",

@@ -801,6 +801,42 @@ async fn a_vonage_that_stays_down_ends_the_call_failed_saying_why() {
     assert_eq!(on.callbacks(1).await, ["failed"]);
 }
 
+/// A call whose session can no longer run ends failed, and herald hangs
+/// the call up rather than leave the person on a live line.
+#[tokio::test]
+async fn a_call_whose_session_breaks_is_hung_up() {
+    let on = OnVonage::start_with("voice", Some(asking_flow()), |c| {
+        c.dispatch_max_attempts = 1;
+    })
+    .await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    on.at_input(&to, 1).await;
+    on.app
+        .db()
+        .await
+        .execute(
+            "UPDATE sessions SET flow_state = '{\"flow\": 3}' WHERE id = $1",
+            &[&id],
+        )
+        .await;
+    on.vonage.person_answers(&to, "1");
+    let session = on.ended(&id).await;
+    assert_eq!(session["outcome"], "failed", "{session}");
+    assert_eq!(
+        events_of(&session, "error", "error"),
+        ["the session's stored state cannot be read"]
+    );
+    let calls = on.vonage.wait_for_calls_to_end(&to).await;
+    assert!(calls[0].ended);
+    assert!(on
+        .vonage
+        .requests()
+        .iter()
+        .any(|r| r.method == "PUT" && r.body["action"] == "hangup"));
+    assert_eq!(on.callbacks(1).await, ["failed"]);
+}
+
 #[tokio::test]
 async fn voice_webhooks_refuse_bad_signatures_and_take_strangers_and_repeats_calmly() {
     let on = OnVonage::start("voice", Some(asking_flow())).await;
