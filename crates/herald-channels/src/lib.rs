@@ -59,10 +59,19 @@ pub struct OutboundMessage {
 /// closes when no more will come.
 pub type StatusStream = mpsc::Receiver<MessageStatus>;
 
+/// What a dialled call comes to, and how long after the dialling: the
+/// provider's report, which the session stores and applies when it is due
+/// (no task waits on the ringing phone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialled {
+    pub after: std::time::Duration,
+    pub result: CallResult,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
-    /// Dials and waits until the call is answered or fails.
-    async fn call(&self, call: &CallRequest) -> CallResult;
+    /// Dials: what the call will come to, and when.
+    fn dial(&self, call: &CallRequest) -> Dialled;
     /// Says `text` on an answered call and returns when it has been said.
     async fn say(&self, call: &CallRequest, text: &str);
     async fn hang_up(&self, call: &CallRequest);

@@ -62,9 +62,11 @@ impl Simulator {
 
 #[async_trait]
 impl Provider for Simulator {
-    async fn call(&self, call: &CallRequest) -> CallResult {
-        tokio::time::sleep(self.delay).await;
-        Self::call_result(call.last_two_digits)
+    fn dial(&self, call: &CallRequest) -> Dialled {
+        Dialled {
+            after: self.delay,
+            result: Self::call_result(call.last_two_digits),
+        }
     }
 
     async fn say(&self, _call: &CallRequest, _text: &str) {

@@ -81,6 +81,16 @@ pub struct SessionState {
     /// provider's own form: given again to a provider that asks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_turn: Option<serde_json::Value>,
+    /// What the simulator will report of the call it dialled, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_report: Option<DueReport>,
+}
+
+/// A provider's report of a call that takes effect at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DueReport {
+    pub progress: CallProgress,
+    pub at: DateTime<Utc>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -425,6 +435,14 @@ impl EventKeys {
     /// The key of the event of the input with this id.
     pub fn input(id: i64) -> String {
         format!("in:{id}")
+    }
+
+    /// The keys of what the simulator's report of its call makes.
+    pub fn call_report() -> Self {
+        EventKeys {
+            prefix: "call".into(),
+            n: 0,
+        }
     }
 
     /// The keys of what the report (input) with this id makes.

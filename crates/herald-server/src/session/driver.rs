@@ -5,8 +5,10 @@
 //! the session is new, when the person (or a live agent) has said something,
 //! or when a deadline of the flow has passed. A wake:
 //!
-//! 1. the first time only, reaches the person: places the call, or sends a
-//!    WhatsApp session's opening template;
+//! 1. the first time only, reaches the person: places the call (and
+//!    sleeps: the flow starts when the call is answered, which the
+//!    simulator reports in the stored state, due after its ring, and a
+//!    provider by webhook), or sends a WhatsApp session's opening template;
 //! 2. feeds every input not yet handled to the flow ([`herald_flow::step`]),
 //!    carries out the actions each step returns and stores the new state
 //!    after every step, together with what the step recorded;
@@ -62,7 +64,9 @@ use herald_core::session::{
     ShownContent,
 };
 use herald_core::{Channel, ConversationUuid, Destination};
-use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, PendingEnd, SessionState};
+use herald_flow::lifecycle::{
+    self, DueReport, Effect, EventKeys, Inbound, PendingEnd, SessionState,
+};
 use herald_flow::{Action, EndReason, Event, Input, InputMode, Wait, WebhookRequest};
 use herald_store::{
     Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
@@ -792,7 +796,8 @@ impl Driver<'_> {
 
     /// Places the call or opens the messaging session; `Some(Ended)` when
     /// the person cannot be reached (or the session is declined) and the
-    /// session has ended.
+    /// session has ended, and for a call once it is placed: the wake ends
+    /// there, and the flow starts when the call is answered.
     async fn reach_person(&mut self) -> anyhow::Result<Option<Ended>> {
         let session = self.session;
         self.app
@@ -820,13 +825,17 @@ impl Driver<'_> {
         if let Some(opened) = self.driving_provider() {
             return self.place_call(&opened).await;
         }
-        let progress = match self.provider.call(&self.call).await {
+        // The simulator says now what the call will come to; it takes
+        // effect when due, from the stored state, like a provider's report.
+        let dialled = self.provider.dial(&self.call);
+        let progress = match dialled.result {
             CallResult::NotAnswered(failure) => CallProgress::NotAnswered { failure },
             CallResult::Answered(by) => CallProgress::Answered { by },
         };
-        let now = Utc::now();
-        let effects = self.lifecycle.call_progress(progress, now);
-        self.apply(effects, now).await
+        let at = Utc::now() + chrono::Duration::from_std(dialled.after).unwrap_or_default();
+        self.state.call_report = Some(DueReport { progress, at });
+        self.save(JobFate::SleepUntil(at)).await?;
+        Ok(Some(Ended))
     }
 
     /// Opens a messaging session; `Some(Ended)` when it ended at once.
@@ -903,6 +912,15 @@ impl Driver<'_> {
     // ---- later wakes --------------------------------------------------------
 
     async fn handle_inputs_and_timer(&mut self) -> anyhow::Result<()> {
+        if let Some(due) = self.state.call_report {
+            if due.at <= Utc::now() {
+                self.state.call_report = None;
+                self.keys = EventKeys::call_report();
+                if self.call_report(due.progress, due.at).await?.is_some() {
+                    return Ok(());
+                }
+            }
+        }
         loop {
             let inputs = self
                 .app
@@ -963,6 +981,13 @@ impl Driver<'_> {
                 return Ok(());
             }
         }
+        if self.state.call_report.is_some() {
+            // Not due yet: sleep until it is.
+            let wake_at = self
+                .deadline()
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1));
+            return self.save(JobFate::SleepUntil(wake_at)).await;
+        }
         // Nothing more to do until the next deadline, or an input.
         let wake_at = self
             .deadline()
@@ -975,14 +1000,19 @@ impl Driver<'_> {
     /// ran out ([`Event::NoInput`]): herald's own deadline waits a little
     /// longer, for a provider that never says.
     fn deadline(&self) -> Option<DateTime<Utc>> {
-        let deadline = DateTime::<Utc>::from(self.state.flow.next_deadline()?);
+        let report = self.state.call_report.map(|due| due.at);
+        let Some(deadline) = self.state.flow.next_deadline() else {
+            return report;
+        };
+        let deadline = DateTime::<Utc>::from(deadline);
         let provider_times_it = self.driving_provider().is_some()
             && matches!(self.state.flow.waiting, Some(Wait::Input { .. }));
-        Some(if provider_times_it {
+        let deadline = if provider_times_it {
             deadline + chrono::Duration::seconds(PROVIDER_INPUT_GRACE_SECS)
         } else {
             deadline
-        })
+        };
+        Some(report.map_or(deadline, |at| at.min(deadline)))
     }
 
     fn note_input(&mut self, input: &InputRow) {
@@ -1595,13 +1625,28 @@ impl Driver<'_> {
                 }
                 self.start_flow().await
             }
+            // A provider's machine detection, reported beside the answer
+            // (which starts the flow by itself).
             CallProgress::Answered {
                 by: AnsweredBy::Machine,
-            } if !self.session.hangup_on_machine => {
+            } if !self.session.hangup_on_machine && self.driving_provider().is_some() => {
                 self.note(SessionEvent::Answered {
                     by: AnsweredBy::Machine,
                 });
                 Ok(None)
+            }
+            // The simulator's machine answers the call, and the agent runs.
+            CallProgress::Answered {
+                by: AnsweredBy::Machine,
+            } if !self.session.hangup_on_machine => {
+                if answered {
+                    return Ok(None);
+                }
+                let effects = self.lifecycle.call_progress(progress, at);
+                if self.apply(effects, at).await?.is_some() {
+                    return Ok(Some(Ended));
+                }
+                self.start_flow().await
             }
             CallProgress::NotAnswered { .. } if !answered => {
                 let effects = self.lifecycle.call_progress(progress, at);

@@ -14,14 +14,15 @@ async fn sessions_acknowledged_before_a_crash_finish_after_a_restart() {
 
     let key = create_key(&database);
 
-    // The simulator takes a minute per step, so every session is still in
-    // flight when the server dies.
+    // The simulator's calls ring for two seconds, so every session is
+    // still in flight when the server dies; they ring out after the
+    // restart, as a provider's calls would.
     let server = ServeProcess::start(
         &[
             "--database",
             &database,
             "--simulator-delay-ms",
-            "60000",
+            "2000",
             "--default-rate",
             "100",
             "--dispatch-lease-secs",

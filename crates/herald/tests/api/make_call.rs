@@ -417,9 +417,10 @@ async fn a_store_failure_answers_500_and_leaves_nothing() {
 
 #[tokio::test]
 async fn an_accepted_session_survives_a_restart_before_dispatch() {
-    // A long simulator delay keeps the session in flight when we stop.
+    // The call rings for two seconds, so the session is in flight when we
+    // stop; it rings out after the restart, as a provider's call would.
     let mut app = TestApp::spawn_with(|c| {
-        c.simulator_delay = std::time::Duration::from_secs(30);
+        c.simulator_delay = std::time::Duration::from_secs(2);
         c.shutdown_grace = std::time::Duration::from_millis(100);
     })
     .await;
