@@ -246,12 +246,13 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify_with_the_public_key_and_are_kept_until_near_expiry() {
-        let minter = TokenMinter::new("app1", crate::testing::VONAGE_PRIVATE_KEY).unwrap();
+        let minter = TokenMinter::new("app1", crate::testing::vonage_private_key()).unwrap();
         let token = minter.token(now());
         let mut validation = Validation::new(Algorithm::RS256);
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
-        let key = DecodingKey::from_rsa_pem(crate::testing::VONAGE_PUBLIC_KEY.as_bytes()).unwrap();
+        let key =
+            DecodingKey::from_rsa_pem(crate::testing::vonage_public_key().as_bytes()).unwrap();
         let claims = jsonwebtoken::decode::<Minted>(&token, &key, &validation)
             .unwrap()
             .claims;

@@ -82,7 +82,7 @@ pub async fn measure(
                 "settings": {"calls_per_second": 10000, "messages_per_second": 10000},
                 "credentials": {
                     "application_id": APPLICATION,
-                    "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                    "private_key": herald_channels::testing::vonage_private_key(),
                     "api_key": API_KEY, "api_secret": "bench-api-secret",
                     "signature_secret": SIGNATURE_SECRET}})),
         )

@@ -858,7 +858,7 @@ pub async fn vonage_connection(
             key,
             json!({"name": "Vonage", "provider": "vonage", "credentials": {
                 "application_id": VONAGE_APPLICATION,
-                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "private_key": herald_channels::testing::vonage_private_key(),
                 "api_key": VONAGE_API_KEY, "api_secret": "s3cret-api",
                 "signature_secret": VONAGE_SIGNATURE_SECRET}}),
         )

@@ -396,7 +396,7 @@ async fn connections_are_listed_and_checked_from_the_command_line() {
             &key,
             json!({"name": "Vonage", "provider": "vonage", "credentials": {
                 "application_id": application,
-                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "private_key": herald_channels::testing::vonage_private_key(),
                 "api_key": "abcd1234", "api_secret": "s3cret-api",
                 "signature_secret": "s3cret-signature"}}),
         )

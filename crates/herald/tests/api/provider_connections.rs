@@ -17,7 +17,7 @@ const SIGNATURE_SECRET: &str = "s3cret-signature-Hv27";
 
 /// A line of the test private key, to search for.
 fn key_line() -> &'static str {
-    herald_channels::testing::VONAGE_PRIVATE_KEY
+    herald_channels::testing::vonage_private_key()
         .lines()
         .nth(5)
         .expect("a PEM key has lines")
@@ -26,7 +26,7 @@ fn key_line() -> &'static str {
 fn vonage_credentials() -> Value {
     json!({
         "application_id": APPLICATION_ID,
-        "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+        "private_key": herald_channels::testing::vonage_private_key(),
         "api_key": "abcd1234",
         "api_secret": API_SECRET,
         "signature_secret": SIGNATURE_SECRET,

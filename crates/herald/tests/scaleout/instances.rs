@@ -471,7 +471,7 @@ async fn on_vonage(
             "/connections",
             json!({"name": "Vonage", "provider": "vonage", "credentials": {
                 "application_id": VONAGE_APPLICATION,
-                "private_key": herald_channels::testing::VONAGE_PRIVATE_KEY,
+                "private_key": herald_channels::testing::vonage_private_key(),
                 "api_key": "abcd1234", "api_secret": "api-secret",
                 "signature_secret": "signature-secret"}}),
         )

@@ -192,7 +192,7 @@ impl FakeVonage {
     /// A fake of the Vonage application `application_id`, whose public key
     /// is the test key pair's ([`herald_channels::testing`]).
     pub async fn start(application_id: &str) -> FakeVonage {
-        let key = DecodingKey::from_rsa_pem(herald_channels::testing::VONAGE_PUBLIC_KEY.as_bytes())
+        let key = DecodingKey::from_rsa_pem(herald_channels::testing::vonage_public_key().as_bytes())
             .expect("the test public key parses");
         let shared = Arc::new(Shared {
             application_id: application_id.to_owned(),
