@@ -106,41 +106,12 @@ pub enum SendOutcome {
     },
 }
 
-/// The error body of a refusal, as far as it says anything.
-#[derive(Debug, Default, Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    detail: Option<String>,
-}
-
 /// Reads Vonage's answer to a send.
 pub(crate) async fn outcome(answer: Result<reqwest::Response, reqwest::Error>) -> SendOutcome {
-    let response = match answer {
-        Ok(response) => response,
-        // The request never got an answer; reqwest's text names the URL,
-        // which is the operator's, but is not needed here.
-        Err(e) if e.is_timeout() => {
-            return SendOutcome::Unavailable {
-                reason: "Vonage did not answer in time".into(),
-            }
-        }
-        Err(_) => {
-            return SendOutcome::Unavailable {
-                reason: "Vonage could not be reached".into(),
-            }
-        }
-    };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
-    classify(status, retry_after, &text)
+    match super::read_answer(answer).await {
+        Ok((status, retry_after, text)) => classify(status, retry_after, &text),
+        Err(reason) => SendOutcome::Unavailable { reason },
+    }
 }
 
 /// The outcome of an answer of `status` with body `text`.
@@ -156,21 +127,8 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> SendO
             },
         };
     }
-    let error: ApiError = serde_json::from_str(text).unwrap_or_default();
-    let said = match (error.title, error.detail) {
-        (Some(t), Some(d)) => format!("{t}: {d}"),
-        (Some(t), None) => t,
-        (None, Some(d)) => d,
-        (None, None) => String::new(),
-    };
-    let reason = |what: &str| {
-        let mut reason = format!("Vonage {what} ({status})");
-        if !said.is_empty() {
-            reason.push_str(": ");
-            reason.push_str(&said.chars().take(300).collect::<String>());
-        }
-        reason
-    };
+    let said = super::what_vonage_said(text);
+    let reason = |what: &str| super::reason(what, status, &said);
     match status {
         429 => SendOutcome::Throttled { retry_after },
         500..=599 => SendOutcome::Unavailable {

@@ -28,6 +28,113 @@ pub const DEFAULT_API_URL: &str = "https://api.nexmo.com";
 /// How long one request to Vonage may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An answer of Vonage's, read: its status, its `Retry-After` and its
+/// body; or, when there was none, why (fit to show: reqwest's text names
+/// the URL, which is the operator's, and is not needed).
+pub(crate) async fn read_answer(
+    answer: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(u16, Option<Duration>, String), String> {
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) if e.is_timeout() => return Err("Vonage did not answer in time".into()),
+        Err(_) => return Err("Vonage could not be reached".into()),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = response.text().await.unwrap_or_default();
+    Ok((status, retry_after, text))
+}
+
+/// What an error answer of Vonage's says (its title, then its detail), at
+/// most 300 characters; empty if it says nothing readable.
+pub(crate) fn what_vonage_said(text: &str) -> String {
+    #[derive(Default, serde::Deserialize)]
+    struct Error {
+        #[serde(default)]
+        title: Option<String>,
+        #[serde(default)]
+        error_title: Option<String>,
+        #[serde(default)]
+        detail: Option<String>,
+    }
+    let error: Error = serde_json::from_str(text).unwrap_or_default();
+    [error.title.or(error.error_title), error.detail]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(": ")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// `Vonage {what} ({status})`, with what Vonage said after it.
+pub(crate) fn reason(what: &str, status: u16, said: &str) -> String {
+    let mut reason = format!("Vonage {what} ({status})");
+    if !said.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(said);
+    }
+    reason
+}
+
+/// Whether a request that did not get through may be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// It got an answer that stands (taken, or refused for good).
+    No,
+    /// Vonage asks to slow down, for this long if it says.
+    Throttled(Option<Duration>),
+    /// Vonage failed or could not be reached, for this reason.
+    Unavailable(String),
+}
+
+/// What a request to Vonage came to, as a sender that tries again reads
+/// it.
+pub trait Attempt {
+    /// The word for it in herald's provider metrics.
+    fn result(&self) -> &'static str;
+    fn retry(&self) -> Retry;
+}
+
+impl Attempt for SendOutcome {
+    fn result(&self) -> &'static str {
+        match self {
+            SendOutcome::Accepted { .. } => "accepted",
+            SendOutcome::Throttled { .. } => "throttled",
+            SendOutcome::Unavailable { .. } => "unavailable",
+            SendOutcome::Refused { .. } => "refused",
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            SendOutcome::Throttled { retry_after } => Retry::Throttled(*retry_after),
+            SendOutcome::Unavailable { reason } => Retry::Unavailable(reason.clone()),
+            _ => Retry::No,
+        }
+    }
+}
+
+impl Attempt for voice::CallOutcome {
+    fn result(&self) -> &'static str {
+        voice::CallOutcome::result(self)
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            voice::CallOutcome::Throttled { retry_after } => Retry::Throttled(*retry_after),
+            voice::CallOutcome::Unavailable { reason } => Retry::Unavailable(reason.clone()),
+            _ => Retry::No,
+        }
+    }
+}
+
 /// A Vonage connection's credentials, checked.
 #[derive(Debug, Clone)]
 pub struct VonageCredentials {

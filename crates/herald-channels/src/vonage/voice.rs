@@ -116,28 +116,10 @@ impl CallOutcome {
 
 /// Reads Vonage's answer to a request about a call.
 pub(crate) async fn outcome(answer: Result<reqwest::Response, reqwest::Error>) -> CallOutcome {
-    let response = match answer {
-        Ok(response) => response,
-        Err(e) if e.is_timeout() => {
-            return CallOutcome::Unavailable {
-                reason: "Vonage did not answer in time".into(),
-            }
-        }
-        Err(_) => {
-            return CallOutcome::Unavailable {
-                reason: "Vonage could not be reached".into(),
-            }
-        }
-    };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
-    classify(status, retry_after, &text)
+    match super::read_answer(answer).await {
+        Ok((status, retry_after, text)) => classify(status, retry_after, &text),
+        Err(reason) => CallOutcome::Unavailable { reason },
+    }
 }
 
 /// The outcome of an answer of `status` with body `text`.
@@ -148,29 +130,8 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> CallO
             .and_then(|v| v.get("uuid")?.as_str().map(str::to_owned));
         return CallOutcome::Done { uuid };
     }
-    #[derive(Default, Deserialize)]
-    struct Error {
-        #[serde(default)]
-        title: Option<String>,
-        #[serde(default)]
-        detail: Option<String>,
-        #[serde(default)]
-        error_title: Option<String>,
-    }
-    let error: Error = serde_json::from_str(text).unwrap_or_default();
-    let said = [error.title.or(error.error_title), error.detail]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(": ");
-    let reason = |what: &str| {
-        let mut reason = format!("Vonage {what} ({status})");
-        if !said.is_empty() {
-            reason.push_str(": ");
-            reason.push_str(&said.chars().take(300).collect::<String>());
-        }
-        reason
-    };
+    let said = super::what_vonage_said(text);
+    let reason = |what: &str| super::reason(what, status, &said);
     match status {
         429 => CallOutcome::Throttled { retry_after },
         500..=599 => CallOutcome::Unavailable {

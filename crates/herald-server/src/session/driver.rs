@@ -1296,38 +1296,15 @@ impl Driver<'_> {
         let Link::Vonage(vonage) = &opened.link else {
             return Err(Permanent("the session's connection cannot send messages").into());
         };
-        let provider = opened.provider.as_str();
-        let mut tries = 0;
-        let outcome = loop {
-            tries += 1;
-            opened.pace.wait().await;
-            let started = std::time::Instant::now();
-            let outcome = self.slot.outside(vonage.send(message)).await;
-            let result = match &outcome {
-                SendOutcome::Accepted { .. } => "accepted",
-                SendOutcome::Throttled { .. } => "throttled",
-                SendOutcome::Unavailable { .. } => "unavailable",
-                SendOutcome::Refused { .. } => "refused",
-            };
-            self.app
-                .metrics
-                .provider_request(provider, "send_message", result, started.elapsed());
-            let pause = match &outcome {
-                SendOutcome::Throttled { retry_after } => {
-                    retry_after.unwrap_or(Duration::from_millis(500))
-                }
-                SendOutcome::Unavailable { .. } => Duration::from_millis(250 << tries),
-                _ => break outcome,
-            };
-            if tries >= SEND_TRIES {
-                let reason = match outcome {
-                    SendOutcome::Unavailable { reason } => reason,
-                    _ => format!("{} kept refusing to take messages (429)", opened.provider),
-                };
-                return Err(ProviderDown(reason).into());
-            }
-            tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
-        };
+        let outcome = self
+            .with_retries(
+                opened,
+                &opened.pace,
+                "send_message",
+                "take messages",
+                || vonage.send(message),
+            )
+            .await?;
         Ok(Some(match outcome {
             SendOutcome::Accepted { message_uuid } => {
                 let reference = ProviderRef {
@@ -1349,6 +1326,46 @@ impl Driver<'_> {
                 unreachable!("tried again above")
             }
         }))
+    }
+
+    /// Makes a request to the connection's provider at `pace`, trying it
+    /// again a few times while the provider throttles it or fails; past
+    /// that the run fails ([`ProviderDown`]) and is tried again later.
+    /// Each try is counted in the metrics as `operation`; `what` says
+    /// what a provider that keeps throttling kept refusing to do.
+    async fn with_retries<T: vonage::Attempt, F: std::future::Future<Output = T>>(
+        &mut self,
+        opened: &Opened,
+        pace: &crate::providers::Pace,
+        operation: &'static str,
+        what: &str,
+        mut attempt: impl FnMut() -> F,
+    ) -> anyhow::Result<T> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            pace.wait().await;
+            let started = std::time::Instant::now();
+            let outcome = self.slot.outside(attempt()).await;
+            self.app.metrics.provider_request(
+                opened.provider.as_str(),
+                operation,
+                outcome.result(),
+                started.elapsed(),
+            );
+            let (pause, reason) = match outcome.retry() {
+                vonage::Retry::No => return Ok(outcome),
+                vonage::Retry::Throttled(after) => (
+                    after.unwrap_or(Duration::from_millis(500)),
+                    format!("{} kept refusing to {what} (429)", opened.provider),
+                ),
+                vonage::Retry::Unavailable(reason) => (Duration::from_millis(250 << tries), reason),
+            };
+            if tries >= SEND_TRIES {
+                return Err(ProviderDown(reason).into());
+            }
+            tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
+        }
     }
 
     /// A Send SMS node's message: to anyone, from the agent's number; its
@@ -1529,35 +1546,15 @@ impl Driver<'_> {
                 machine_detection,
                 ringing_timer: RINGING_SECS,
             };
-            let mut tries = 0;
-            let outcome = loop {
-                tries += 1;
-                opened.call_pace.wait().await;
-                let started = std::time::Instant::now();
-                let outcome = self.slot.outside(vonage.create_call(&request)).await;
-                let result = outcome.result();
-                self.app.metrics.provider_request(
-                    opened.provider.as_str(),
+            let outcome = self
+                .with_retries(
+                    opened,
+                    &opened.call_pace,
                     "create_call",
-                    result,
-                    started.elapsed(),
-                );
-                let pause = match &outcome {
-                    CallOutcome::Throttled { retry_after } => {
-                        retry_after.unwrap_or(Duration::from_millis(500))
-                    }
-                    CallOutcome::Unavailable { .. } => Duration::from_millis(250 << tries),
-                    _ => break outcome,
-                };
-                if tries >= SEND_TRIES {
-                    let reason = match outcome {
-                        CallOutcome::Unavailable { reason } => reason,
-                        _ => format!("{} kept refusing to place calls (429)", opened.provider),
-                    };
-                    return Err(ProviderDown(reason).into());
-                }
-                tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
-            };
+                    "place calls",
+                    || vonage.create_call(&request),
+                )
+                .await?;
             let uuid = match outcome {
                 CallOutcome::Done { uuid: Some(uuid) } => uuid,
                 CallOutcome::Done { uuid: None } => {

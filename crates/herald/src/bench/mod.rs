@@ -80,26 +80,7 @@ impl Drop for Server {
 impl Server {
     /// Makes a database with a key in `dir` and serves it with `args`.
     async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Server> {
-        let exe = std::env::current_exe().context("finding the herald executable")?;
-        let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
-        let output = Command::new(&exe)
-            .args([
-                "keys",
-                "create",
-                "--account",
-                "bench",
-                "--database",
-                &database,
-            ])
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "herald keys create failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let key = String::from_utf8(output.stdout)?.trim().to_owned();
-        Server::serve(dir, name, key, args).await
+        Server::start_with_env(dir, name, args, &[]).await
     }
 
     /// [`Server::start`] with these variables set too.

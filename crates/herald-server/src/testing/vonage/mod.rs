@@ -109,6 +109,19 @@ impl Shared {
             .push(text);
     }
 
+    /// The answer the test scripted for the next request that makes
+    /// something (a message, a call), if it scripted one.
+    fn scripted_answer(&self) -> Option<Response> {
+        let (status, answer) = self
+            .script
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answers
+            .pop_front()?;
+        let status = StatusCode::from_u16(status).expect("a scripted status is one");
+        Some((status, Json(answer)).into_response())
+    }
+
     fn record(&self, request: Recorded) {
         self.log
             .lock()
@@ -192,8 +205,9 @@ impl FakeVonage {
     /// A fake of the Vonage application `application_id`, whose public key
     /// is the test key pair's ([`herald_channels::testing`]).
     pub async fn start(application_id: &str) -> FakeVonage {
-        let key = DecodingKey::from_rsa_pem(herald_channels::testing::vonage_public_key().as_bytes())
-            .expect("the test public key parses");
+        let key =
+            DecodingKey::from_rsa_pem(herald_channels::testing::vonage_public_key().as_bytes())
+                .expect("the test public key parses");
         let shared = Arc::new(Shared {
             application_id: application_id.to_owned(),
             key,
@@ -686,15 +700,8 @@ async fn send_message(
     if claims.is_none() {
         return unauthorised();
     }
-    let scripted = shared
-        .script
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .answers
-        .pop_front();
-    if let Some((status, answer)) = scripted {
-        let status = StatusCode::from_u16(status).expect("a scripted status is one");
-        return (status, Json(answer)).into_response();
+    if let Some(answer) = shared.scripted_answer() {
+        return answer;
     }
     let message_uuid = uuid::Uuid::new_v4().to_string();
     shared
