@@ -19,7 +19,6 @@ pub use simulator::Simulator;
 use async_trait::async_trait;
 use herald_core::session::MessageStatus;
 use herald_core::Channel;
-use tokio::sync::mpsc;
 
 pub use herald_core::session::{AnsweredBy, CallFailure};
 
@@ -55,9 +54,14 @@ pub struct OutboundMessage {
     pub last_two_digits: Option<u8>,
 }
 
-/// The statuses of one sent message, in the order they happen. The channel
-/// closes when no more will come.
-pub type StatusStream = mpsc::Receiver<MessageStatus>;
+/// A status a provider will report of a message it took, and how long
+/// after the send: stored by the session and applied when it is due, as a
+/// real provider's status webhook is (no task waits on a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    pub after: std::time::Duration,
+    pub status: MessageStatus,
+}
 
 /// What a dialled call comes to, and how long after the dialling: the
 /// provider's report, which the session stores and applies when it is due
@@ -78,6 +82,6 @@ pub trait Provider: Send + Sync + 'static {
     /// Hands an answered call over to `to` (a number or SIP URI); herald's
     /// part of the call ends there.
     async fn transfer(&self, call: &CallRequest, to: &str);
-    /// Sends a message and returns its statuses as they happen.
-    async fn send(&self, message: &OutboundMessage) -> StatusStream;
+    /// Takes a message: every status it will come to, in order, and when.
+    fn send(&self, message: &OutboundMessage) -> Vec<Reported>;
 }

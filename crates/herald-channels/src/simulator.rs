@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::session::MessageStatus;
 use herald_core::Channel;
-use tokio::sync::mpsc;
 
 use crate::*;
 
@@ -79,19 +78,15 @@ impl Provider for Simulator {
         tokio::time::sleep(self.delay).await;
     }
 
-    async fn send(&self, message: &OutboundMessage) -> StatusStream {
-        let statuses = Self::message_statuses(message.channel, message.last_two_digits);
-        let (tx, rx) = mpsc::channel(statuses.len().max(1));
-        let delay = self.delay;
-        tokio::spawn(async move {
-            for &status in statuses {
-                tokio::time::sleep(delay).await;
-                if tx.send(status).await.is_err() {
-                    break;
-                }
-            }
-        });
-        rx
+    fn send(&self, message: &OutboundMessage) -> Vec<Reported> {
+        Self::message_statuses(message.channel, message.last_two_digits)
+            .iter()
+            .zip(1..)
+            .map(|(&status, n)| Reported {
+                after: self.delay * n,
+                status,
+            })
+            .collect()
     }
 }
 
@@ -145,22 +140,33 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn streams_statuses_in_order_then_closes() {
-        let sim = Simulator::new(Duration::from_millis(1));
-        let mut rx = sim
-            .send(&OutboundMessage {
-                channel: Channel::Whatsapp,
-                to: "447700900123".into(),
-                from: "447700900000".into(),
-                content: MessageContent::Text("hi".into()),
-                last_two_digits: Some(23),
-            })
-            .await;
-        let mut seen = vec![];
-        while let Some(s) = rx.recv().await {
-            seen.push(s);
-        }
-        assert_eq!(seen, [Sent, Delivered, Read]);
+    #[test]
+    fn reports_statuses_in_order_one_delay_apart() {
+        let sim = Simulator::new(Duration::from_millis(7));
+        let reported = sim.send(&OutboundMessage {
+            channel: Channel::Whatsapp,
+            to: "447700900123".into(),
+            from: "447700900000".into(),
+            content: MessageContent::Text("hi".into()),
+            last_two_digits: Some(23),
+        });
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            reported,
+            [
+                Reported {
+                    after: ms(7),
+                    status: Sent
+                },
+                Reported {
+                    after: ms(14),
+                    status: Delivered
+                },
+                Reported {
+                    after: ms(21),
+                    status: Read
+                },
+            ]
+        );
     }
 }

@@ -61,8 +61,8 @@ pub struct SessionState {
     /// The furthest status of each message to the person that has one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub statuses: BTreeMap<u32, MessageStatus>,
-    /// Messages of which no more will be heard (the simulator's, once it
-    /// has played their statuses).
+    /// Messages of which no more will be heard (the simulator's, once
+    /// their last status due has been applied).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub closed: BTreeSet<u32>,
     /// The flow has ended, and the session ends so once its messages have
@@ -81,16 +81,45 @@ pub struct SessionState {
     /// provider's own form: given again to a provider that asks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_turn: Option<serde_json::Value>,
-    /// What the simulator will report of the call it dialled, and when.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_report: Option<DueReport>,
+    /// What the simulator will report of the session's call and messages,
+    /// in the order it happens: a provider's reports, kept with the state
+    /// and applied when due rather than posted by webhook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub due: Vec<DueReport>,
+    /// Reports the simulator has made so far; names each one's events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reports_made: u32,
 }
 
-/// A provider's report of a call that takes effect at `at`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// A provider's report that takes effect at `at`; the `n`-th of the
+/// session's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DueReport {
-    pub progress: CallProgress,
+    pub n: u32,
+    pub report: Report,
     pub at: DateTime<Utc>,
+}
+
+/// What a provider reports of a session, as it reports it by webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum Report {
+    /// How the call is going.
+    Call { progress: CallProgress },
+    /// A status of the session's `message`-th message to the person.
+    Message { message: u32, status: MessageStatus },
+    /// A status of a text a Send SMS node sent to `to`.
+    Text { to: String, status: MessageStatus },
+}
+
+impl From<Report> for SessionInput {
+    fn from(report: Report) -> Self {
+        match report {
+            Report::Call { progress } => SessionInput::CallProgress(progress),
+            Report::Message { message, status } => SessionInput::MessageStatus { message, status },
+            Report::Text { to, status } => SessionInput::SmsStatus { to, status },
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -113,6 +142,39 @@ impl SessionState {
 
     pub fn to_stored(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("a session state serialises")
+    }
+
+    /// Keeps `report` to take effect at `at`, after every report due
+    /// before it.
+    pub fn schedule(&mut self, report: Report, at: DateTime<Utc>) {
+        let n = self.reports_made;
+        self.reports_made += 1;
+        let place = self.due.partition_point(|due| due.at <= at);
+        self.due.insert(place, DueReport { n, report, at });
+    }
+
+    /// When the next report is due, if one is.
+    pub fn next_report(&self) -> Option<DateTime<Utc>> {
+        self.due.first().map(|due| due.at)
+    }
+
+    /// The next report, if it is due by `now`. A message whose last report
+    /// this is will be heard of no more.
+    pub fn take_due(&mut self, now: DateTime<Utc>) -> Option<DueReport> {
+        if self.due.first()?.at > now {
+            return None;
+        }
+        let due = self.due.remove(0);
+        if let Report::Message { message, .. } = due.report {
+            let more = self
+                .due
+                .iter()
+                .any(|d| matches!(d.report, Report::Message { message: m, .. } if m == message));
+            if !more {
+                self.closed.insert(message);
+            }
+        }
+        Some(due)
     }
 
     /// Whether a live agent holds the conversation now.
@@ -437,10 +499,10 @@ impl EventKeys {
         format!("in:{id}")
     }
 
-    /// The keys of what the simulator's report of its call makes.
-    pub fn call_report() -> Self {
+    /// The keys of what the simulator's `n`-th report makes.
+    pub fn due(n: u32) -> Self {
         EventKeys {
-            prefix: "call".into(),
+            prefix: format!("due{n}"),
             n: 0,
         }
     }

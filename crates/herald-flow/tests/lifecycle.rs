@@ -10,7 +10,7 @@ use herald_core::session::{
     SessionInput, ShownContent,
 };
 use herald_core::{Channel, ConversationUuid, SessionId};
-use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, Session, SessionState};
+use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, Report, Session, SessionState};
 use herald_flow::{FlowState, Wait};
 
 fn now() -> DateTime<Utc> {
@@ -219,6 +219,60 @@ fn a_session_settles_once_each_message_got_through_or_failed() {
     assert!(!state(&[(0, Read), (1, Rejected)], &[]).awaiting_reports(Channel::Whatsapp));
     assert!(!state(&[(0, Sent)], &[0, 1]).awaiting_reports(Channel::Whatsapp));
     assert!(!SessionState::default().awaiting_reports(Channel::Sms));
+}
+
+#[test]
+fn reports_due_come_in_time_order_and_the_last_of_a_message_closes_it() {
+    use MessageStatus::*;
+    let ms = chrono::Duration::milliseconds;
+    let t0 = now();
+    let mut state = SessionState {
+        messages: 2,
+        ..SessionState::default()
+    };
+    let status = |message, status| Report::Message { message, status };
+    state.schedule(status(0, Sent), t0 + ms(20));
+    state.schedule(status(0, Delivered), t0 + ms(40));
+    state.schedule(status(1, Sent), t0 + ms(30));
+    state.schedule(status(1, Delivered), t0 + ms(40));
+    assert_eq!(state.next_report(), Some(t0 + ms(20)));
+    assert_eq!(state.take_due(t0 + ms(19)), None);
+    let taken: Vec<(u32, Report)> = std::iter::from_fn(|| state.take_due(t0 + ms(35)))
+        .map(|due| (due.n, due.report))
+        .collect();
+    assert_eq!(taken, [(0, status(0, Sent)), (2, status(1, Sent))]);
+    assert!(state.closed.is_empty());
+    // Due at the same time: in the order they were made.
+    let first = state.take_due(t0 + ms(40)).unwrap();
+    assert_eq!((first.n, first.report), (1, status(0, Delivered)));
+    assert_eq!(state.closed, [0].into_iter().collect());
+    // What is still due survives the stored state.
+    let stored = SessionState::from_stored(&state.to_stored()).unwrap();
+    assert_eq!(stored, state);
+    assert_eq!(stored.reports_made, 4);
+    let last = state.take_due(t0 + ms(40)).unwrap();
+    assert_eq!(last.n, 3);
+    assert_eq!(state.closed, [0, 1].into_iter().collect());
+    assert_eq!(state.next_report(), None);
+    assert_eq!(
+        SessionInput::from(last.report),
+        SessionInput::MessageStatus {
+            message: 1,
+            status: Delivered
+        }
+    );
+    // A call's report and a Send SMS node's text's close nothing.
+    let mut call = SessionState::default();
+    let answered = CallProgress::Answered {
+        by: AnsweredBy::Person,
+    };
+    call.schedule(Report::Call { progress: answered }, t0);
+    let due = call.take_due(t0).unwrap();
+    assert_eq!(
+        SessionInput::from(due.report),
+        SessionInput::CallProgress(answered)
+    );
+    assert!(call.closed.is_empty());
 }
 
 #[test]

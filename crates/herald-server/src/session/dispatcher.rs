@@ -14,15 +14,64 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use herald_core::AccountId;
 use herald_store::{DispatchLease, DispatchQueue, StoreError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::leases::LeasedWork;
 use crate::{AppState, Shutdown};
 
 const CLAIM_BATCH: usize = 128;
+
+/// How long an idle dispatcher waits before it looks for due jobs again,
+/// unless it is poked or its [`Alarm`] rings first.
+const POLL: Duration = Duration::from_millis(250);
+
+/// When the soonest job this server put to sleep is due, if that is
+/// sooner than the next poll: a short sleep (a simulated report, a short
+/// timer of a flow) ends when it is due rather than at the next poll.
+#[derive(Default)]
+pub struct Alarm(Mutex<Option<Instant>>);
+
+impl Alarm {
+    /// A job sleeps until `at`: rings then if that is sooner than the next
+    /// poll and than the alarm already set.
+    pub fn set(&self, at: DateTime<Utc>, wakeup: &Notify) {
+        let Ok(wait) = (at - Utc::now()).to_std() else {
+            return;
+        };
+        if wait >= POLL {
+            return;
+        }
+        // A little after `at`, so that the claim finds the job due.
+        let ring = Instant::now() + wait + Duration::from_millis(1);
+        let mut alarm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if alarm.is_none_or(|set| ring < set) {
+            *alarm = Some(ring);
+            // The dispatcher may be asleep until later: it looks again.
+            wakeup.notify_one();
+        }
+    }
+
+    /// When an idle dispatcher next looks for due jobs: at the next poll,
+    /// or when the alarm rings. `None` when it has rung already.
+    fn next(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut alarm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *alarm {
+            Some(ring) if ring <= now => {
+                *alarm = None;
+                None
+            }
+            Some(ring) => Some(ring.min(now + POLL)),
+            None => Some(now + POLL),
+        }
+    }
+}
 
 /// The sessions of each account this server holds (running, or waiting on
 /// an outside call).
@@ -167,9 +216,12 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             }
         }
         if idle {
+            let Some(next) = app.dispatch_alarm.next() else {
+                continue;
+            };
             tokio::select! {
                 _ = app.dispatch_wakeup.notified() => {}
-                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.wait() => break,
             }
         } else if shutdown.is_set() {

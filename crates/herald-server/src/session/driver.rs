@@ -6,9 +6,8 @@
 //! or when a deadline of the flow has passed. A wake:
 //!
 //! 1. the first time only, reaches the person: places the call (and
-//!    sleeps: the flow starts when the call is answered, which the
-//!    simulator reports in the stored state, due after its ring, and a
-//!    provider by webhook), or sends a WhatsApp session's opening template;
+//!    sleeps: the flow starts when the call is answered, which a provider
+//!    reports by webhook), or sends a WhatsApp session's opening template;
 //! 2. feeds every input not yet handled to the flow ([`herald_flow::step`]),
 //!    carries out the actions each step returns and stores the new state
 //!    after every step, together with what the step recorded;
@@ -29,7 +28,11 @@
 //! ended waits for its messages to settle (`--message-settle-secs`) so
 //! that its outcome says whether they got through; once ended, its job
 //! sleeps on for what providers report late (`--message-reports-secs`).
-//! On the simulator, a message's statuses are played out in the send.
+//!
+//! The simulator is a provider on the same terms: it says at once what
+//! it will report of a call it dials or a message it takes, and when;
+//! those reports are kept in the stored state and applied when they are
+//! due (no task waits on them), as a real provider's webhooks are.
 //!
 //! A call through a connection is driven by its provider (CHANNELS §1.2):
 //! the first wake places it and sleeps; the provider's answer webhook
@@ -55,7 +58,9 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use herald_channels::vonage::voice::{self as call, CallOutcome, Endpoint, Ncco, NewCall};
 use herald_channels::vonage::{self, SendOutcome};
-use herald_channels::{CallRequest, CallResult, MessageContent, OutboundMessage, Provider};
+use herald_channels::{
+    CallRequest, CallResult, MessageContent, OutboundMessage, Provider, Reported,
+};
 use herald_core::flow::FlowDefinition;
 use herald_core::secret::redact_url;
 use herald_core::session::transcript::transcript;
@@ -64,9 +69,7 @@ use herald_core::session::{
     ShownContent,
 };
 use herald_core::{Channel, ConversationUuid, Destination};
-use herald_flow::lifecycle::{
-    self, DueReport, Effect, EventKeys, Inbound, PendingEnd, SessionState,
-};
+use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, PendingEnd, Report, SessionState};
 use herald_flow::{Action, EndReason, Event, Input, InputMode, Wait, WebhookRequest};
 use herald_store::{
     Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
@@ -588,10 +591,17 @@ impl Driver<'_> {
         callbacks.append(&mut update.callbacks);
         let reported = !callbacks.is_empty();
         update.callbacks = callbacks;
+        let sleeps_until = match update.job {
+            JobFate::SleepUntil(at) | JobFate::EndAndWait { until: at, .. } => Some(at),
+            _ => None,
+        };
         self.app
             .store
             .update_session(self.session.id, update)
             .await?;
+        if let Some(at) = sleeps_until {
+            self.app.dispatch_alarm.set(at, &self.app.dispatch_wakeup);
+        }
         if reported {
             self.app.callback_wakeup.notify_one();
         }
@@ -678,7 +688,10 @@ impl Driver<'_> {
                 + chrono::Duration::from_std(self.app.config.message_reports_window)
                     .unwrap_or_default();
             self.state.reports_until = Some(until);
-            JobFate::EndAndWait { ending, until }
+            JobFate::EndAndWait {
+                ending,
+                until: self.by_next_report(until),
+            }
         } else {
             JobFate::Finish(Some(ending))
         };
@@ -722,9 +735,17 @@ impl Driver<'_> {
                 reason,
                 by,
             });
-            return self.save(JobFate::SleepUntil(by)).await;
+            return self
+                .save(JobFate::SleepUntil(self.by_next_report(by)))
+                .await;
         }
         self.finish(outcome, reason).await
+    }
+
+    /// `at`, or sooner if a report is due sooner: when a wake that waits
+    /// for `at` must come.
+    fn by_next_report(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        self.state.next_report().map_or(at, |due| due.min(at))
     }
 
     /// A wake of a session that has ended but still takes what providers
@@ -739,35 +760,44 @@ impl Driver<'_> {
         for input in inputs {
             self.state.inputs_consumed = input.id;
             self.keys = EventKeys::report(input.id);
-            self.report(input).await?;
+            self.report(input.input, input.at).await?;
+        }
+        while let Some(due) = self.state.take_due(Utc::now()) {
+            self.keys = EventKeys::due(due.n);
+            self.report(due.report.into(), due.at).await?;
         }
         let until = self.state.reports_until.unwrap_or_else(Utc::now);
         let job = if until <= Utc::now() || !self.state.awaiting_reports(self.session.channel) {
             JobFate::Finish(None)
         } else {
-            JobFate::SleepUntil(until)
+            JobFate::SleepUntil(self.by_next_report(until))
         };
         self.save(job).await
     }
 
-    /// Applies what a provider reported of a message; `Some(Ended)` when it
-    /// ended the session (a message the person cannot be reached by).
-    async fn report(&mut self, input: InputRow) -> anyhow::Result<Option<Ended>> {
-        match input.input {
+    /// Applies what a provider reported (at `at`) of the call or a message;
+    /// `Some(Ended)` when it ended the session (a call not answered, a
+    /// message the person cannot be reached by).
+    async fn report(
+        &mut self,
+        input: SessionInput,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Ended>> {
+        match input {
             SessionInput::MessageStatus { message, status } => {
                 if message >= self.state.messages {
                     tracing::warn!(message, "a status of a message the session never sent");
                     return Ok(None);
                 }
-                let effects =
-                    self.lifecycle
-                        .message_status(&mut self.state, message, status, input.at);
+                let effects = self
+                    .lifecycle
+                    .message_status(&mut self.state, message, status, at);
                 if self.state.reports_until.is_some() {
                     // Ended: record and report, nothing else.
                     for effect in effects {
                         match effect {
                             Effect::Record(event) => {
-                                let event = self.event(event, input.at);
+                                let event = self.event(event, at);
                                 self.pending.push(event);
                             }
                             Effect::Report { key, callback } => {
@@ -779,14 +809,14 @@ impl Driver<'_> {
                     }
                     return Ok(None);
                 }
-                self.apply(effects, input.at).await
+                self.apply(effects, at).await
             }
             SessionInput::SmsStatus { to, status } => {
                 self.note(SessionEvent::SmsStatus { to, status });
                 Ok(None)
             }
             SessionInput::CallProgress(progress) if self.state.reports_until.is_none() => {
-                self.call_report(progress, input.at).await
+                self.call_report(progress, at).await
             }
             _ => Ok(None),
         }
@@ -833,7 +863,7 @@ impl Driver<'_> {
             CallResult::Answered(by) => CallProgress::Answered { by },
         };
         let at = Utc::now() + chrono::Duration::from_std(dialled.after).unwrap_or_default();
-        self.state.call_report = Some(DueReport { progress, at });
+        self.state.schedule(Report::Call { progress }, at);
         self.save(JobFate::SleepUntil(at)).await?;
         Ok(Some(Ended))
     }
@@ -912,13 +942,10 @@ impl Driver<'_> {
     // ---- later wakes --------------------------------------------------------
 
     async fn handle_inputs_and_timer(&mut self) -> anyhow::Result<()> {
-        if let Some(due) = self.state.call_report {
-            if due.at <= Utc::now() {
-                self.state.call_report = None;
-                self.keys = EventKeys::call_report();
-                if self.call_report(due.progress, due.at).await?.is_some() {
-                    return Ok(());
-                }
+        while let Some(due) = self.state.take_due(Utc::now()) {
+            self.keys = EventKeys::due(due.n);
+            if self.report(due.report.into(), due.at).await?.is_some() {
+                return Ok(());
             }
         }
         loop {
@@ -934,7 +961,7 @@ impl Driver<'_> {
                 self.state.inputs_consumed = input.id;
                 if input.input.kind().is_provider_report() {
                     self.keys = EventKeys::report(input.id);
-                    if self.report(input).await?.is_some() {
+                    if self.report(input.input, input.at).await?.is_some() {
                         return Ok(());
                     }
                     continue;
@@ -956,7 +983,8 @@ impl Driver<'_> {
             if self.state.settled() || ending.by <= Utc::now() {
                 return self.finish(ending.outcome, ending.reason).await;
             }
-            return self.save(JobFate::SleepUntil(ending.by)).await;
+            let wake_at = self.by_next_report(ending.by);
+            return self.save(JobFate::SleepUntil(wake_at)).await;
         }
         if let (Some(_), Some(by)) = (self.driving_provider(), self.state.answer_by) {
             if self.state.flow.seq == 0 {
@@ -976,22 +1004,17 @@ impl Driver<'_> {
                 return Ok(());
             }
         }
-        if let Some(deadline) = self.deadline() {
+        if let Some(deadline) = self.timer_deadline() {
             if deadline <= Utc::now() && self.advance(Event::Timer).await?.is_some() {
                 return Ok(());
             }
         }
-        if self.state.call_report.is_some() {
-            // Not due yet: sleep until it is.
-            let wake_at = self
-                .deadline()
-                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1));
-            return self.save(JobFate::SleepUntil(wake_at)).await;
-        }
-        // Nothing more to do until the next deadline, or an input.
-        let wake_at = self
-            .deadline()
-            .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1));
+        // Nothing more to do until the flow's next deadline, the next
+        // report due, or an input.
+        let wake_at = self.by_next_report(
+            self.timer_deadline()
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1)),
+        );
         self.save(JobFate::SleepUntil(wake_at)).await
     }
 
@@ -999,20 +1022,15 @@ impl Driver<'_> {
     /// provider drives times the person's answer itself, and says when it
     /// ran out ([`Event::NoInput`]): herald's own deadline waits a little
     /// longer, for a provider that never says.
-    fn deadline(&self) -> Option<DateTime<Utc>> {
-        let report = self.state.call_report.map(|due| due.at);
-        let Some(deadline) = self.state.flow.next_deadline() else {
-            return report;
-        };
-        let deadline = DateTime::<Utc>::from(deadline);
+    fn timer_deadline(&self) -> Option<DateTime<Utc>> {
+        let deadline = DateTime::<Utc>::from(self.state.flow.next_deadline()?);
         let provider_times_it = self.driving_provider().is_some()
             && matches!(self.state.flow.waiting, Some(Wait::Input { .. }));
-        let deadline = if provider_times_it {
+        Some(if provider_times_it {
             deadline + chrono::Duration::seconds(PROVIDER_INPUT_GRACE_SECS)
         } else {
             deadline
-        };
-        Some(report.map_or(deadline, |at| at.min(deadline)))
+        })
     }
 
     fn note_input(&mut self, input: &InputRow) {
@@ -1223,27 +1241,14 @@ impl Driver<'_> {
         let sent = self.lifecycle.message_sent(n, shown);
         self.note(sent);
         let Outlet::Connection(opened) = &self.outlet else {
-            let mut statuses = self
-                .provider
-                .send(&OutboundMessage {
-                    channel: session.channel,
-                    to: session.to.clone(),
-                    from: session.from.clone(),
-                    content,
-                    last_two_digits: self.call.last_two_digits,
-                })
-                .await;
-            while let Some(status) = statuses.recv().await {
-                let now = Utc::now();
-                let effects = self
-                    .lifecycle
-                    .message_status(&mut self.state, n, status, now);
-                if self.apply(effects, now).await?.is_some() {
-                    return Ok(Some(Ended));
-                }
-            }
-            // The simulator has played every status there is.
-            self.state.closed.insert(n);
+            let reported = self.provider.send(&OutboundMessage {
+                channel: session.channel,
+                to: session.to.clone(),
+                from: session.from.clone(),
+                content,
+                last_two_digits: self.call.last_two_digits,
+            });
+            self.expect(reported, |status| Report::Message { message: n, status });
             return Ok(None);
         };
         let opened = opened.clone();
@@ -1403,23 +1408,28 @@ impl Driver<'_> {
             }
             return Ok(());
         }
-        let mut statuses = self
-            .provider
-            .send(&OutboundMessage {
-                channel: Channel::Sms,
-                to: to.clone(),
-                from: self.session.from.clone(),
-                content: MessageContent::Text(text),
-                last_two_digits: digits,
-            })
-            .await;
-        while let Some(status) = statuses.recv().await {
-            self.note(SessionEvent::SmsStatus {
-                to: to.clone(),
-                status,
-            });
-        }
+        let reported = self.provider.send(&OutboundMessage {
+            channel: Channel::Sms,
+            to: to.clone(),
+            from: self.session.from.clone(),
+            content: MessageContent::Text(text),
+            last_two_digits: digits,
+        });
+        self.expect(reported, |status| Report::Text {
+            to: to.clone(),
+            status,
+        });
         Ok(())
+    }
+
+    /// Keeps what the simulator will report of a message it took, each
+    /// status to take effect when it is due.
+    fn expect(&mut self, reported: Vec<Reported>, report: impl Fn(MessageStatus) -> Report) {
+        let now = Utc::now();
+        for Reported { after, status } in reported {
+            let at = now + chrono::Duration::from_std(after).unwrap_or_default();
+            self.state.schedule(report(status), at);
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct App {
     pub inflight: Mutex<HashSet<(AccountId, String)>>,
     /// Poked when a session is stored, so the dispatcher need not poll.
     pub dispatch_wakeup: Notify,
+    /// Rings the dispatcher when a job put to sleep briefly is due.
+    pub dispatch_alarm: crate::session::dispatcher::Alarm,
     /// Poked when a callback is written or settled.
     pub callback_wakeup: Notify,
     /// Makes the calls of flows' webhook nodes and live-agent hand-overs;
@@ -172,6 +174,7 @@ pub async fn start_with_store(
         metrics: metrics::Metrics::default(),
         inflight: Mutex::new(HashSet::new()),
         dispatch_wakeup: Notify::new(),
+        dispatch_alarm: Default::default(),
         callback_wakeup: Notify::new(),
         local_addr: addr,
         providers: Default::default(),

@@ -193,8 +193,8 @@ async fn runs_that_keep_failing_are_retried_then_the_session_ends() {
     let id = answer["session_id"].as_str().unwrap().to_owned();
     receiver.wait_for(2).await;
     wait_until_waiting(&app, &id).await;
-    // Every run fails to write the callbacks of its message: a failure
-    // that may pass.
+    // Every run fails to write the callbacks of its messages' statuses: a
+    // failure that may pass.
     let db = app.db().await;
     db.fail_inserts_into("callbacks").await;
     let answered_at = std::time::Instant::now();
@@ -210,15 +210,21 @@ async fn runs_that_keep_failing_are_retried_then_the_session_ends() {
         "tried again after {:?}",
         answered_at.elapsed()
     );
+    // The runs that failed are those that took the statuses of the reply
+    // to "yes" (each status has a callback): none of them is recorded.
     let session = ended(&app, &key, &id).await;
-    let answered = session["events"]
-        .as_array()
-        .unwrap()
+    let events = session["events"].as_array().unwrap();
+    let sent: Vec<&Value> = events
         .iter()
-        .find(|e| e["type"] == "input_received")
-        .cloned();
+        .filter(|e| e["type"] == "message_sent")
+        .map(|e| &e["message_uuid"])
+        .collect();
+    assert_eq!(sent.len(), 2, "{session}");
+    let reported = events
+        .iter()
+        .find(|e| e["type"] == "message_status" && &e["message_uuid"] == sent[1]);
     assert!(
-        answered.is_none(),
+        reported.is_none(),
         "a failed run recorded something: {session}"
     );
     db.allow_inserts_into("callbacks").await;

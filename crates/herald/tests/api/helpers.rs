@@ -248,6 +248,25 @@ impl TestApp {
         panic!("session {id} did not end");
     }
 
+    /// Waits until the session has ended and recorded `n` message statuses
+    /// (a status may come after the end, as a provider's do); returns it.
+    pub async fn ended_with_statuses(&self, key: &str, id: &str, n: usize) -> Value {
+        for _ in 0..200 {
+            let session = self.ended_session(key, id).await;
+            let statuses = session["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "message_status")
+                .count();
+            if statuses >= n {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("session {id} did not record {n} message statuses");
+    }
+
     /// Waits until the session records an event of `kind`; returns it.
     pub async fn wait_for_event(&self, key: &str, id: &str, kind: &str) -> Value {
         for _ in 0..200 {
