@@ -17,6 +17,7 @@ use herald_channels::vonage::{Vonage, VonageCredentials};
 use herald_channels::ProviderKind;
 use herald_core::secret::Sealer;
 use herald_core::ConnectionId;
+use herald_limit::{Decision, RateLimiter};
 use herald_store::{ConnectionRecord, Store};
 
 use crate::Config;
@@ -54,9 +55,9 @@ pub struct Opened {
     pub account_id: herald_core::AccountId,
     pub provider: ProviderKind,
     pub link: Link,
-    /// The pace of its sends from this server.
+    /// The pace of its sends.
     pub pace: Pace,
-    /// The pace of the calls it places from this server.
+    /// The pace of the calls it places.
     pub call_pace: Pace,
     /// How its calls speak (the `language` and `style` settings).
     pub voice: Voice,
@@ -65,24 +66,33 @@ pub struct Opened {
     pub machine_detection: Option<MachineDetection>,
 }
 
-/// The pace a connection's sends keep, so that the provider need not
-/// refuse them: at most one every `interval`, in the order they ask. Kept
-/// by each server for itself.
+/// The pace a connection's requests of one kind keep, so that the
+/// provider need not refuse them: at most `rate` a second. Each server
+/// spaces its own requests evenly (one every `1/rate` s, in the order they
+/// ask); with several servers, the rate limiter they share (Redis) also
+/// admits at most `rate` in any one second between them all. A rate under
+/// one a second is kept by each server for itself.
 pub struct Pace {
     interval: Duration,
     next: Mutex<tokio::time::Instant>,
+    /// The limiter's key and whole rate, for the pace between servers.
+    shared: Option<(String, u32)>,
 }
 
 impl Pace {
-    pub fn per_second(rate: f64) -> Pace {
+    /// A pace of `rate` a second for the requests `key` names.
+    pub fn per_second(key: String, rate: f64) -> Pace {
         Pace {
             interval: Duration::from_secs_f64(1.0 / rate),
             next: Mutex::new(tokio::time::Instant::now()),
+            shared: (rate >= 1.0).then(|| (key, rate.min(f64::from(u32::MAX)) as u32)),
         }
     }
 
-    /// Waits for this send's turn.
-    pub async fn wait(&self) {
+    /// Waits for this request's turn: this server's, then the
+    /// connection's among all servers. A limiter that cannot be reached
+    /// leaves this server's own pace to keep.
+    pub async fn wait(&self, limiter: &dyn RateLimiter) {
         let at = {
             let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let at = (*next).max(tokio::time::Instant::now());
@@ -90,16 +100,29 @@ impl Pace {
             at
         };
         tokio::time::sleep_until(at).await;
+        let Some((key, rate)) = &self.shared else {
+            return;
+        };
+        loop {
+            match limiter.acquire(key, *rate).await {
+                Ok(Decision::Admitted(_)) => return,
+                Ok(Decision::Limited { retry_after }) => tokio::time::sleep(retry_after).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a connection's pace is kept by this server alone");
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// The messages a second a Vonage connection sends at most, from each
-/// server, unless its `messages_per_second` setting says otherwise:
+/// The messages a second a Vonage connection sends at most (from all
+/// servers together), unless its `messages_per_second` setting says otherwise:
 /// Vonage's documented limit on its APIs' requests other than call
 /// creation (CHANNELS §3).
 const VONAGE_MESSAGES_PER_SECOND: f64 = 15.0;
-/// The calls a second a Vonage connection places at most, from each
-/// server, unless its `calls_per_second` setting says otherwise: Vonage's
+/// The calls a second a Vonage connection places at most (from all servers
+/// together), unless its `calls_per_second` setting says otherwise: Vonage's
 /// default limit on call creation (CHANNELS §3).
 const VONAGE_CALLS_PER_SECOND: f64 = 3.0;
 
@@ -177,6 +200,12 @@ pub fn seal(sealer: &Sealer, id: &ConnectionId, credentials: &Credentials) -> Ve
     sealer.seal(id.as_str(), &credentials.to_stored())
 }
 
+/// The rate limiter's key of a connection's requests of one kind: apart
+/// from every agent's key.
+fn pace_key(connection: &ConnectionId, kind: &str) -> String {
+    format!("pace:{connection}:{kind}")
+}
+
 /// Unseals a stored connection's credentials.
 pub fn unseal(
     sealer: Option<&Sealer>,
@@ -207,11 +236,21 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                 .map_err(|e| unreadable(e.to_string()))?;
             (
                 Link::Vonage(Box::new(Vonage::new(&config.vonage_api_url, credentials))),
-                Pace::per_second(rate("messages_per_second", VONAGE_MESSAGES_PER_SECOND)),
-                Pace::per_second(rate("calls_per_second", VONAGE_CALLS_PER_SECOND)),
+                Pace::per_second(
+                    pace_key(&record.id, "messages"),
+                    rate("messages_per_second", VONAGE_MESSAGES_PER_SECOND),
+                ),
+                Pace::per_second(
+                    pace_key(&record.id, "calls"),
+                    rate("calls_per_second", VONAGE_CALLS_PER_SECOND),
+                ),
             )
         }
-        _ => (Link::NotYet, Pace::per_second(1.0), Pace::per_second(1.0)),
+        _ => (
+            Link::NotYet,
+            Pace::per_second(pace_key(&record.id, "messages"), 1.0),
+            Pace::per_second(pace_key(&record.id, "calls"), 1.0),
+        ),
     };
     let voice = Voice {
         language: setting("language")

@@ -1349,7 +1349,7 @@ impl Driver<'_> {
         let mut tries = 0;
         loop {
             tries += 1;
-            pace.wait().await;
+            pace.wait(self.app.limiter.as_ref()).await;
             let started = std::time::Instant::now();
             let outcome = self.slot.outside(attempt()).await;
             self.app.metrics.provider_request(

@@ -244,6 +244,47 @@ async fn a_throttled_send_goes_once_vonage_takes_it() {
 }
 
 #[tokio::test]
+async fn sends_keep_the_connection_s_pace() {
+    let on = OnVonage::start("sms", None).await;
+    let connection = on
+        .app
+        .get("/connections", &on.key)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["connections"][0]["connection_id"]
+        .clone();
+    let changed = on
+        .app
+        .patch(
+            &format!("/connections/{}", connection.as_str().unwrap()),
+            &on.key,
+            json!({"settings": {"messages_per_second": 4}}),
+        )
+        .await;
+    assert_eq!(changed.status(), 200, "{}", changed.text().await.unwrap());
+    let mut ids = Vec::new();
+    for _ in 0..9 {
+        ids.push(on.text(&unique_number()).await);
+    }
+    for id in &ids {
+        assert_eq!(on.ended(id).await["outcome"], "completed");
+    }
+    let times = on.vonage.times_of("POST", "/v1/messages");
+    assert_eq!(times.len(), 9);
+    // Four a second, spaced evenly: nine sends span two seconds at least,
+    // and no five of them fall within one second.
+    let span = times[8] - times[0];
+    assert!(
+        span >= Duration::from_millis(1900),
+        "nine sends in {span:?}"
+    );
+    for five in times.windows(5) {
+        assert!(five[4] - five[0] >= Duration::from_millis(900), "{times:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_vonage_that_stays_down_ends_the_session_failed_saying_why() {
     let on = OnVonage::start_with("sms", None, |c| {
         c.dispatch_max_attempts = 2;

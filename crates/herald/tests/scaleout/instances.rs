@@ -123,23 +123,27 @@ impl Cluster {
     /// The sum over the live instances of a counter in `/metrics`.
     async fn metric_sum(&self, name: &str) -> u64 {
         let mut total = 0;
-        for server in &self.instances {
-            let text = self
-                .client
-                .get(format!("{}/metrics", server.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            total += text
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+        for n in 0..self.instances.len() {
+            total += self.metric_on(n, name).await;
         }
         total
+    }
+
+    /// The sum of a counter's samples in instance `n`'s `/metrics`.
+    async fn metric_on(&self, n: usize, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.instances[n].base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Waits until the session has ended, asking any live instance.
@@ -451,6 +455,20 @@ async fn on_vonage(
     Value,
     String,
 ) {
+    on_vonage_with(channel, flow, json!({})).await
+}
+
+/// [`on_vonage`], with the connection's `settings`.
+async fn on_vonage_with(
+    channel: &str,
+    flow: Option<Value>,
+    settings: Value,
+) -> (
+    herald_server::testing::vonage::FakeVonage,
+    Cluster,
+    Value,
+    String,
+) {
     use herald_server::testing::vonage::FakeVonage;
 
     let vonage = FakeVonage::start(VONAGE_APPLICATION).await;
@@ -462,6 +480,8 @@ async fn on_vonage(
             ("HERALD_SECRET_KEY", &secret_key),
             ("HERALD_PUBLIC_URL", PUBLIC_URL),
             ("HERALD_VONAGE_API_URL", &vonage.url),
+            // Tests trigger several sessions at once.
+            ("HERALD_DEFAULT_RATE", "100"),
         ],
     )
     .await;
@@ -473,7 +493,8 @@ async fn on_vonage(
                 "application_id": VONAGE_APPLICATION,
                 "private_key": herald_channels::testing::vonage_private_key(),
                 "api_key": "abcd1234", "api_secret": "api-secret",
-                "signature_secret": "signature-secret"}}),
+                "signature_secret": "signature-secret"},
+                   "settings": settings}),
         )
         .await
         .json()
@@ -552,6 +573,48 @@ async fn a_provider_s_reports_may_reach_an_instance_that_did_not_send() {
         .collect();
     assert_eq!(statuses, ["sent", "delivered"]);
     assert_eq!(vonage.messages().len(), 1);
+    assert_eq!(vonage.problems(), Vec::<String>::new());
+}
+
+/// A connection's pace holds across servers: two servers sending on one
+/// connection send no faster together than its `messages_per_second`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_s_pace_is_kept_by_all_servers_together() {
+    let (vonage, cluster, connection, agent) =
+        on_vonage_with("sms", None, json!({"messages_per_second": 3})).await;
+    vonage.deliver_to(
+        &connection["webhooks"],
+        PUBLIC_URL,
+        &cluster.instances[0].base,
+        "signature-secret",
+        "abcd1234",
+    );
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let triggered: Value = cluster
+            .post(
+                n % 2,
+                "/messaging/conversation",
+                json!({"agent_id": agent, "to": unique_number(), "channel": "sms"}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(triggered["session_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(ended_on(&cluster, 0, id).await["outcome"], "completed");
+    }
+    let times = vonage.times_of("POST", "/v1/messages");
+    assert_eq!(times.len(), 8);
+    // Both servers sent (each claims sessions as they come).
+    let sent_by = |n: usize| cluster.metric_on(n, "herald_provider_requests_total");
+    assert!(sent_by(0).await > 0 && sent_by(1).await > 0);
+    // No four within one second (a little less, for the way there).
+    for four in times.windows(4) {
+        assert!(four[3] - four[0] >= Duration::from_millis(900), "{times:?}");
+    }
     assert_eq!(vonage.problems(), Vec::<String>::new());
 }
 

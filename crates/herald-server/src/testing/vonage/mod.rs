@@ -46,6 +46,8 @@ pub struct Recorded {
 #[derive(Default)]
 struct Log {
     requests: Vec<Recorded>,
+    /// When each of `requests` came.
+    times: Vec<std::time::Instant>,
     problems: Vec<String>,
 }
 
@@ -123,11 +125,9 @@ impl Shared {
     }
 
     fn record(&self, request: Recorded) {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .requests
-            .push(request);
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.requests.push(request);
+        log.times.push(std::time::Instant::now());
     }
 
     /// Checks the bearer token as Vonage does: an RS256 JWT signed with the
@@ -243,6 +243,17 @@ impl FakeVonage {
             .unwrap_or_else(|e| e.into_inner())
             .requests
             .clone()
+    }
+
+    /// When each request to `path` came, in order.
+    pub fn times_of(&self, method: &str, path: &str) -> Vec<std::time::Instant> {
+        let log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.requests
+            .iter()
+            .zip(&log.times)
+            .filter(|(r, _)| r.method == method && r.path == path)
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     /// Every departure from the specification seen so far.
