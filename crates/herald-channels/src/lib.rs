@@ -7,6 +7,7 @@
 //! verification, its status mapping and its request building. The session
 //! driver in `herald-server` calls them and records what they report.
 
+pub mod adapter;
 pub mod connection;
 mod simulator;
 #[cfg(any(test, feature = "testing"))]

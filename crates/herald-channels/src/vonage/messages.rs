@@ -13,97 +13,50 @@ use herald_core::Channel;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// What one message carries.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Content {
-    Text(String),
-    /// A WhatsApp template: its namespace and name, its locale (herald's
-    /// or Meta's form) and its components, in WhatsApp's wire shape.
-    Template {
-        namespace: String,
-        name: String,
-        locale: String,
-        components: Value,
-    },
-}
+use crate::adapter::{Content, OutboundMessage, SendOutcome};
 
-/// One message to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboundMessage {
-    pub channel: Channel,
-    /// The person: digits with the country code.
-    pub to: String,
-    /// The agent's number or sender id.
-    pub from: String,
-    pub content: Content,
-    /// herald's id for the message (at most 100 characters), echoed in its
-    /// statuses.
-    pub client_ref: String,
-}
-
-impl OutboundMessage {
-    /// The request's body.
-    pub fn body(&self) -> Value {
-        let channel = match self.channel {
-            Channel::Whatsapp => "whatsapp",
-            _ => "sms",
-        };
-        let mut body = json!({
-            "channel": channel,
-            "to": self.to,
-            "from": self.from,
-            "client_ref": self.client_ref,
-        });
-        match &self.content {
-            Content::Text(text) => {
-                body["message_type"] = json!("text");
-                body["text"] = json!(text);
-            }
-            Content::Template {
-                namespace,
-                name,
-                locale,
-                components,
-            } => {
-                body["message_type"] = json!("custom");
-                body["custom"] = json!({
-                    "type": "template",
-                    "template": {
-                        "namespace": namespace,
-                        "name": name,
-                        "language": {"policy": "deterministic", "code": meta_locale(locale)},
-                        "components": components,
-                    }
-                });
-            }
+/// The body of `POST /v1/messages` for `message`.
+pub fn body(message: &OutboundMessage) -> Value {
+    let channel = match message.channel {
+        Channel::Whatsapp => "whatsapp",
+        _ => "sms",
+    };
+    let mut body = json!({
+        "channel": channel,
+        "to": message.to,
+        "from": message.from,
+        "client_ref": message.client_ref,
+    });
+    match &message.content {
+        Content::Text(text) => {
+            body["message_type"] = json!("text");
+            body["text"] = json!(text);
         }
-        body
+        Content::Template {
+            namespace,
+            name,
+            locale,
+            components,
+        } => {
+            body["message_type"] = json!("custom");
+            body["custom"] = json!({
+                "type": "template",
+                "template": {
+                    "namespace": namespace,
+                    "name": name,
+                    "language": {"policy": "deterministic", "code": meta_locale(locale)},
+                    "components": components,
+                }
+            });
+        }
     }
+    body
 }
 
 /// A locale in Meta's form: `en_US` for `en-US`, as WhatsApp's templates
 /// name them.
 pub fn meta_locale(locale: &str) -> String {
     locale.replace('-', "_")
-}
-
-/// What became of a send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// Vonage took the message; its id.
-    Accepted { message_uuid: String },
-    /// Vonage asks to slow down (429): nothing was sent, try again later.
-    Throttled { retry_after: Option<Duration> },
-    /// Vonage could not be reached or failed (5xx): nothing was taken, as
-    /// far as herald can tell; try again later.
-    Unavailable { reason: String },
-    /// Vonage refused the message for good; `status` is what the
-    /// message's callback reports (`rejected` for the message itself,
-    /// `failed` for the account or the credentials).
-    Refused {
-        status: MessageStatus,
-        reason: String,
-    },
 }
 
 /// Reads Vonage's answer to a send.
@@ -121,7 +74,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> SendO
             .ok()
             .and_then(|v| v.get("message_uuid")?.as_str().map(str::to_owned))
         {
-            Some(message_uuid) => SendOutcome::Accepted { message_uuid },
+            Some(id) => SendOutcome::Accepted { id },
             None => SendOutcome::Unavailable {
                 reason: format!("Vonage answered {status} without a message_uuid"),
             },
@@ -230,6 +183,7 @@ mod tests {
             from: "447700900001".into(),
             content,
             client_ref: "13d107fe-03c2-5ce5-bc22-228df7a92620".into(),
+            status_url: "https://herald.example.com/providers/c/message_status".into(),
         }
     }
 
@@ -240,7 +194,7 @@ mod tests {
             ..message(Content::Text("Hi".into()))
         };
         assert_eq!(
-            sms.body(),
+            body(&sms),
             json!({"channel": "sms", "message_type": "text", "text": "Hi",
                    "to": "447700900123", "from": "447700900001",
                    "client_ref": "13d107fe-03c2-5ce5-bc22-228df7a92620"})
@@ -253,15 +207,15 @@ mod tests {
             components: components.clone(),
         });
         assert_eq!(
-            template.body()["custom"],
+            body(&template)["custom"],
             json!({"type": "template", "template": {
                 "namespace": "acme",
                 "name": "appointment_reminder",
                 "language": {"policy": "deterministic", "code": "en_US"},
                 "components": components}})
         );
-        assert_eq!(template.body()["message_type"], "custom");
-        assert_eq!(template.body()["channel"], "whatsapp");
+        assert_eq!(body(&template)["message_type"], "custom");
+        assert_eq!(body(&template)["channel"], "whatsapp");
     }
 
     #[test]
@@ -273,7 +227,7 @@ mod tests {
                 r#"{"message_uuid": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"}"#
             ),
             SendOutcome::Accepted {
-                message_uuid: "aaaaaaaa-bbbb-cccc-dddd-0123456789ab".into()
+                id: "aaaaaaaa-bbbb-cccc-dddd-0123456789ab".into()
             }
         );
         assert_eq!(

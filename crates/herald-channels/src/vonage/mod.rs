@@ -17,10 +17,11 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::secret::Secret;
 
+use crate::adapter::{self, CallOutcome, NewCall, OutboundMessage, SendOutcome};
 use crate::connection::{BadConnection, Credentials};
 
 pub use auth::{BadSignature, TokenMinter};
-pub use messages::{Inbound, OutboundMessage, SendOutcome, StatusReport};
+pub use messages::{Inbound, StatusReport};
 
 /// The API base URL when none is configured (CONTRACT §10.1b).
 pub const DEFAULT_API_URL: &str = "https://api.nexmo.com";
@@ -28,26 +29,11 @@ pub const DEFAULT_API_URL: &str = "https://api.nexmo.com";
 /// How long one request to Vonage may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An answer of Vonage's, read: its status, its `Retry-After` and its
-/// body; or, when there was none, why (fit to show: reqwest's text names
-/// the URL, which is the operator's, and is not needed).
+/// An answer of Vonage's, read (see [`adapter::read_answer`]).
 pub(crate) async fn read_answer(
     answer: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<(u16, Option<Duration>, String), String> {
-    let response = match answer {
-        Ok(response) => response,
-        Err(e) if e.is_timeout() => return Err("Vonage did not answer in time".into()),
-        Err(_) => return Err("Vonage could not be reached".into()),
-    };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
-    Ok((status, retry_after, text))
+    adapter::read_answer("Vonage", answer).await
 }
 
 /// What an error answer of Vonage's says (its title, then its detail), at
@@ -75,64 +61,7 @@ pub(crate) fn what_vonage_said(text: &str) -> String {
 
 /// `Vonage {what} ({status})`, with what Vonage said after it.
 pub(crate) fn reason(what: &str, status: u16, said: &str) -> String {
-    let mut reason = format!("Vonage {what} ({status})");
-    if !said.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(said);
-    }
-    reason
-}
-
-/// Whether a request that did not get through may be tried again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retry {
-    /// It got an answer that stands (taken, or refused for good).
-    No,
-    /// Vonage asks to slow down, for this long if it says.
-    Throttled(Option<Duration>),
-    /// Vonage failed or could not be reached, for this reason.
-    Unavailable(String),
-}
-
-/// What a request to Vonage came to, as a sender that tries again reads
-/// it.
-pub trait Attempt {
-    /// The word for it in herald's provider metrics.
-    fn result(&self) -> &'static str;
-    fn retry(&self) -> Retry;
-}
-
-impl Attempt for SendOutcome {
-    fn result(&self) -> &'static str {
-        match self {
-            SendOutcome::Accepted { .. } => "accepted",
-            SendOutcome::Throttled { .. } => "throttled",
-            SendOutcome::Unavailable { .. } => "unavailable",
-            SendOutcome::Refused { .. } => "refused",
-        }
-    }
-
-    fn retry(&self) -> Retry {
-        match self {
-            SendOutcome::Throttled { retry_after } => Retry::Throttled(*retry_after),
-            SendOutcome::Unavailable { reason } => Retry::Unavailable(reason.clone()),
-            _ => Retry::No,
-        }
-    }
-}
-
-impl Attempt for voice::CallOutcome {
-    fn result(&self) -> &'static str {
-        voice::CallOutcome::result(self)
-    }
-
-    fn retry(&self) -> Retry {
-        match self {
-            voice::CallOutcome::Throttled { retry_after } => Retry::Throttled(*retry_after),
-            voice::CallOutcome::Unavailable { reason } => Retry::Unavailable(reason.clone()),
-            _ => Retry::No,
-        }
-    }
+    adapter::reason("Vonage", what, status, said)
 }
 
 /// A Vonage connection's credentials, checked.
@@ -186,13 +115,7 @@ impl Vonage {
             api_url: api_url.trim_end_matches('/').to_owned(),
             credentials,
             minter,
-            http: reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-                .no_proxy()
-                .build()
-                .expect("the client's settings are valid"),
+            http: adapter::http_client(REQUEST_TIMEOUT),
         }
     }
 
@@ -210,25 +133,25 @@ impl Vonage {
             .http
             .post(format!("{}/v1/messages", self.api_url))
             .header(reqwest::header::AUTHORIZATION, self.bearer())
-            .json(&message.body());
+            .json(&messages::body(message));
         messages::outcome(request.send().await).await
     }
 
     /// Places a call through the Voice API.
-    pub async fn create_call(&self, call: &voice::NewCall) -> voice::CallOutcome {
+    pub async fn create_call(&self, call: &NewCall) -> CallOutcome {
         let request = self
             .http
             .post(format!("{}/v1/calls", self.api_url))
             .header(reqwest::header::AUTHORIZATION, self.bearer())
-            .json(&call.body());
+            .json(&voice::call_body(call));
         voice::outcome(request.send().await).await
     }
 
     /// Changes a live call: `body` is [`voice::transfer_body`] or
     /// [`voice::hangup_body`].
-    pub async fn update_call(&self, uuid: &str, body: &serde_json::Value) -> voice::CallOutcome {
+    pub async fn update_call(&self, uuid: &str, body: &serde_json::Value) -> CallOutcome {
         if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return voice::CallOutcome::Refused {
+            return CallOutcome::Refused {
                 reason: "not a call's uuid".into(),
             };
         }

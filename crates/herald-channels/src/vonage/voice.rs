@@ -15,103 +15,36 @@ use herald_core::session::CallFailure;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Whom a call goes to, or a `connect` hands it over to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A phone number, digits with the country code (no `+`).
-    Phone(String),
-    /// A SIP URI.
-    Sip(String),
-}
+use crate::adapter::{
+    CallOutcome, CallStatus, CallStep, CallTurn, Endpoint, Heard, MachineDetection, NewCall,
+};
 
-impl Endpoint {
-    /// A number (with or without `+`) or a `sip:`/`sips:` URI.
-    pub fn parse(to: &str) -> Endpoint {
-        let lower = to.to_ascii_lowercase();
-        if lower.starts_with("sip:") || lower.starts_with("sips:") {
-            Endpoint::Sip(to.to_owned())
-        } else {
-            Endpoint::Phone(to.trim_start_matches('+').to_owned())
-        }
-    }
-
-    fn wire(&self) -> Value {
-        match self {
-            Endpoint::Phone(number) => json!({"type": "phone", "number": number}),
-            Endpoint::Sip(uri) => json!({"type": "sip", "uri": uri}),
-        }
+/// An endpoint in Vonage's form.
+fn endpoint(endpoint: &Endpoint) -> Value {
+    match endpoint {
+        Endpoint::Phone(number) => json!({"type": "phone", "number": number}),
+        Endpoint::Sip(uri) => json!({"type": "sip", "uri": uri}),
     }
 }
 
-/// What Vonage does when an answering machine picks up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MachineDetection {
-    /// Report it (an event of status `machine`) and go on.
-    Continue,
-    /// Report it and hang up.
-    Hangup,
-}
-
-/// One call to place.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewCall {
-    pub to: Endpoint,
-    /// The agent's number, digits with the country code.
-    pub from: String,
-    /// Where Vonage asks for the call's first NCCO once it is answered.
-    pub answer_url: String,
-    /// Where Vonage posts the call's progress.
-    pub event_url: String,
-    pub machine_detection: Option<MachineDetection>,
-    /// How long the phone may ring, 1 to 120 s.
-    pub ringing_timer: u32,
-}
-
-impl NewCall {
-    /// The body of `POST /v1/calls`.
-    pub fn body(&self) -> Value {
-        let mut body = json!({
-            "to": [self.to.wire()],
-            "from": {"type": "phone", "number": self.from.trim_start_matches('+')},
-            "answer_url": [self.answer_url],
-            "answer_method": "POST",
-            "event_url": [self.event_url],
-            "event_method": "POST",
-            "ringing_timer": self.ringing_timer.clamp(1, 120),
+/// The body of `POST /v1/calls` for `call`.
+pub fn call_body(call: &NewCall) -> Value {
+    let mut body = json!({
+        "to": [endpoint(&call.to)],
+        "from": {"type": "phone", "number": call.from.trim_start_matches('+')},
+        "answer_url": [call.answer_url],
+        "answer_method": "POST",
+        "event_url": [call.event_url],
+        "event_method": "POST",
+        "ringing_timer": call.ringing_timer.clamp(1, 120),
+    });
+    if let Some(detection) = call.machine_detection {
+        body["machine_detection"] = json!(match detection {
+            MachineDetection::Continue => "continue",
+            MachineDetection::Hangup => "hangup",
         });
-        if let Some(detection) = self.machine_detection {
-            body["machine_detection"] = json!(match detection {
-                MachineDetection::Continue => "continue",
-                MachineDetection::Hangup => "hangup",
-            });
-        }
-        body
     }
-}
-
-/// What became of a request about a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallOutcome {
-    /// Vonage placed the call (or did what was asked); the call's uuid.
-    Done { uuid: Option<String> },
-    /// Vonage asks to slow down (429): nothing happened, try again later.
-    Throttled { retry_after: Option<Duration> },
-    /// Vonage could not be reached or failed (5xx): try again later.
-    Unavailable { reason: String },
-    /// Vonage refused, for good.
-    Refused { reason: String },
-}
-
-impl CallOutcome {
-    /// The outcome's word in herald's provider metrics.
-    pub fn result(&self) -> &'static str {
-        match self {
-            CallOutcome::Done { .. } => "accepted",
-            CallOutcome::Throttled { .. } => "throttled",
-            CallOutcome::Unavailable { .. } => "unavailable",
-            CallOutcome::Refused { .. } => "refused",
-        }
-    }
+    body
 }
 
 /// Reads Vonage's answer to a request about a call.
@@ -128,7 +61,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> CallO
         let uuid = serde_json::from_str::<Value>(text)
             .ok()
             .and_then(|v| v.get("uuid")?.as_str().map(str::to_owned));
-        return CallOutcome::Done { uuid };
+        return CallOutcome::Done { id: uuid };
     }
     let said = super::what_vonage_said(text);
     let reason = |what: &str| super::reason(what, status, &said);
@@ -267,7 +200,7 @@ impl Ncco {
     /// Hands the call over to `to` (a number or SIP URI).
     pub fn connect(to: &str, from: &str) -> Ncco {
         Ncco::Connect {
-            endpoint: vec![Endpoint::parse(to).wire()],
+            endpoint: vec![endpoint(&Endpoint::parse(to))],
             from: Some(from.trim_start_matches('+').to_owned()),
         }
     }
@@ -290,6 +223,28 @@ impl Ncco {
             },
         ]
     }
+}
+
+/// The NCCO of a call's `turn`: each step, then the answer's `input`.
+/// Empty when the turn has nothing to do: the call ends.
+pub fn ncco(turn: &CallTurn, call_uuid: &str, voice: &Voice) -> Vec<Ncco> {
+    let mut ncco: Vec<Ncco> = turn
+        .steps
+        .iter()
+        .map(|step| match step {
+            CallStep::Say(text) => Ncco::talk(text, voice),
+            CallStep::Connect { to, from } => Ncco::connect(to, from),
+        })
+        .collect();
+    if let Some(listen) = &turn.listen {
+        ncco.push(Ncco::input(
+            call_uuid,
+            &listen.awaited,
+            voice,
+            listen.answer_url.clone(),
+        ));
+    }
+    ncco
 }
 
 /// The body of `PUT /v1/calls/{uuid}` that replaces the call's NCCO.
@@ -328,19 +283,6 @@ pub struct CallEvent {
     pub conversation_uuid: Option<String>,
     #[serde(default)]
     pub timestamp: Option<String>,
-}
-
-/// What a call event means for a session (CHANNELS §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallStatus {
-    /// `started`, `ringing`, `answered`, `human`: the call goes on.
-    Progress,
-    /// An answering machine picked up.
-    Machine,
-    /// The call ended before anyone answered.
-    NotAnswered(CallFailure),
-    /// The call was answered and is over.
-    Completed,
 }
 
 impl CallEvent {
@@ -407,18 +349,6 @@ pub struct SpeechResult {
     pub confidence: Option<Value>,
 }
 
-/// What the person answered.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Heard {
-    Digits(String),
-    Speech {
-        text: String,
-        confidence: f64,
-    },
-    /// Neither digits nor words came in time.
-    Nothing,
-}
-
 impl InputResult {
     /// Whether this is an answer at all (a `notify` post is not).
     pub fn is_answer(&self) -> bool {
@@ -481,7 +411,7 @@ mod tests {
             machine_detection: Some(MachineDetection::Hangup),
             ringing_timer: 500,
         };
-        let body = call.body();
+        let body = call_body(&call);
         assert_eq!(
             body["to"],
             json!([{"type": "phone", "number": "447700900123"}])
@@ -503,10 +433,10 @@ mod tests {
             ..call
         };
         assert_eq!(
-            sip.body()["to"][0],
+            call_body(&sip)["to"][0],
             json!({"type": "sip", "uri": "sip:ada@pbx.example"})
         );
-        assert!(sip.body().get("machine_detection").is_none());
+        assert!(call_body(&sip).get("machine_detection").is_none());
     }
 
     #[test]
@@ -514,10 +444,10 @@ mod tests {
         assert_eq!(
             classify(201, None, r#"{"uuid":"u1","status":"started"}"#),
             CallOutcome::Done {
-                uuid: Some("u1".into())
+                id: Some("u1".into())
             }
         );
-        assert_eq!(classify(204, None, ""), CallOutcome::Done { uuid: None });
+        assert_eq!(classify(204, None, ""), CallOutcome::Done { id: None });
         assert_eq!(
             classify(429, Some(Duration::from_secs(2)), ""),
             CallOutcome::Throttled {

@@ -11,14 +11,18 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_channels::adapter::{
+    CallOutcome, CallTurn, MachineDetection, NewCall, OutboundMessage, SendOutcome,
+};
 use herald_channels::connection::Credentials;
-use herald_channels::vonage::voice::{MachineDetection, Voice};
-use herald_channels::vonage::{Vonage, VonageCredentials};
+use herald_channels::vonage::voice::Voice;
+use herald_channels::vonage::{self, Vonage, VonageCredentials};
 use herald_channels::ProviderKind;
 use herald_core::secret::Sealer;
 use herald_core::ConnectionId;
 use herald_limit::{Decision, RateLimiter};
 use herald_store::{ConnectionRecord, Store};
+use serde_json::Value;
 
 use crate::Config;
 
@@ -46,6 +50,96 @@ pub enum Link {
     Vonage(Box<Vonage>),
     /// A provider whose adapter this build does not have yet.
     NotYet,
+}
+
+/// Why a connection cannot do what a session asks of it.
+const CANNOT_SEND: &str = "the session's connection cannot send messages";
+const CANNOT_CALL: &str = "the session's connection cannot place calls";
+
+/// What a session asks of its connection's provider, whichever it is
+/// (CHANNELS §1): each adapter turns it into its own requests.
+impl Link {
+    /// Sends one message.
+    pub async fn send(&self, message: &OutboundMessage) -> SendOutcome {
+        match self {
+            Link::Vonage(vonage) => vonage.send(message).await,
+            Link::NotYet => SendOutcome::Refused {
+                status: herald_core::session::MessageStatus::Failed,
+                reason: CANNOT_SEND.into(),
+            },
+        }
+    }
+
+    /// Places a call.
+    pub async fn create_call(&self, call: &NewCall) -> CallOutcome {
+        match self {
+            Link::Vonage(vonage) => vonage.create_call(call).await,
+            Link::NotYet => CallOutcome::Refused {
+                reason: CANNOT_CALL.into(),
+            },
+        }
+    }
+
+    /// A turn of the call `call_id` in the provider's own form: what its
+    /// answer and input webhooks answer with, and what the state keeps.
+    pub fn render(&self, turn: &CallTurn, call_id: &str, voice: &Voice) -> Value {
+        match self {
+            Link::Vonage(_) => serde_json::to_value(vonage::voice::ncco(turn, call_id, voice))
+                .expect("NCCO serialises"),
+            Link::NotYet => Value::Null,
+        }
+    }
+
+    /// What a voice webhook answers when the flow's next turn is not ready
+    /// in time (CONTRACT §11.4): a short pause, then a fetch of `next_url`.
+    pub fn hold_on(&self, next_url: String) -> Value {
+        match self {
+            Link::Vonage(_) => serde_json::to_value(vonage::voice::Ncco::hold_on(next_url))
+                .expect("NCCO serialises"),
+            Link::NotYet => Value::Null,
+        }
+    }
+
+    /// Gives a live call a turn `render` made, replacing what it is doing;
+    /// a turn with nothing in it hangs up. The operation's name, for the
+    /// metrics, and what came of it.
+    pub async fn push_turn(&self, call_id: &str, rendered: &Value) -> (&'static str, CallOutcome) {
+        match self {
+            Link::Vonage(vonage) => match rendered.as_array() {
+                Some(actions) if actions.is_empty() => (
+                    "hang_up",
+                    vonage
+                        .update_call(call_id, &vonage::voice::hangup_body())
+                        .await,
+                ),
+                _ => {
+                    let body = serde_json::json!({"action": "transfer",
+                        "destination": {"type": "ncco", "ncco": rendered}});
+                    ("transfer", vonage.update_call(call_id, &body).await)
+                }
+            },
+            Link::NotYet => (
+                "transfer",
+                CallOutcome::Refused {
+                    reason: CANNOT_CALL.into(),
+                },
+            ),
+        }
+    }
+
+    /// Hangs up a live call.
+    pub async fn hang_up(&self, call_id: &str) -> CallOutcome {
+        match self {
+            Link::Vonage(vonage) => {
+                vonage
+                    .update_call(call_id, &vonage::voice::hangup_body())
+                    .await
+            }
+            Link::NotYet => CallOutcome::Refused {
+                reason: CANNOT_CALL.into(),
+            },
+        }
+    }
 }
 
 /// A connection opened: its record (without the sealed bytes) and its

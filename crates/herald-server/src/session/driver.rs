@@ -56,8 +56,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use herald_channels::vonage::voice::{self as call, CallOutcome, Endpoint, Ncco, NewCall};
-use herald_channels::vonage::{self, SendOutcome};
+use herald_channels::adapter::{
+    self, Attempt, CallOutcome, CallStep, CallTurn, Content, Endpoint, Listen, MachineDetection,
+    NewCall, Retry, SendOutcome,
+};
 use herald_channels::{
     CallRequest, CallResult, MessageContent, OutboundMessage, Provider, Reported,
 };
@@ -79,7 +81,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::metrics::{ChannelLabels, OutcomeLabels};
-use crate::providers::{Link, Opened};
+use crate::providers::Opened;
 use crate::session::dispatcher::Slot;
 use crate::AppState;
 
@@ -477,17 +479,12 @@ async fn hang_up_placed_call(app: &AppState, session: &SessionRecord) {
     else {
         return;
     };
-    let Link::Vonage(vonage) = &opened.link else {
-        return;
-    };
     let Ok(refs) = app.store.session_provider_refs(session.id).await else {
         return;
     };
     if let Some(call) = refs.iter().find(|r| r.item == CALL_ITEM) {
         let started = std::time::Instant::now();
-        let outcome = vonage
-            .update_call(&call.provider_ref, &call::hangup_body())
-            .await;
+        let outcome = opened.link.hang_up(&call.provider_ref).await;
         let result = outcome.result();
         app.metrics.provider_request(
             opened.provider.as_str(),
@@ -535,7 +532,7 @@ struct Driver<'a> {
 /// it collects the person's answer, if the flow waits for one).
 #[derive(Default)]
 struct Turn {
-    ncco: Vec<Ncco>,
+    steps: Vec<CallStep>,
     hang_up: bool,
     /// Whether anything happened that the call must hear of.
     changed: bool,
@@ -1074,8 +1071,8 @@ impl Driver<'_> {
             Action::Entered { node } => self.note(SessionEvent::NodeEntered { node }),
             Action::Speak { text } => {
                 match self.driving_provider() {
-                    Some(opened) => {
-                        self.turn.ncco.push(Ncco::talk(&text, &opened.voice));
+                    Some(_) => {
+                        self.turn.steps.push(CallStep::Say(text.clone()));
                         self.turn.changed = true;
                     }
                     None => self.provider.say(&self.call, &text).await,
@@ -1136,7 +1133,10 @@ impl Driver<'_> {
             }
             Action::Transfer { to } => {
                 if self.driving_provider().is_some() {
-                    self.turn.ncco.push(Ncco::connect(&to, &self.session.from));
+                    self.turn.steps.push(CallStep::Connect {
+                        to: to.clone(),
+                        from: self.session.from.clone(),
+                    });
                     self.turn.changed = true;
                 } else {
                     self.provider.transfer(&self.call, &to).await;
@@ -1252,9 +1252,9 @@ impl Driver<'_> {
             return Ok(None);
         };
         let opened = opened.clone();
-        let vonage_content = match content {
-            MessageContent::Text(text) => vonage::messages::Content::Text(text),
-            MessageContent::Template(t) => vonage::messages::Content::Template {
+        let content = match content {
+            MessageContent::Text(text) => Content::Text(text),
+            MessageContent::Template(t) => Content::Template {
                 namespace: t["namespace"].as_str().unwrap_or_default().to_owned(),
                 name: t["template"].as_str().unwrap_or_default().to_owned(),
                 locale: t["locale"].as_str().unwrap_or_default().to_owned(),
@@ -1262,12 +1262,13 @@ impl Driver<'_> {
             },
         };
         let item = n.to_string();
-        let message = vonage::OutboundMessage {
+        let message = adapter::OutboundMessage {
             channel: session.channel,
             to: session.to.clone(),
             from: session.from.clone(),
-            content: vonage_content,
+            content,
             client_ref: client_ref(session.id, &item),
+            status_url: self.status_url(&opened),
         };
         match self.send_through(&opened, &item, &message).await? {
             None => Ok(None),
@@ -1293,28 +1294,25 @@ impl Driver<'_> {
         &mut self,
         opened: &Opened,
         item: &str,
-        message: &vonage::OutboundMessage,
+        message: &adapter::OutboundMessage,
     ) -> anyhow::Result<Option<Sent>> {
         if self.sent.contains(item) {
             return Ok(None);
         }
-        let Link::Vonage(vonage) = &opened.link else {
-            return Err(Permanent("the session's connection cannot send messages").into());
-        };
         let outcome = self
             .with_retries(
                 opened,
                 &opened.pace,
                 "send_message",
                 "take messages",
-                || vonage.send(message),
+                || opened.link.send(message),
             )
             .await?;
         Ok(Some(match outcome {
-            SendOutcome::Accepted { message_uuid } => {
+            SendOutcome::Accepted { id } => {
                 let reference = ProviderRef {
                     connection_id: opened.id.clone(),
-                    provider_ref: message_uuid,
+                    provider_ref: id,
                     session_id: self.session.id,
                     item: item.to_owned(),
                 };
@@ -1338,7 +1336,7 @@ impl Driver<'_> {
     /// that the run fails ([`ProviderDown`]) and is tried again later.
     /// Each try is counted in the metrics as `operation`; `what` says
     /// what a provider that keeps throttling kept refusing to do.
-    async fn with_retries<T: vonage::Attempt, F: std::future::Future<Output = T>>(
+    async fn with_retries<T: Attempt, F: std::future::Future<Output = T>>(
         &mut self,
         opened: &Opened,
         pace: &crate::providers::Pace,
@@ -1359,12 +1357,12 @@ impl Driver<'_> {
                 started.elapsed(),
             );
             let (pause, reason) = match outcome.retry() {
-                vonage::Retry::No => return Ok(outcome),
-                vonage::Retry::Throttled(after) => (
+                Retry::No => return Ok(outcome),
+                Retry::Throttled(after) => (
                     after.unwrap_or(Duration::from_millis(500)),
                     format!("{} kept refusing to {what} (429)", opened.provider),
                 ),
-                vonage::Retry::Unavailable(reason) => (Duration::from_millis(250 << tries), reason),
+                Retry::Unavailable(reason) => (Duration::from_millis(250 << tries), reason),
             };
             if tries >= SEND_TRIES {
                 return Err(ProviderDown(reason).into());
@@ -1394,12 +1392,13 @@ impl Driver<'_> {
             let opened = opened.clone();
             let item = format!("sms:{}", self.state.texts);
             self.state.texts += 1;
-            let message = vonage::OutboundMessage {
+            let message = adapter::OutboundMessage {
                 channel: Channel::Sms,
                 to: destination.as_str().to_owned(),
                 from: self.session.from.clone(),
-                content: vonage::messages::Content::Text(text),
+                content: Content::Text(text),
                 client_ref: client_ref(self.session.id, &item),
+                status_url: self.status_url(&opened),
             };
             if let Some(Sent::Refused { reason, .. }) =
                 self.send_through(&opened, &item, &message).await?
@@ -1470,6 +1469,13 @@ impl Driver<'_> {
         ))
     }
 
+    /// Where the connection's provider posts the statuses of the messages
+    /// it takes (for a provider told so with each message).
+    fn status_url(&self, opened: &Opened) -> String {
+        let base = self.app.config.public_url.as_deref().unwrap_or_default();
+        format!("{base}/providers/{}/message_status", opened.id)
+    }
+
     /// Renders what this wake's steps asked of a provider-driven call into
     /// its next turn (kept in the state, for a provider that asks again):
     /// the words to say, then the answer to collect if the flow waits for
@@ -1481,47 +1487,49 @@ impl Driver<'_> {
         if !std::mem::take(&mut self.turn.changed) {
             return;
         }
-        let mut ncco = std::mem::take(&mut self.turn.ncco);
+        let mut turn = CallTurn {
+            steps: std::mem::take(&mut self.turn.steps),
+            listen: None,
+        };
         let hang_up = std::mem::take(&mut self.turn.hang_up);
-        if !hang_up && !self.state.flow.ended {
-            let awaited = herald_flow::awaited(self.flow, &self.state.flow, SystemTime::now());
-            if let (Some(awaited), Some(uuid)) = (awaited, self.call_uuid.as_deref()) {
-                let turn = format!("&turn={}", self.state.flow.seq);
-                match self.webhook_url(&opened, "input", &turn) {
-                    Ok(url) => ncco.push(Ncco::input(uuid, &awaited, &opened.voice, url)),
+        let call_id = self.call_uuid.clone().unwrap_or_default();
+        if !hang_up && !self.state.flow.ended && !call_id.is_empty() {
+            if let Some(awaited) =
+                herald_flow::awaited(self.flow, &self.state.flow, SystemTime::now())
+            {
+                let seq = format!("&turn={}", self.state.flow.seq);
+                match self.webhook_url(&opened, "input", &seq) {
+                    Ok(answer_url) => {
+                        turn.listen = Some(Listen {
+                            awaited,
+                            answer_url,
+                        })
+                    }
                     Err(e) => tracing::error!(error = %e, "the call cannot collect an answer"),
                 }
             }
         }
-        let ncco = serde_json::to_value(&ncco).expect("NCCO serialises");
-        self.state.call_turn = Some(ncco.clone());
-        self.rendered = Some(ncco);
+        let rendered = opened.link.render(&turn, &call_id, &opened.voice);
+        self.state.call_turn = Some(rendered.clone());
+        self.rendered = Some(rendered);
     }
 
     /// Gives the call the turn a wake of herald's own (a deadline, a
     /// provider's event) rendered: it replaces what the call is doing, or,
     /// with nothing left to say, ends it.
     async fn push_turn(&mut self) {
-        let (Some(opened), Some(ncco), Some(uuid)) = (
+        let (Some(opened), Some(rendered), Some(call_id)) = (
             self.driving_provider(),
             self.rendered.take(),
             self.call_uuid.clone(),
         ) else {
             return;
         };
-        let Link::Vonage(vonage) = &opened.link else {
-            return;
-        };
-        let (operation, body) = match ncco.as_array() {
-            Some(actions) if actions.is_empty() => ("hang_up", call::hangup_body()),
-            _ => (
-                "transfer",
-                serde_json::json!({"action": "transfer",
-                    "destination": {"type": "ncco", "ncco": ncco}}),
-            ),
-        };
         let started = std::time::Instant::now();
-        let outcome = self.slot.outside(vonage.update_call(&uuid, &body)).await;
+        let (operation, outcome) = self
+            .slot
+            .outside(opened.link.push_turn(&call_id, &rendered))
+            .await;
         let result = outcome.result();
         self.app.metrics.provider_request(
             opened.provider.as_str(),
@@ -1540,11 +1548,8 @@ impl Driver<'_> {
     /// call was answered. The wake ends here, whatever happened.
     async fn place_call(&mut self, opened: &Opened) -> anyhow::Result<Option<Ended>> {
         if !self.sent.contains(CALL_ITEM) {
-            let Link::Vonage(vonage) = &opened.link else {
-                return Err(Permanent("the session's connection cannot place calls").into());
-            };
             let machine_detection = if self.session.hangup_on_machine {
-                Some(call::MachineDetection::Continue)
+                Some(MachineDetection::Continue)
             } else {
                 opened.machine_detection
             };
@@ -1562,12 +1567,12 @@ impl Driver<'_> {
                     &opened.call_pace,
                     "create_call",
                     "place calls",
-                    || vonage.create_call(&request),
+                    || opened.link.create_call(&request),
                 )
                 .await?;
             let uuid = match outcome {
-                CallOutcome::Done { uuid: Some(uuid) } => uuid,
-                CallOutcome::Done { uuid: None } => {
+                CallOutcome::Done { id: Some(id) } => id,
+                CallOutcome::Done { id: None } => {
                     return Err(ProviderDown(format!(
                         "{} placed the call without saying its id",
                         opened.provider

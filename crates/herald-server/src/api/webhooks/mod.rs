@@ -13,10 +13,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use herald_channels::vonage::{Inbound, StatusReport};
 use herald_channels::ProviderKind;
-use herald_core::session::SessionInput;
-use herald_core::{ConnectionId, Destination, SessionId};
+use herald_core::session::{MessageStatus, SessionInput};
+use herald_core::{Channel, ConnectionId, Destination, SessionId};
 use herald_store::NewInput;
 
 use crate::api::error::ApiError;
@@ -26,6 +25,7 @@ use crate::session::driver::parse_client_ref;
 use crate::AppState;
 
 mod voice;
+mod vonage;
 
 /// What herald put in the query of the URLs it gave a call: the session
 /// (for a webhook that outruns the store's write of the call's id) and the
@@ -126,56 +126,70 @@ pub async fn receive(
             error
         })?
         .ok_or_else(no_such_webhook)?;
-    let (Link::Vonage(vonage), ProviderKind::Vonage) = (&opened.link, opened.provider) else {
-        return Err(no_such_webhook());
+    let hook = Hook {
+        app: &app,
+        opened: &opened,
+        query: Query::parse(query.as_deref()),
+        raw_query: query.as_deref().unwrap_or_default(),
+        headers: &headers,
+        body: &body,
     };
-    let name: &'static str = match webhook.as_str() {
-        "message_status" => "message_status",
-        "message_inbound" => "message_inbound",
-        "answer" => "answer",
-        "event" => "event",
-        // Where herald's own `input` and `notify` actions post.
-        "input" => "input",
-        _ => return Err(no_such_webhook()),
-    };
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err(why) = vonage.verify(authorization, &body) {
-        app.metrics.webhook("vonage", name, "bad_signature");
-        tracing::warn!(connection = %id, webhook = name, reason = %why, "a webhook's signature does not verify");
-        return Err(ApiError::unauthorised());
+    match (&opened.link, opened.provider) {
+        (Link::Vonage(vonage), ProviderKind::Vonage) => {
+            vonage::receive(hook, vonage, &webhook).await
+        }
+        _ => Err(no_such_webhook()),
     }
-    let query = Query::parse(query.as_deref());
-    if matches!(name, "answer" | "input") {
-        let (fate, ncco) = match voice::turn(&app, &opened, name, &query, &body).await {
-            Ok(answer) => answer,
+}
+
+/// One webhook's request, for the provider's module to verify and read.
+struct Hook<'a> {
+    app: &'a AppState,
+    opened: &'a Opened,
+    query: Query,
+    /// The query as it came, for a signature over the URL.
+    #[allow(dead_code)]
+    raw_query: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+impl Hook<'_> {
+    /// Counts the webhook in `/metrics`.
+    fn count(&self, name: &'static str, result: &'static str) {
+        self.app
+            .metrics
+            .webhook(self.opened.provider.as_str(), name, result);
+    }
+
+    /// Counts what came of a webhook that is not a turn; 200 unless it was
+    /// not a report of the provider's.
+    fn answer(
+        &self,
+        name: &'static str,
+        fate: Result<Fate, ApiError>,
+    ) -> Result<Response, ApiError> {
+        match fate {
+            Ok(fate) => {
+                self.count(name, fate.as_str());
+                Ok(StatusCode::OK.into_response())
+            }
             Err(error) => {
                 if error.status == StatusCode::BAD_REQUEST {
-                    app.metrics.webhook("vonage", name, "malformed");
+                    self.count(name, "malformed");
                 }
-                return Err(error);
+                Err(error)
             }
-        };
-        app.metrics.webhook("vonage", name, fate.as_str());
-        return Ok(axum::Json(ncco).into_response());
-    }
-    let fate = match name {
-        "message_status" => message_status(&app, &opened, &body).await,
-        "event" => voice::event(&app, &opened, &query, &body).await,
-        _ => message_inbound(&app, &opened, &body).await,
-    };
-    let fate = match fate {
-        Ok(fate) => fate,
-        Err(error) => {
-            if error.status == StatusCode::BAD_REQUEST {
-                app.metrics.webhook("vonage", name, "malformed");
-            }
-            return Err(error);
         }
-    };
-    app.metrics.webhook("vonage", name, fate.as_str());
-    Ok(StatusCode::OK.into_response())
+    }
+
+    /// Refuses a webhook whose signature does not verify: 401, counted
+    /// and logged, nothing changed.
+    fn refuse(&self, name: &'static str, why: &dyn std::fmt::Display) -> ApiError {
+        self.count(name, "bad_signature");
+        tracing::warn!(connection = %self.opened.id, webhook = name, reason = %why, "a webhook's signature does not verify");
+        ApiError::unauthorised()
+    }
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -191,10 +205,28 @@ fn when(timestamp: Option<&str>) -> DateTime<Utc> {
         .unwrap_or_else(Utc::now)
 }
 
-/// A status of a message a session sent (CHANNELS §4).
-async fn message_status(app: &AppState, opened: &Opened, body: &[u8]) -> Result<Fate, ApiError> {
-    let report: StatusReport = json(body)?;
-    let Some(status) = report.status() else {
+/// A status of a message, as any provider reports it.
+struct Status<'a> {
+    /// The provider's id of the message.
+    id: &'a str,
+    /// The reference herald gave the message, where the provider echoes it.
+    client_ref: Option<&'a str>,
+    /// Whom the message went to.
+    to: Option<&'a str>,
+    /// What the status means; `None` for one herald does not act on.
+    status: Option<MessageStatus>,
+    /// The provider's own word for it, which keys it.
+    word: &'a str,
+    at: DateTime<Utc>,
+}
+
+/// A status of a message a session sent (CHANNELS §1.3).
+async fn message_status(
+    app: &AppState,
+    opened: &Opened,
+    report: Status<'_>,
+) -> Result<Fate, ApiError> {
+    let Some(status) = report.status else {
         return Ok(Fate::Ignored);
     };
     let Some((session, item)) = find_item(app, opened, &report).await? else {
@@ -206,7 +238,7 @@ async fn message_status(app: &AppState, opened: &Opened, body: &[u8]) -> Result<
             return Ok(Fate::Unmatched);
         }
         SessionInput::SmsStatus {
-            to: report.to.clone().unwrap_or_default(),
+            to: report.to.unwrap_or_default().to_owned(),
             status,
         }
     } else {
@@ -217,8 +249,8 @@ async fn message_status(app: &AppState, opened: &Opened, body: &[u8]) -> Result<
     };
     let input = NewInput {
         input,
-        at: when(report.timestamp.as_deref()),
-        dedupe: Some(format!("{}:{}", report.message_uuid, report.status)),
+        at: report.at,
+        dedupe: Some(format!("{}:{}", report.id, report.word)),
     };
     if app.store.deliver_input(session, input).await?.is_none() {
         return Ok(Fate::Unmatched);
@@ -235,16 +267,12 @@ async fn message_status(app: &AppState, opened: &Opened, body: &[u8]) -> Result<
 async fn find_item(
     app: &AppState,
     opened: &Opened,
-    report: &StatusReport,
+    report: &Status<'_>,
 ) -> Result<Option<(SessionId, String)>, ApiError> {
-    if let Some(found) = app
-        .store
-        .provider_ref(&opened.id, &report.message_uuid)
-        .await?
-    {
+    if let Some(found) = app.store.provider_ref(&opened.id, report.id).await? {
         return Ok(Some((found.session_id, found.item)));
     }
-    let Some((session, item)) = report.client_ref.as_deref().and_then(parse_client_ref) else {
+    let Some((session, item)) = report.client_ref.and_then(parse_client_ref) else {
         return Ok(None);
     };
     let on_it = runs_on(app, opened, session).await?;
@@ -264,25 +292,38 @@ async fn runs_on(app: &AppState, opened: &Opened, session: SessionId) -> Result<
         .is_some_and(|v| v.connection_id.as_ref() == Some(&opened.id)))
 }
 
+/// A person's message, as any provider reports it.
+struct Message<'a> {
+    /// `None` for a channel herald does not serve.
+    channel: Option<Channel>,
+    /// The provider's id of the message.
+    id: &'a str,
+    from: &'a str,
+    to: &'a str,
+    /// Its words; `None` for a message with none a flow reads (an image,
+    /// a location).
+    text: Option<&'a str>,
+    at: DateTime<Utc>,
+}
+
 /// A message from a person to one of the connection's numbers: it reaches
 /// the open session between them, or starts an inbound session of the
 /// agent on this connection that has the number.
-async fn message_inbound(app: &AppState, opened: &Opened, body: &[u8]) -> Result<Fate, ApiError> {
-    let inbound: Inbound = json(body)?;
-    let Some(channel) = inbound.channel() else {
+async fn message_inbound(
+    app: &AppState,
+    opened: &Opened,
+    inbound: Message<'_>,
+) -> Result<Fate, ApiError> {
+    let (Some(channel), Some(text)) = (inbound.channel, inbound.text) else {
         return Ok(Fate::Ignored);
     };
-    let text = match (inbound.message_type.as_deref(), &inbound.text) {
-        (None | Some("text"), Some(text)) => readable(text),
-        // An image, a location, a sticker: nothing a flow reads.
-        _ => return Ok(Fate::Ignored),
-    };
+    let text = readable(text);
     if text.trim().is_empty() {
         return Ok(Fate::Ignored);
     }
     let (Ok(person), Ok(number)) = (
-        Destination::parse_messaging(&inbound.from),
-        Destination::parse_messaging(&inbound.to),
+        Destination::parse_messaging(inbound.from),
+        Destination::parse_messaging(inbound.to),
     ) else {
         return Ok(Fate::Unmatched);
     };
@@ -291,7 +332,7 @@ async fn message_inbound(app: &AppState, opened: &Opened, body: &[u8]) -> Result
         .agent_for_number(number.as_str(), channel, app.config.region);
     let input = NewInput {
         input: SessionInput::Text(text),
-        at: when(inbound.timestamp.as_deref()),
+        at: inbound.at,
         dedupe: None,
     };
     let conversation = Conversation {
@@ -301,7 +342,7 @@ async fn message_inbound(app: &AppState, opened: &Opened, body: &[u8]) -> Result
     };
     let via = ViaConnection {
         connection: &opened.id,
-        message_id: &inbound.message_uuid,
+        message_id: inbound.id,
     };
     match replies::deliver(app, Sender::Provider, owner, conversation, input, Some(via)).await {
         Ok(_) => Ok(Fate::Applied),

@@ -11,16 +11,15 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use herald_channels::vonage::voice::{Answered, CallEvent, CallStatus, Heard, InputResult, Ncco};
+use chrono::{DateTime, Utc};
+use herald_channels::adapter::{CallStatus, CallTurn, Heard};
 use herald_core::session::{AnsweredBy, CallProgress, SessionInput, SessionStatus};
 use herald_core::{Channel, SessionId};
 use herald_store::NewInput;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{json, readable, runs_on, when, Fate, Query};
+use super::{readable, runs_on, Fate, Query};
 use crate::api::error::ApiError;
 use crate::providers::Opened;
 use crate::session::dispatcher::keep_renewing;
@@ -73,16 +72,26 @@ async fn find_call(
     Ok((!other_call).then_some(session))
 }
 
-/// An event of a call (CHANNELS §3): an input of its session, keyed by
+/// A provider's report of a call, as any provider makes it.
+pub(super) struct CallReport<'a> {
+    /// The provider's id of the call.
+    pub call: Option<&'a str>,
+    /// What it means; `None` for one herald does not know.
+    pub status: Option<CallStatus>,
+    /// The provider's own word for it, which keys it.
+    pub word: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+/// An event of a call (CHANNELS §1.2): an input of its session, keyed by
 /// the call and the status so that a second delivery is the first.
 pub(super) async fn event(
     app: &AppState,
     opened: &Opened,
     query: &Query,
-    body: &[u8],
+    report: CallReport<'_>,
 ) -> Result<Fate, ApiError> {
-    let event: CallEvent = json(body)?;
-    let progress = match event.status() {
+    let progress = match report.status {
         None | Some(CallStatus::Progress) => return Ok(Fate::Ignored),
         Some(CallStatus::Machine) => CallProgress::Answered {
             by: AnsweredBy::Machine,
@@ -90,20 +99,17 @@ pub(super) async fn event(
         Some(CallStatus::NotAnswered(failure)) => CallProgress::NotAnswered { failure },
         Some(CallStatus::Completed) => CallProgress::Completed,
     };
-    let Some(uuid) = event.call() else {
+    let Some(call) = report.call else {
         return Ok(Fate::Unmatched);
     };
-    let Some(session) = find_call(app, opened, Some(uuid), query.session).await? else {
+    let Some(session) = find_call(app, opened, Some(call), query.session).await? else {
         tracing::info!(connection = %opened.id, "an event of a call herald does not know");
         return Ok(Fate::Unmatched);
     };
     let input = NewInput {
         input: SessionInput::CallProgress(progress),
-        at: when(event.timestamp.as_deref()),
-        dedupe: Some(format!(
-            "event:{uuid}:{}",
-            event.status.as_deref().unwrap_or_default()
-        )),
+        at: report.at,
+        dedupe: Some(format!("event:{call}:{}", report.word)),
     };
     if app.store.deliver_input(session, input).await?.is_none() {
         return Ok(Fate::Unmatched);
@@ -112,79 +118,96 @@ pub(super) async fn event(
     Ok(Fate::Applied)
 }
 
-/// The answer webhook, or a post of an `input` or `notify` action: the
-/// call's next turn.
+/// What a provider asks for a call's next turn with.
+pub(super) enum Asked<'a> {
+    /// The call `call` was answered.
+    Answer { call: &'a str },
+    /// What the person answered the turn the query names (`None`: the
+    /// provider asks for the next turn again).
+    Input {
+        call: Option<&'a str>,
+        heard: Option<Heard>,
+        at: DateTime<Utc>,
+        /// What keys it, so that a second delivery is the first.
+        dedupe: String,
+    },
+}
+
+/// The answer webhook, or a post of a turn's answer (or of herald's own
+/// fetch of the next turn): the call's next turn, in the provider's form.
 pub(super) async fn turn(
     app: &AppState,
     opened: &Opened,
-    name: &str,
+    name: &'static str,
     query: &Query,
-    body: &[u8],
+    asked: Asked<'_>,
 ) -> Result<(Fate, Value), ApiError> {
-    let (session, happening) = if name == "answer" {
-        let answered: Answered = json(body)?;
-        let session = find_call(app, opened, Some(&answered.uuid), query.session).await?;
-        let happening = Happening::Answered {
-            at: Utc::now(),
-            dedupe: format!("answer:{}", answered.uuid),
-        };
-        (session, happening)
-    } else {
-        let result: InputResult = json(body)?;
-        let session = find_call(app, opened, result.uuid.as_deref(), query.session).await?;
-        let happening = match query.turn {
-            Some(turn) if result.is_answer() => Happening::Input {
-                turn,
-                input: match result.heard() {
-                    Heard::Digits(digits) => SessionInput::Digits(readable(&digits)),
-                    Heard::Speech { text, confidence } => SessionInput::Speech {
-                        text: readable(&text),
-                        confidence: Some(confidence),
+    let (session, happening) = match asked {
+        Asked::Answer { call } => {
+            let session = find_call(app, opened, Some(call), query.session).await?;
+            let happening = Happening::Answered {
+                at: Utc::now(),
+                dedupe: format!("answer:{call}"),
+            };
+            (session, happening)
+        }
+        Asked::Input {
+            call,
+            heard,
+            at,
+            dedupe,
+        } => {
+            let session = find_call(app, opened, call, query.session).await?;
+            let happening = match (query.turn, heard) {
+                (Some(turn), Some(heard)) => Happening::Input {
+                    turn,
+                    input: match heard {
+                        Heard::Digits(digits) => SessionInput::Digits(readable(&digits)),
+                        Heard::Speech { text, confidence } => SessionInput::Speech {
+                            text: readable(&text),
+                            confidence: Some(confidence),
+                        },
+                        Heard::Nothing => SessionInput::NoInput,
                     },
-                    Heard::Nothing => SessionInput::NoInput,
+                    at,
+                    dedupe,
                 },
-                at: when(result.timestamp.as_deref()),
-                dedupe: format!("input:{:x}", Sha256::digest(body)),
-            },
-            _ => Happening::Again,
-        };
-        (session, happening)
+                _ => Happening::Again,
+            };
+            (session, happening)
+        }
     };
+    let hang_up = || opened.link.render(&CallTurn::default(), "", &opened.voice);
     let Some(session) = session else {
         // A call herald did not place: nothing to say on it.
         tracing::info!(connection = %opened.id, webhook = name, "a call herald does not know");
-        return Ok((Fate::Unmatched, json!([])));
+        return Ok((Fate::Unmatched, hang_up()));
     };
-    let hold_on = || {
-        let url = app
-            .config
-            .public_url
-            .as_deref()
-            .map(|base| format!("{base}/providers/{}/input?session={session}", opened.id));
-        match url {
-            Some(url) => serde_json::to_value(Ncco::hold_on(url)).expect("NCCO serialises"),
-            None => json!([]),
-        }
+    let hold_on = || match app.config.public_url.as_deref() {
+        Some(base) => opened.link.hold_on(format!(
+            "{base}/providers/{}/input?session={session}",
+            opened.id
+        )),
+        None => hang_up(),
+    };
+    let held = || {
+        app.metrics
+            .webhook(opened.provider.as_str(), "turn", "held");
+        (Fate::Applied, hold_on())
     };
     let deadline = Instant::now() + TURN_BUDGET;
     let task = tokio::spawn(step_call(app.clone(), session, happening, deadline));
     let turned = tokio::time::timeout_at(deadline + Duration::from_millis(500), task).await;
     Ok(match turned {
-        Ok(Ok(Turned::Turn(ncco))) => (Fate::Applied, ncco.unwrap_or_else(|| json!([]))),
-        Ok(Ok(Turned::Over(ncco))) => (Fate::Unmatched, ncco.unwrap_or_else(|| json!([]))),
-        Ok(Ok(Turned::Busy)) => {
-            app.metrics.webhook("vonage", "turn", "held");
-            (Fate::Applied, hold_on())
-        }
+        Ok(Ok(Turned::Turn(next))) => (Fate::Applied, next.unwrap_or_else(hang_up)),
+        Ok(Ok(Turned::Over(last))) => (Fate::Unmatched, last.unwrap_or_else(hang_up)),
+        Ok(Ok(Turned::Busy)) => held(),
         Ok(Err(panic)) => {
             tracing::error!(error = %panic, "a call's turn failed");
             (Fate::Applied, hold_on())
         }
         // The turn goes on, and is stored for the fetch this asks for.
-        Err(_) => {
-            app.metrics.webhook("vonage", "turn", "held");
-            (Fate::Applied, hold_on())
-        }
+        Err(_) => held(),
     })
 }
 
