@@ -12,6 +12,7 @@ pub mod connection;
 mod simulator;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod twilio;
 pub mod vonage;
 
 pub use connection::{BadConnection, Credentials, ProviderKind};
