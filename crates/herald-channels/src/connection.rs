@@ -92,7 +92,15 @@ impl ProviderKind {
             },
             ProviderKind::Twilio => Spec {
                 credentials: &["account_sid", "auth_token"],
-                settings: &[("content_sids", Texts), ("language", Text), ("voice", Text)],
+                settings: &[
+                    ("content_sids", Texts),
+                    ("language", Text),
+                    ("voice", Text),
+                    // Paces other than Twilio's defaults, for an account
+                    // whose limits Twilio has raised.
+                    ("calls_per_second", Number),
+                    ("messages_per_second", Number),
+                ],
                 webhooks: &["voice", "voice_status", "message_status", "message_inbound"],
             },
             ProviderKind::WhatsappCloud => Spec {
@@ -147,11 +155,10 @@ impl ProviderKind {
     /// on its connections yet.
     pub fn channels(self) -> &'static [Channel] {
         match self {
-            ProviderKind::Vonage => &[Channel::Voice, Channel::Sms, Channel::Whatsapp],
-            ProviderKind::Twilio
-            | ProviderKind::WhatsappCloud
-            | ProviderKind::Smpp
-            | ProviderKind::Sip => &[],
+            ProviderKind::Vonage | ProviderKind::Twilio => {
+                &[Channel::Voice, Channel::Sms, Channel::Whatsapp]
+            }
+            ProviderKind::WhatsappCloud | ProviderKind::Smpp | ProviderKind::Sip => &[],
         }
     }
 }
@@ -253,8 +260,14 @@ pub fn check_credentials(
         credentials.insert((*name).to_owned(), Secret::new(text));
     }
     let credentials = Credentials(credentials);
-    if provider == ProviderKind::Vonage {
-        crate::vonage::VonageCredentials::from_credentials(&credentials)?;
+    match provider {
+        ProviderKind::Vonage => {
+            crate::vonage::VonageCredentials::from_credentials(&credentials)?;
+        }
+        ProviderKind::Twilio => {
+            crate::twilio::TwilioCredentials::from_credentials(&credentials)?;
+        }
+        _ => {}
     }
     Ok(credentials)
 }
@@ -334,8 +347,9 @@ mod tests {
     #[test]
     fn credentials_are_exactly_the_provider_s_names() {
         let twilio = |v: Value| check_credentials(ProviderKind::Twilio, &v).map(|_| ());
+        let sid = format!("AC{}", "0".repeat(32));
         assert_eq!(
-            twilio(json!({"account_sid": "AC1", "auth_token": "t0ken"})),
+            twilio(json!({"account_sid": sid, "auth_token": "t0ken"})),
             Ok(())
         );
         for (value, message) in [
@@ -355,6 +369,10 @@ mod tests {
             (
                 json!({"account_sid": " ", "auth_token": "t"}),
                 "credentials.account_sid must not be empty",
+            ),
+            (
+                json!({"account_sid": "AC1", "auth_token": "t"}),
+                "credentials.account_sid must be the account's SID: AC and 32 hexadecimal digits",
             ),
         ] {
             assert_eq!(twilio(value), Err(bad(message)));

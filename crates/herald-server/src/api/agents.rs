@@ -170,6 +170,20 @@ async fn check_connection(
         ApiError::internal("Internal server error", format!("connection {id}: {e}"))
     })?;
     let carried = provider.channels();
+    let templates = connection
+        .settings
+        .get("content_sids")
+        .and_then(|v| v.as_object())
+        .is_some_and(|sids| !sids.is_empty());
+    if provider == ProviderKind::Twilio && agent.channel == Channel::Whatsapp && !templates {
+        // A WhatsApp session opens with a template, which Twilio sends
+        // only by its Content SID.
+        return Err(ApiError::bad_request(format!(
+            "Connection {id} is a twilio connection without settings.content_sids, so it cannot \
+             send the WhatsApp templates whatsapp sessions open with: add each template's \
+             Content SID under \"namespace/name/locale\""
+        )));
+    }
     if carried.contains(&agent.channel) {
         return Ok(());
     }

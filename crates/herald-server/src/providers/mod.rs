@@ -15,6 +15,7 @@ use herald_channels::adapter::{
     CallOutcome, CallTurn, MachineDetection, NewCall, OutboundMessage, SendOutcome,
 };
 use herald_channels::connection::Credentials;
+use herald_channels::twilio::{self, Twilio, TwilioCredentials, TwilioSettings};
 use herald_channels::vonage::voice::Voice;
 use herald_channels::vonage::{self, Vonage, VonageCredentials};
 use herald_channels::ProviderKind;
@@ -48,6 +49,7 @@ pub enum OpenError {
 /// A connection's client, by provider.
 pub enum Link {
     Vonage(Box<Vonage>),
+    Twilio(Box<Twilio>),
     /// A provider whose adapter this build does not have yet.
     NotYet,
 }
@@ -63,6 +65,7 @@ impl Link {
     pub async fn send(&self, message: &OutboundMessage) -> SendOutcome {
         match self {
             Link::Vonage(vonage) => vonage.send(message).await,
+            Link::Twilio(twilio) => twilio.send(message).await,
             Link::NotYet => SendOutcome::Refused {
                 status: herald_core::session::MessageStatus::Failed,
                 reason: CANNOT_SEND.into(),
@@ -70,10 +73,20 @@ impl Link {
         }
     }
 
+    /// The names of the webhooks a call asks for its first turn on and
+    /// reports its progress to.
+    pub fn call_webhooks(&self) -> (&'static str, &'static str) {
+        match self {
+            Link::Twilio(_) => ("voice", "voice_status"),
+            Link::Vonage(_) | Link::NotYet => ("answer", "event"),
+        }
+    }
+
     /// Places a call.
     pub async fn create_call(&self, call: &NewCall) -> CallOutcome {
         match self {
             Link::Vonage(vonage) => vonage.create_call(call).await,
+            Link::Twilio(twilio) => twilio.create_call(call).await,
             Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
             },
@@ -86,6 +99,9 @@ impl Link {
         match self {
             Link::Vonage(_) => serde_json::to_value(vonage::voice::ncco(turn, call_id, voice))
                 .expect("NCCO serialises"),
+            Link::Twilio(twilio) => {
+                Value::String(twilio::voice::twiml(turn, &twilio.settings.voice))
+            }
             Link::NotYet => Value::Null,
         }
     }
@@ -96,6 +112,7 @@ impl Link {
         match self {
             Link::Vonage(_) => serde_json::to_value(vonage::voice::Ncco::hold_on(next_url))
                 .expect("NCCO serialises"),
+            Link::Twilio(_) => Value::String(twilio::voice::hold_on(&next_url)),
             Link::NotYet => Value::Null,
         }
     }
@@ -118,6 +135,13 @@ impl Link {
                     ("transfer", vonage.update_call(call_id, &body).await)
                 }
             },
+            Link::Twilio(twilio) => match rendered.as_str() {
+                Some(twiml) if twiml != twilio::voice::HANG_UP => {
+                    let form = vec![("Twiml".to_owned(), twiml.to_owned())];
+                    ("transfer", twilio.update_call(call_id, &form).await)
+                }
+                _ => ("hang_up", self.hang_up(call_id).await),
+            },
             Link::NotYet => (
                 "transfer",
                 CallOutcome::Refused {
@@ -134,6 +158,10 @@ impl Link {
                 vonage
                     .update_call(call_id, &vonage::voice::hangup_body())
                     .await
+            }
+            Link::Twilio(twilio) => {
+                let form = vec![("Status".to_owned(), "completed".to_owned())];
+                twilio.update_call(call_id, &form).await
             }
             Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
@@ -281,6 +309,7 @@ impl Opened {
     pub async fn check(&self) -> (bool, String) {
         match &self.link {
             Link::Vonage(vonage) => vonage.check().await,
+            Link::Twilio(twilio) => twilio.check().await,
             Link::NotYet => (
                 false,
                 format!("this version of herald cannot reach {} yet", self.provider),
@@ -293,6 +322,16 @@ impl Opened {
 pub fn seal(sealer: &Sealer, id: &ConnectionId, credentials: &Credentials) -> Vec<u8> {
     sealer.seal(id.as_str(), &credentials.to_stored())
 }
+
+/// The messages a second a Twilio connection sends at most, unless its
+/// `messages_per_second` setting says otherwise. Twilio queues what an
+/// account sends faster than its numbers' rates (CHANNELS §6); this keeps
+/// that queue short.
+const TWILIO_MESSAGES_PER_SECOND: f64 = 10.0;
+/// The calls a second a Twilio connection places at most, unless its
+/// `calls_per_second` setting says otherwise: Twilio's default limit on
+/// an account's call creation (CHANNELS §6).
+const TWILIO_CALLS_PER_SECOND: f64 = 1.0;
 
 /// The rate limiter's key of a connection's requests of one kind: apart
 /// from every agent's key.
@@ -337,6 +376,38 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                 Pace::per_second(
                     pace_key(&record.id, "calls"),
                     rate("calls_per_second", VONAGE_CALLS_PER_SECOND),
+                ),
+            )
+        }
+        ProviderKind::Twilio => {
+            let credentials = TwilioCredentials::from_credentials(&credentials)
+                .map_err(|e| unreadable(e.to_string()))?;
+            let text = |name: &str| setting(name).and_then(|v| v.as_str()).map(str::to_owned);
+            let settings = TwilioSettings {
+                content_sids: setting("content_sids")
+                    .and_then(|v| v.as_object())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect(),
+                voice: twilio::voice::Voice {
+                    language: text("language"),
+                    voice: text("voice"),
+                },
+            };
+            (
+                Link::Twilio(Box::new(Twilio::new(
+                    &config.twilio_api_url,
+                    credentials,
+                    settings,
+                ))),
+                Pace::per_second(
+                    pace_key(&record.id, "messages"),
+                    rate("messages_per_second", TWILIO_MESSAGES_PER_SECOND),
+                ),
+                Pace::per_second(
+                    pace_key(&record.id, "calls"),
+                    rate("calls_per_second", TWILIO_CALLS_PER_SECOND),
                 ),
             )
         }

@@ -1268,7 +1268,7 @@ impl Driver<'_> {
             from: session.from.clone(),
             content,
             client_ref: client_ref(session.id, &item),
-            status_url: self.status_url(&opened),
+            status_url: self.status_url(&opened, &client_ref(session.id, &item)),
         };
         match self.send_through(&opened, &item, &message).await? {
             None => Ok(None),
@@ -1398,7 +1398,7 @@ impl Driver<'_> {
                 from: self.session.from.clone(),
                 content: Content::Text(text),
                 client_ref: client_ref(self.session.id, &item),
-                status_url: self.status_url(&opened),
+                status_url: self.status_url(&opened, &client_ref(self.session.id, &item)),
             };
             if let Some(Sent::Refused { reason, .. }) =
                 self.send_through(&opened, &item, &message).await?
@@ -1469,11 +1469,13 @@ impl Driver<'_> {
         ))
     }
 
-    /// Where the connection's provider posts the statuses of the messages
-    /// it takes (for a provider told so with each message).
-    fn status_url(&self, opened: &Opened) -> String {
+    /// Where the connection's provider posts the statuses of the message
+    /// `reference` names (for a provider told so with each message): the
+    /// reference rides in the query, so that a status that outruns the
+    /// store's write of the message's id still finds it.
+    fn status_url(&self, opened: &Opened, reference: &str) -> String {
         let base = self.app.config.public_url.as_deref().unwrap_or_default();
-        format!("{base}/providers/{}/message_status", opened.id)
+        format!("{base}/providers/{}/message_status?ref={reference}", opened.id)
     }
 
     /// Renders what this wake's steps asked of a provider-driven call into
@@ -1553,11 +1555,12 @@ impl Driver<'_> {
             } else {
                 opened.machine_detection
             };
+            let (answer, event) = opened.link.call_webhooks();
             let request = NewCall {
                 to: Endpoint::parse(&self.session.to),
                 from: self.session.from.clone(),
-                answer_url: self.webhook_url(opened, "answer", "")?,
-                event_url: self.webhook_url(opened, "event", "")?,
+                answer_url: self.webhook_url(opened, answer, "")?,
+                event_url: self.webhook_url(opened, event, "")?,
                 machine_detection,
                 ringing_timer: RINGING_SECS,
             };

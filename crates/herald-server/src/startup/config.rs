@@ -90,6 +90,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// The base URL of Vonage's APIs (CONTRACT §10.1b).
     pub vonage_api_url: String,
+    /// The base URL of Twilio's API (CONTRACT §10.1b).
+    pub twilio_api_url: String,
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
@@ -249,6 +251,9 @@ pub struct Settings {
     /// The base URL of Vonage's APIs [default: https://api.nexmo.com].
     #[arg(long, env = "HERALD_VONAGE_API_URL")]
     pub vonage_api_url: Option<String>,
+    /// The base URL of Twilio's API [default: https://api.twilio.com].
+    #[arg(long, env = "HERALD_TWILIO_API_URL")]
+    pub twilio_api_url: Option<String>,
     /// Serve POST /bench/noop, the baseline route of `herald bench`
     /// [default: false].
     #[arg(long, env = "HERALD_BENCH_ROUTES", num_args = 0..=1, default_missing_value = "true",
@@ -483,6 +488,10 @@ impl Settings {
             .vonage_api_url
             .ok_or_else(|| invalid("vonage_api_url", "must be set"))
             .and_then(|u| base_url(&u).map_err(|problem| invalid("vonage_api_url", problem)))?;
+        let twilio_api_url = self
+            .twilio_api_url
+            .ok_or_else(|| invalid("twilio_api_url", "must be set"))
+            .and_then(|u| base_url(&u).map_err(|problem| invalid("twilio_api_url", problem)))?;
         Ok(Config {
             listen: self.listen.expect("checked above"),
             database_url: database_url.into(),
@@ -560,6 +569,7 @@ impl Settings {
             secret_key,
             public_url,
             vonage_api_url,
+            twilio_api_url,
         })
     }
 }
@@ -608,6 +618,7 @@ mod tests {
         assert!(config.secret_key.is_none());
         assert_eq!(config.public_url, None);
         assert_eq!(config.vonage_api_url, "https://api.nexmo.com");
+        assert_eq!(config.twilio_api_url, "https://api.twilio.com");
     }
 
     #[test]

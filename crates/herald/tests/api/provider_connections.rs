@@ -391,14 +391,14 @@ async fn agents_run_on_their_account_s_connections_and_hold_them() {
     let app = spawn(None).await;
     let acme = app.new_key("acme").await;
     let globex = app.new_key("globex").await;
-    let twilio = create(
+    let pbx = create(
         &app,
         &acme,
-        json!({"name": "Twilio", "provider": "twilio",
-               "credentials": {"account_sid": "AC0123", "auth_token": "s3cret-twilio"}}),
+        json!({"name": "PBX", "provider": "sip",
+               "credentials": {"username": "herald", "password": "s3cret-sip"}}),
     )
     .await;
-    let id = twilio["connection_id"].as_str().unwrap().to_owned();
+    let id = pbx["connection_id"].as_str().unwrap().to_owned();
     let agent = |number: &str, connection: Value| json!({"name": "a", "type": "sms", "number": number, "connection_id": connection});
     assert_error(
         app.post("/agents", &globex, agent(&unique_number(), json!(id)))
@@ -422,13 +422,13 @@ async fn agents_run_on_their_account_s_connections_and_hold_them() {
     assert_eq!(created["connection_id"], json!(id));
     let agent_id = created["agent_id"].as_str().unwrap();
 
-    // This build carries nothing over Twilio yet: publishing says so.
+    // This build carries nothing over SIP yet: publishing says so.
     assert_error(
         app.post(&format!("/agents/{agent_id}/publish"), &acme, json!({}))
             .await,
         400,
         &format!(
-            "Connection {id} is a twilio connection, which cannot carry sms agents in this \
+            "Connection {id} is a sip connection, which cannot carry sms agents in this \
              version of herald (it carries: none yet)"
         ),
     )

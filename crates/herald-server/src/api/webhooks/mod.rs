@@ -24,6 +24,7 @@ use crate::providers::{Link, Opened};
 use crate::session::driver::parse_client_ref;
 use crate::AppState;
 
+mod twilio;
 mod voice;
 mod vonage;
 
@@ -34,6 +35,8 @@ mod vonage;
 pub(crate) struct Query {
     session: Option<SessionId>,
     turn: Option<u64>,
+    /// The reference of a message whose statuses come here.
+    reference: Option<String>,
 }
 
 impl Query {
@@ -43,6 +46,11 @@ impl Query {
             match pair.split_once('=') {
                 Some(("session", v)) => parsed.session = v.parse().ok(),
                 Some(("turn", v)) => parsed.turn = v.parse().ok(),
+                Some(("ref", v)) => {
+                    parsed.reference = url::form_urlencoded::parse(format!("r={v}").as_bytes())
+                        .next()
+                        .map(|(_, r)| r.into_owned())
+                }
                 _ => {}
             }
         }
@@ -138,6 +146,9 @@ pub async fn receive(
         (Link::Vonage(vonage), ProviderKind::Vonage) => {
             vonage::receive(hook, vonage, &webhook).await
         }
+        (Link::Twilio(twilio), ProviderKind::Twilio) => {
+            twilio::receive(hook, twilio, &webhook).await
+        }
         _ => Err(no_such_webhook()),
     }
 }
@@ -148,7 +159,6 @@ struct Hook<'a> {
     opened: &'a Opened,
     query: Query,
     /// The query as it came, for a signature over the URL.
-    #[allow(dead_code)]
     raw_query: &'a str,
     headers: &'a HeaderMap,
     body: &'a [u8],
