@@ -1,7 +1,7 @@
 //! Test helpers that other crates' tests use too (with the `testing`
 //! feature): a real SMTP server to send flows' email to, and the Python
-//! that runs it and the OpenAPI document's validator; and a loopback fake
-//! of Vonage ([`vonage`]).
+//! that runs it and the OpenAPI document's validator; and loopback fakes
+//! of Vonage ([`vonage`]) and of Twilio ([`twilio`]).
 //!
 //! The server is Python's aiosmtpd, which `.ci/run` installs into
 //! `target/test-venv` (with openapi-spec-validator) and names in
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::startup::config::SmtpSettings;
 
+pub mod twilio;
 pub mod vonage;
 
 /// An aiosmtpd on 127.0.0.1 that keeps what it receives in a maildir;
