@@ -1475,7 +1475,10 @@ impl Driver<'_> {
     /// store's write of the message's id still finds it.
     fn status_url(&self, opened: &Opened, reference: &str) -> String {
         let base = self.app.config.public_url.as_deref().unwrap_or_default();
-        format!("{base}/providers/{}/message_status?ref={reference}", opened.id)
+        format!(
+            "{base}/providers/{}/message_status?ref={reference}",
+            opened.id
+        )
     }
 
     /// Renders what this wake's steps asked of a provider-driven call into

@@ -2,10 +2,11 @@
 //! from its file as a user would send it (`POST /agents` with a `number`
 //! added), published, triggered, and played through every branch of its
 //! flow, one session per branch, with the test as the person: on the
-//! simulator (`POST /simulator/inbound`), and again over Vonage (a
-//! loopback fake of it, which takes the messages, reports their statuses
-//! and brings the person's answers in by webhook; and places the call,
-//! plays the agent's NCCO and posts what the person keys or says). What the
+//! simulator (`POST /simulator/inbound`), and again over Vonage and over
+//! Twilio (loopback fakes of them, which take the messages, report their
+//! statuses and bring the person's answers in by webhook; and place the
+//! call, play the agent's NCCO or TwiML and post what the person keys or
+//! says). What the
 //! agent said, the parameters it set and the session's outcome are checked
 //! from the transcript (`GET /sessions/{id}/transcript`).
 //!
@@ -14,6 +15,7 @@
 
 use std::time::Duration;
 
+use herald_server::testing::twilio::FakeTwilio;
 use herald_server::testing::vonage::FakeVonage;
 use serde_json::{json, Value};
 
@@ -24,10 +26,12 @@ use crate::helpers::*;
 enum Way {
     Simulator,
     Vonage,
+    Twilio,
 }
 
-/// Runs each branch both ways: `simulator::NAME`, `vonage::NAME`.
-macro_rules! both_ways {
+/// Runs each branch every way: `simulator::NAME`, `vonage::NAME`,
+/// `twilio::NAME`.
+macro_rules! every_way {
     ($($name:ident),* $(,)?) => {
         mod simulator {
             $(
@@ -45,10 +49,18 @@ macro_rules! both_ways {
                 }
             )*
         }
+        mod twilio {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Way::Twilio).await
+                }
+            )*
+        }
     };
 }
 
-both_ways!(
+every_way!(
     appointment_reminder_confirmed,
     appointment_reminder_rescheduled_to_a_new_date_and_time,
     appointment_reminder_asks_again_when_the_new_slot_is_wrong,
@@ -99,6 +111,8 @@ struct Talk {
     receiver: Option<TestReceiver>,
     /// The fake Vonage the talk goes through, if it does.
     vonage: Option<FakeVonage>,
+    /// The fake Twilio the talk goes through, if it does.
+    twilio: Option<FakeTwilio>,
 }
 
 /// How a talk ended.
@@ -171,13 +185,21 @@ impl Talk {
     /// own, publishes it and triggers one session with `parameters`.
     async fn start(way: Way, file: &str, edit: impl FnOnce(&mut Value), parameters: Value) -> Talk {
         let vonage = match way {
-            Way::Simulator => None,
             Way::Vonage => Some(FakeVonage::start(VONAGE_APPLICATION).await),
+            _ => None,
         };
-        let api_url = vonage.as_ref().map(|v| v.url.clone());
+        let twilio = match way {
+            Way::Twilio => Some(FakeTwilio::start(TWILIO_ACCOUNT, TWILIO_AUTH_TOKEN).await),
+            _ => None,
+        };
+        let vonage_url = vonage.as_ref().map(|v| v.url.clone());
+        let twilio_url = twilio.as_ref().map(|t| t.url.clone());
         let app = TestApp::spawn_with(|c| {
-            if let Some(url) = api_url {
+            if let Some(url) = vonage_url {
                 talk_to(c, &url);
+            }
+            if let Some(url) = twilio_url {
+                talk_to_twilio(c, &url);
             }
         })
         .await;
@@ -188,6 +210,13 @@ impl Talk {
         agent["number"] = json!(number);
         if let Some(vonage) = &vonage {
             let connection = vonage_connection(&app, &key, vonage).await;
+            agent["connection_id"] = connection["connection_id"].clone();
+        }
+        if let Some(twilio) = &twilio {
+            let (namespace, name, locale) = TEMPLATE;
+            let settings = json!({"content_sids": {
+                format!("{namespace}/{name}/{locale}"): format!("HX{}", "4".repeat(32))}});
+            let connection = twilio_connection(&app, &key, twilio, settings).await;
             agent["connection_id"] = connection["connection_id"].clone();
         }
         let response = app.post("/agents", &key, agent.clone()).await;
@@ -265,6 +294,7 @@ impl Talk {
             id,
             receiver,
             vonage,
+            twilio,
         }
     }
 
@@ -304,6 +334,25 @@ impl Talk {
                 .send_inbound(&self.channel, &self.person, &self.number, text)
                 .await;
             assert_eq!(status, 200, "delivering {text:?}");
+            return;
+        }
+        if let Some(twilio) = &self.twilio {
+            match self.channel.as_str() {
+                "voice" if text.bytes().all(|b| b.is_ascii_digit()) => {
+                    twilio.person_answers(&self.person, text)
+                }
+                "voice" => twilio.person_says(&self.person, text),
+                channel => {
+                    let address = |n: &str| match channel {
+                        "whatsapp" => format!("whatsapp:+{n}"),
+                        _ => format!("+{n}"),
+                    };
+                    let (status, _) = twilio
+                        .send_inbound(&address(&self.person), &address(&self.number), text)
+                        .await;
+                    assert_eq!(status, 200, "delivering {text:?}");
+                }
+            }
             return;
         }
         let field = match self.channel.as_str() {
@@ -351,6 +400,23 @@ impl Talk {
             let said = lines(&self.transcript().await, "outbound").len();
             let templates = usize::from(self.channel == "whatsapp");
             assert_eq!(vonage.messages().len(), said + templates);
+        }
+        if let (Some(twilio), "voice") = (&self.twilio, self.channel.as_str()) {
+            // Twilio said on the call what the agent said, once.
+            let calls = twilio.wait_for_calls_to_end(&self.person).await;
+            assert_eq!(twilio.problems(), Vec::<String>::new());
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            assert_eq!(
+                calls[0].said,
+                lines(&self.transcript().await, "outbound"),
+                "{calls:?}"
+            );
+        } else if let Some(twilio) = &self.twilio {
+            assert_eq!(twilio.problems(), Vec::<String>::new());
+            // Every message the agent sent went through Twilio, once.
+            let said = lines(&self.transcript().await, "outbound").len();
+            let templates = usize::from(self.channel == "whatsapp");
+            assert_eq!(twilio.messages().len(), said + templates);
         }
         Ended {
             outcome: session["outcome"].as_str().unwrap().to_owned(),

@@ -893,3 +893,41 @@ pub async fn vonage_connection(
     );
     connection
 }
+
+// ---- Twilio ---------------------------------------------------------------
+
+/// The Twilio account of the tests' connections (the fake's).
+pub const TWILIO_ACCOUNT: &str = "AC00000000000000000000000000c0ffee";
+pub const TWILIO_AUTH_TOKEN: &str = "s3cret-auth-token-for-twilio-tests";
+
+/// Settings for a server that talks to `twilio`: a secret key, a public
+/// URL, Twilio's API at the fake.
+pub fn talk_to_twilio(config: &mut Config, twilio_url: &str) {
+    talk_to(config, &config.vonage_api_url.clone());
+    config.twilio_api_url = twilio_url.to_owned();
+}
+
+/// Creates the account's Twilio connection with `settings` and points the
+/// fake's webhooks at the server; the connection as the API shows it.
+pub async fn twilio_connection(
+    app: &TestApp,
+    key: &str,
+    twilio: &herald_server::testing::twilio::FakeTwilio,
+    settings: Value,
+) -> Value {
+    let response = app
+        .post(
+            "/connections",
+            key,
+            json!({"name": "Twilio", "provider": "twilio", "credentials": {
+                "account_sid": TWILIO_ACCOUNT, "auth_token": TWILIO_AUTH_TOKEN},
+                "settings": settings}),
+        )
+        .await;
+    let status = response.status();
+    let connection: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{connection}");
+    twilio.deliver_to(PUBLIC_URL, &app.base);
+    twilio.inbound_webhook(connection["webhooks"]["message_inbound"].as_str().unwrap());
+    connection
+}

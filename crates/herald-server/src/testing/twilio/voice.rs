@@ -124,6 +124,12 @@ struct Placed {
     finished: Option<DateTime<Utc>>,
 }
 
+/// A callee as the test names it: a number's digits without `+` (a SIP
+/// URI as it is), however the call's `To` spelled it.
+fn number(to: &str) -> &str {
+    to.trim_start_matches('+')
+}
+
 #[derive(Default)]
 pub(super) struct Voice {
     calls: Mutex<Vec<Placed>>,
@@ -144,12 +150,12 @@ impl Voice {
     }
 
     fn next_input(&self, to: &str) -> Option<Input> {
-        lock(&self.inputs).get_mut(to)?.pop_front()
+        lock(&self.inputs).get_mut(number(to))?.pop_front()
     }
 
     fn add_input(&self, to: &str, input: Input) {
         lock(&self.inputs)
-            .entry(to.to_owned())
+            .entry(number(to).to_owned())
             .or_default()
             .push_back(input);
         self.answered.notify_waiters();
@@ -160,7 +166,7 @@ impl super::FakeTwilio {
     /// How calls to `to` go from now on (a person answers them unless said
     /// otherwise).
     pub fn call_fate(&self, to: &str, fate: CallFate) {
-        lock(&self.shared.voice.fates).insert(to.to_owned(), fate);
+        lock(&self.shared.voice.fates).insert(number(to).to_owned(), fate);
     }
 
     /// The person on a call to `to` keys `keys` (digits, `*`, `#`) at the
@@ -204,7 +210,11 @@ impl super::FakeTwilio {
     /// that hears nothing waits its whole timeout, 5 s by default).
     pub async fn wait_for_calls_to_end(&self, to: &str) -> Vec<CallSummary> {
         for _ in 0..1200 {
-            let calls: Vec<_> = self.calls().into_iter().filter(|c| c.to == to).collect();
+            let calls: Vec<_> = self
+                .calls()
+                .into_iter()
+                .filter(|c| number(&c.to) == number(to))
+                .collect();
             if !calls.is_empty() && calls.iter().all(|c| c.ended) {
                 return calls;
             }
@@ -1254,7 +1264,7 @@ impl Call {
     async fn play(mut self) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let fate = lock(&self.shared.voice.fates)
-            .get(&self.to)
+            .get(number(&self.to))
             .copied()
             .unwrap_or_default();
         if fate == CallFate::Silent {
