@@ -28,6 +28,7 @@ mod rate_limits;
 mod secrets;
 mod sessions;
 mod tenancy;
+mod twilio;
 mod vonage;
 
 const BACKEND: helpers::Backend = helpers::Backend::Embedded;

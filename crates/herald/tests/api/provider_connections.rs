@@ -604,11 +604,13 @@ async fn a_server_starts_only_with_the_key_its_connections_were_sealed_with() {
 
 /// CONTRACT §10.4: at the finest log level, through creation, a refused
 /// edit, a check that fails and one that passes, a message and a call
-/// over the connection, a deletion and a restart, no credential and not
-/// the key reach the log.
+/// over a Vonage and a Twilio connection, a deletion and a restart, no
+/// credential and not the key reach the log.
 #[tokio::test]
 async fn credentials_and_the_key_reach_no_log_line() {
     let vonage = FakeVonage::start(APPLICATION_ID).await;
+    let twilio =
+        herald_server::testing::twilio::FakeTwilio::start(TWILIO_ACCOUNT, TWILIO_AUTH_TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let database = crate::BACKEND.fresh_database(dir.path()).await;
     let logs = [dir.path().join("first.log"), dir.path().join("second.log")];
@@ -619,6 +621,7 @@ async fn credentials_and_the_key_reach_no_log_line() {
         ("HERALD_SECRET_KEY", secret_key.as_str()),
         ("HERALD_PUBLIC_URL", "https://herald.example.com"),
         ("HERALD_VONAGE_API_URL", vonage.url.as_str()),
+        ("HERALD_TWILIO_API_URL", twilio.url.as_str()),
     ];
     let args = ["--database", database.as_str()];
     let serve = |n: usize| {
@@ -687,10 +690,37 @@ async fn credentials_and_the_key_reach_no_log_line() {
         SIGNATURE_SECRET,
         "abcd1234",
     );
-    // A message and a call, each in a session of its own agent.
-    for (channel, path, extra) in [
-        ("sms", "/messaging/conversation", json!({"channel": "sms"})),
-        ("voice", "/telephony/make-call", json!({})),
+    let on_twilio: Value = call(
+        reqwest::Method::POST,
+        "/connections",
+        Some(
+            json!({"name": "Twilio", "provider": "twilio", "credentials": {
+            "account_sid": TWILIO_ACCOUNT, "auth_token": TWILIO_AUTH_TOKEN}}),
+        ),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let twilio_id = on_twilio["connection_id"].as_str().unwrap().to_owned();
+    twilio.deliver_to("https://herald.example.com", &server.base);
+    // A message and a call on each, each in a session of its own agent.
+    for (id, channel, path, extra) in [
+        (
+            &id,
+            "sms",
+            "/messaging/conversation",
+            json!({"channel": "sms"}),
+        ),
+        (&id, "voice", "/telephony/make-call", json!({})),
+        (
+            &twilio_id,
+            "sms",
+            "/messaging/conversation",
+            json!({"channel": "sms"}),
+        ),
+        (&twilio_id, "voice", "/telephony/make-call", json!({})),
     ] {
         let agent: Value = call(
             reqwest::Method::POST,
@@ -740,9 +770,10 @@ async fn credentials_and_the_key_reach_no_log_line() {
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        assert!(ended, "the {channel} session over Vonage ended");
+        assert!(ended, "the {channel} session over {id} ended");
     }
     assert_eq!(vonage.problems(), Vec::<String>::new());
+    assert_eq!(twilio.problems(), Vec::<String>::new());
     let other = create_connection_over(&client, &server.base, &key).await;
     let gone = call(
         reqwest::Method::DELETE,
@@ -773,6 +804,18 @@ async fn credentials_and_the_key_reach_no_log_line() {
     );
     assert_no_credential(&text);
     assert!(!text.contains(&secret_key), "the key shows in the log");
+    // Twilio's token, nor the Basic authorization that carries it.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{TWILIO_ACCOUNT}:{TWILIO_AUTH_TOKEN}"));
+    assert!(
+        !text.contains(TWILIO_AUTH_TOKEN),
+        "Twilio's token shows in the log"
+    );
+    assert!(
+        !text.contains(&basic),
+        "Twilio's authorization shows in the log"
+    );
 }
 
 async fn create_connection_over(client: &reqwest::Client, base: &str, key: &str) -> String {

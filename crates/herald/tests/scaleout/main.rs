@@ -51,6 +51,8 @@ mod secrets;
 mod sessions;
 #[path = "../api/tenancy.rs"]
 mod tenancy;
+#[path = "../api/twilio.rs"]
+mod twilio;
 #[path = "../api/vonage.rs"]
 mod vonage;
 
