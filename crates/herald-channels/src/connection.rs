@@ -158,7 +158,8 @@ impl ProviderKind {
             ProviderKind::Vonage | ProviderKind::Twilio => {
                 &[Channel::Voice, Channel::Sms, Channel::Whatsapp]
             }
-            ProviderKind::WhatsappCloud | ProviderKind::Smpp | ProviderKind::Sip => &[],
+            ProviderKind::WhatsappCloud => &[Channel::Whatsapp],
+            ProviderKind::Smpp | ProviderKind::Sip => &[],
         }
     }
 }
@@ -266,6 +267,9 @@ pub fn check_credentials(
         }
         ProviderKind::Twilio => {
             crate::twilio::TwilioCredentials::from_credentials(&credentials)?;
+        }
+        ProviderKind::WhatsappCloud => {
+            crate::whatsapp_cloud::WhatsappCredentials::from_credentials(&credentials)?;
         }
         _ => {}
     }

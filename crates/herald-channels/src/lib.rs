@@ -14,6 +14,7 @@ mod simulator;
 pub mod testing;
 pub mod twilio;
 pub mod vonage;
+pub mod whatsapp_cloud;
 
 pub use connection::{BadConnection, Credentials, ProviderKind};
 pub use simulator::Simulator;

@@ -73,7 +73,7 @@ pub fn router(app: AppState) -> Router {
         .route("/inbound/{channel}", post(replies::provider))
         .route(
             "/providers/{connection_id}/{webhook}",
-            post(webhooks::receive),
+            get(webhooks::handshake).post(webhooks::receive),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

@@ -41,6 +41,7 @@ use crate::api::{
         replies::provider,
         replies::live_agent,
         webhooks::receive,
+        webhooks::handshake,
         ops::healthz,
         ops::metrics,
         ops::openapi,

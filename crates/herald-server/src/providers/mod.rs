@@ -18,6 +18,7 @@ use herald_channels::connection::Credentials;
 use herald_channels::twilio::{self, Twilio, TwilioCredentials, TwilioSettings};
 use herald_channels::vonage::voice::Voice;
 use herald_channels::vonage::{self, Vonage, VonageCredentials};
+use herald_channels::whatsapp_cloud::{WhatsappCloud, WhatsappCredentials};
 use herald_channels::ProviderKind;
 use herald_core::secret::Sealer;
 use herald_core::ConnectionId;
@@ -50,6 +51,7 @@ pub enum OpenError {
 pub enum Link {
     Vonage(Box<Vonage>),
     Twilio(Box<Twilio>),
+    WhatsappCloud(Box<WhatsappCloud>),
     /// A provider whose adapter this build does not have yet.
     NotYet,
 }
@@ -66,6 +68,7 @@ impl Link {
         match self {
             Link::Vonage(vonage) => vonage.send(message).await,
             Link::Twilio(twilio) => twilio.send(message).await,
+            Link::WhatsappCloud(whatsapp) => whatsapp.send(message).await,
             Link::NotYet => SendOutcome::Refused {
                 status: herald_core::session::MessageStatus::Failed,
                 reason: CANNOT_SEND.into(),
@@ -78,7 +81,7 @@ impl Link {
     pub fn call_webhooks(&self) -> (&'static str, &'static str) {
         match self {
             Link::Twilio(_) => ("voice", "voice_status"),
-            Link::Vonage(_) | Link::NotYet => ("answer", "event"),
+            Link::Vonage(_) | Link::WhatsappCloud(_) | Link::NotYet => ("answer", "event"),
         }
     }
 
@@ -87,7 +90,7 @@ impl Link {
         match self {
             Link::Vonage(vonage) => vonage.create_call(call).await,
             Link::Twilio(twilio) => twilio.create_call(call).await,
-            Link::NotYet => CallOutcome::Refused {
+            Link::WhatsappCloud(_) | Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
             },
         }
@@ -102,7 +105,7 @@ impl Link {
             Link::Twilio(twilio) => {
                 Value::String(twilio::voice::twiml(turn, &twilio.settings.voice))
             }
-            Link::NotYet => Value::Null,
+            Link::WhatsappCloud(_) | Link::NotYet => Value::Null,
         }
     }
 
@@ -113,7 +116,7 @@ impl Link {
             Link::Vonage(_) => serde_json::to_value(vonage::voice::Ncco::hold_on(next_url))
                 .expect("NCCO serialises"),
             Link::Twilio(_) => Value::String(twilio::voice::hold_on(&next_url)),
-            Link::NotYet => Value::Null,
+            Link::WhatsappCloud(_) | Link::NotYet => Value::Null,
         }
     }
 
@@ -142,7 +145,7 @@ impl Link {
                 }
                 _ => ("hang_up", self.hang_up(call_id).await),
             },
-            Link::NotYet => (
+            Link::WhatsappCloud(_) | Link::NotYet => (
                 "transfer",
                 CallOutcome::Refused {
                     reason: CANNOT_CALL.into(),
@@ -163,7 +166,7 @@ impl Link {
                 let form = vec![("Status".to_owned(), "completed".to_owned())];
                 twilio.update_call(call_id, &form).await
             }
-            Link::NotYet => CallOutcome::Refused {
+            Link::WhatsappCloud(_) | Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
             },
         }
@@ -310,6 +313,7 @@ impl Opened {
         match &self.link {
             Link::Vonage(vonage) => vonage.check().await,
             Link::Twilio(twilio) => twilio.check().await,
+            Link::WhatsappCloud(whatsapp) => whatsapp.check().await,
             Link::NotYet => (
                 false,
                 format!("this version of herald cannot reach {} yet", self.provider),
@@ -332,6 +336,10 @@ const TWILIO_MESSAGES_PER_SECOND: f64 = 10.0;
 /// `calls_per_second` setting says otherwise: Twilio's default limit on
 /// an account's call creation (CHANNELS §6).
 const TWILIO_CALLS_PER_SECOND: f64 = 1.0;
+
+/// The messages a second a WhatsApp Cloud connection sends at most: the
+/// Cloud API's default throughput of a business number.
+const WHATSAPP_MESSAGES_PER_SECOND: f64 = 80.0;
 
 /// The rate limiter's key of a connection's requests of one kind: apart
 /// from every agent's key.
@@ -409,6 +417,21 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                     pace_key(&record.id, "calls"),
                     rate("calls_per_second", TWILIO_CALLS_PER_SECOND),
                 ),
+            )
+        }
+        ProviderKind::WhatsappCloud => {
+            let credentials = WhatsappCredentials::from_credentials(&credentials)
+                .map_err(|e| unreadable(e.to_string()))?;
+            (
+                Link::WhatsappCloud(Box::new(WhatsappCloud::new(
+                    &config.whatsapp_api_url,
+                    credentials,
+                ))),
+                Pace::per_second(
+                    pace_key(&record.id, "messages"),
+                    WHATSAPP_MESSAGES_PER_SECOND,
+                ),
+                Pace::per_second(pace_key(&record.id, "calls"), 1.0),
             )
         }
         _ => (

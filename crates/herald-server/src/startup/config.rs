@@ -92,6 +92,9 @@ pub struct Config {
     pub vonage_api_url: String,
     /// The base URL of Twilio's API (CONTRACT §10.1b).
     pub twilio_api_url: String,
+    /// The base URL of Meta's Graph API, for WhatsApp Cloud (CONTRACT
+    /// §10.1b).
+    pub whatsapp_api_url: String,
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
@@ -254,6 +257,10 @@ pub struct Settings {
     /// The base URL of Twilio's API [default: https://api.twilio.com].
     #[arg(long, env = "HERALD_TWILIO_API_URL")]
     pub twilio_api_url: Option<String>,
+    /// The base URL of Meta's Graph API, for WhatsApp Cloud
+    /// [default: https://graph.facebook.com].
+    #[arg(long, env = "HERALD_WHATSAPP_API_URL")]
+    pub whatsapp_api_url: Option<String>,
     /// Serve POST /bench/noop, the baseline route of `herald bench`
     /// [default: false].
     #[arg(long, env = "HERALD_BENCH_ROUTES", num_args = 0..=1, default_missing_value = "true",
@@ -492,6 +499,10 @@ impl Settings {
             .twilio_api_url
             .ok_or_else(|| invalid("twilio_api_url", "must be set"))
             .and_then(|u| base_url(&u).map_err(|problem| invalid("twilio_api_url", problem)))?;
+        let whatsapp_api_url = self
+            .whatsapp_api_url
+            .ok_or_else(|| invalid("whatsapp_api_url", "must be set"))
+            .and_then(|u| base_url(&u).map_err(|problem| invalid("whatsapp_api_url", problem)))?;
         Ok(Config {
             listen: self.listen.expect("checked above"),
             database_url: database_url.into(),
@@ -570,6 +581,7 @@ impl Settings {
             public_url,
             vonage_api_url,
             twilio_api_url,
+            whatsapp_api_url,
         })
     }
 }
@@ -619,6 +631,7 @@ mod tests {
         assert_eq!(config.public_url, None);
         assert_eq!(config.vonage_api_url, "https://api.nexmo.com");
         assert_eq!(config.twilio_api_url, "https://api.twilio.com");
+        assert_eq!(config.whatsapp_api_url, "https://graph.facebook.com");
     }
 
     #[test]

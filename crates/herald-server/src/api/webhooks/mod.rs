@@ -27,6 +27,7 @@ use crate::AppState;
 mod twilio;
 mod voice;
 mod vonage;
+mod whatsapp_cloud;
 
 /// What herald put in the query of the URLs it gave a call: the session
 /// (for a webhook that outruns the store's write of the call's id) and the
@@ -149,7 +150,86 @@ pub async fn receive(
         (Link::Twilio(twilio), ProviderKind::Twilio) => {
             twilio::receive(hook, twilio, &webhook).await
         }
+        (Link::WhatsappCloud(whatsapp), ProviderKind::WhatsappCloud) if webhook == "webhook" => {
+            whatsapp_cloud::receive(hook, whatsapp).await
+        }
         _ => Err(no_such_webhook()),
+    }
+}
+
+/// Verify a webhook's subscription
+///
+/// Meta's GET handshake (CHANNELS §5): the challenge echoed when the mode
+/// is `subscribe` and the token is the connection's verify token; 403
+/// otherwise.
+#[utoipa::path(get, path = "/providers/{connection_id}/{webhook}", operation_id = "verify_provider_webhook", tag = "providers",
+    params(("connection_id" = String, Path, description = "The connection's id (a WhatsApp Cloud connection)"),
+        ("webhook" = String, Path, description = "`webhook`"),
+        ("hub.mode" = Option<String>, Query, description = "`subscribe`"),
+        ("hub.verify_token" = Option<String>, Query, description = "The connection's verify token"),
+        ("hub.challenge" = Option<String>, Query, description = "What to echo")),
+    responses((status = 200, description = "The challenge, as text", body = String, content_type = "text/plain"),
+        (status = 403, description = "The token is not the connection's", body = crate::api::error::ErrorBody),
+        (status = 404, description = "No such connection or webhook", body = crate::api::error::ErrorBody)))]
+pub async fn handshake(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Ok(Path((raw, webhook))) = path else {
+        return Err(no_such_webhook());
+    };
+    let id: ConnectionId = raw.parse().map_err(|_| no_such_webhook())?;
+    let opened = app
+        .providers
+        .get(&app.config, app.store.as_ref(), &id)
+        .await
+        .map_err(|e| {
+            let mut error = ApiError::internal("The connection cannot be opened", format!("{e:#}"));
+            error.status = StatusCode::SERVICE_UNAVAILABLE;
+            error
+        })?
+        .ok_or_else(no_such_webhook)?;
+    let Link::WhatsappCloud(whatsapp) = &opened.link else {
+        return Err(no_such_webhook());
+    };
+    if webhook != "webhook" {
+        return Err(no_such_webhook());
+    }
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let verify_token = whatsapp.credentials().verify_token.expose();
+    match herald_channels::whatsapp_cloud::handshake(
+        get("hub.mode"),
+        get("hub.verify_token"),
+        get("hub.challenge"),
+        verify_token,
+    ) {
+        Some(challenge) => {
+            app.metrics.webhook("whatsapp_cloud", "webhook", "verified");
+            Ok((
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                challenge.to_owned(),
+            )
+                .into_response())
+        }
+        None => {
+            app.metrics
+                .webhook("whatsapp_cloud", "webhook", "bad_signature");
+            tracing::warn!(connection = %id, "a webhook handshake with the wrong verify token");
+            let mut error = ApiError::bad_request("The verify token is not the connection's");
+            error.status = StatusCode::FORBIDDEN;
+            Err(error)
+        }
     }
 }
 
