@@ -20,6 +20,7 @@
 //! with it, which is what the ratios to the baseline allow for.
 
 mod load;
+mod twilio;
 mod vonage;
 
 use std::net::SocketAddr;
@@ -51,16 +52,16 @@ pub struct BenchArgs {
     /// Sessions left waiting in the memory measurement, in four steps.
     #[arg(long, default_value_t = 40_000)]
     waiting_sessions: usize,
-    /// Calls placed a second through the fake Vonage (three turns each),
-    /// for `--seconds`.
-    #[arg(long, default_value_t = 100.0)]
-    vonage_call_rate: f64,
-    /// SMS sessions sent through the fake Vonage's Messages API.
-    #[arg(long, default_value_t = 2_000)]
-    vonage_messages: usize,
-    /// Run the Vonage scenarios only.
-    #[arg(long)]
-    vonage_only: bool,
+    /// Calls placed a second through each provider's fake (Vonage's,
+    /// Twilio's; three turns each), for `--seconds`.
+    #[arg(long, alias = "vonage-call-rate", default_value_t = 100.0)]
+    provider_call_rate: f64,
+    /// SMS sessions sent through each provider's fake messages API.
+    #[arg(long, alias = "vonage-messages", default_value_t = 2_000)]
+    provider_messages: usize,
+    /// Run the providers' scenarios only.
+    #[arg(long, alias = "vonage-only")]
+    providers_only: bool,
 }
 
 /// A `herald serve` child process, killed when dropped.
@@ -304,17 +305,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let c = args.connections;
     print_machine();
-    if args.vonage_only {
-        eprintln!("Vonage scenarios...");
-        let figures = vonage::measure(
-            dir.path(),
-            args.vonage_call_rate,
-            seconds,
-            args.vonage_messages,
-            c,
-        )
-        .await?;
-        print_vonage(&figures);
+    if args.providers_only {
+        for figures in measure_providers(dir.path(), &args, seconds).await? {
+            print_provider(&figures);
+        }
         return Ok(());
     }
 
@@ -380,19 +374,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let backlog = measure_backlog(dir.path(), args.callback_sessions, c).await?;
     eprintln!("memory with waiting sessions...");
     let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
-    eprintln!("Vonage scenarios...");
-    let figures = vonage::measure(
-        dir.path(),
-        args.vonage_call_rate,
-        seconds,
-        args.vonage_messages,
-        c,
-    )
-    .await?;
+    let providers = measure_providers(dir.path(), &args, seconds).await?;
 
     print_report(&rows, drained, &callbacks, &backlog, &memory);
-    print_vonage(&figures);
+    for figures in &providers {
+        print_provider(figures);
+    }
     Ok(())
+}
+
+/// The providers' scenarios, Vonage's then Twilio's.
+async fn measure_providers(
+    dir: &Path,
+    args: &BenchArgs,
+    seconds: Duration,
+) -> anyhow::Result<Vec<vonage::Figures>> {
+    let (rate, messages, c) = (
+        args.provider_call_rate,
+        args.provider_messages,
+        args.connections,
+    );
+    eprintln!("Vonage scenarios...");
+    let on_vonage = vonage::measure(dir, rate, seconds, messages, c).await?;
+    eprintln!("Twilio scenarios...");
+    let on_twilio = twilio::measure(dir, rate, seconds, messages, c).await?;
+    Ok(vec![on_vonage, on_twilio])
 }
 
 async fn set_rate(server: &Server, dir: &Path, agent: &str, rate: u32) -> anyhow::Result<()> {
@@ -770,10 +776,11 @@ fn quantile(values: &[f64], q: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn print_vonage(figures: &vonage::Figures) {
+fn print_provider(figures: &vonage::Figures) {
     println!();
     println!(
-        "on the fake Vonage: {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",
+        "on the fake {}: {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",
+        figures.provider,
         figures.calls,
         figures.rate,
         figures.elapsed.as_secs_f64(),
@@ -782,7 +789,7 @@ fn print_vonage(figures: &vonage::Figures) {
     );
     for (what, times) in [("answer", &figures.answers), ("input", &figures.inputs)] {
         println!(
-            "  {what} webhook to NCCO: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "  {what} webhook to its turn: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             times.len(),
             quantile(times, 0.5),
             quantile(times, 0.99),

@@ -27,7 +27,9 @@ const API_KEY: &str = "bench";
 /// on the server's own address instead.
 const PUBLIC_URL: &str = "https://herald.bench.invalid";
 
+/// What a provider's scenarios measured.
 pub struct Figures {
+    pub provider: &'static str,
     /// Calls placed a second, and how many.
     pub rate: f64,
     pub calls: usize,
@@ -42,7 +44,7 @@ pub struct Figures {
 }
 
 /// A flow of two questions on a call.
-fn two_questions() -> Value {
+pub(super) fn two_questions() -> Value {
     json!({"format": 1, "start": "first", "nodes": [
         {"id": "first", "type": "collect_input", "prompt": "Key your account number.",
          "entity": "number", "parameter": "ACCOUNT", "timeout_secs": 10,
@@ -178,6 +180,7 @@ pub async fn measure(
         bail!("Vonage took {taken} messages of {messages}");
     }
     Ok(Figures {
+        provider: "Vonage",
         rate,
         calls,
         elapsed,
