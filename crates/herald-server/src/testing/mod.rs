@@ -1,7 +1,8 @@
 //! Test helpers that other crates' tests use too (with the `testing`
 //! feature): a real SMTP server to send flows' email to, and the Python
 //! that runs it and the OpenAPI document's validator; and loopback fakes
-//! of Vonage ([`vonage`]) and of Twilio ([`twilio`]).
+//! of Vonage ([`vonage`]), of Twilio ([`twilio`]) and of Meta's WhatsApp
+//! Cloud API ([`whatsapp_cloud`]).
 //!
 //! The server is Python's aiosmtpd, which `.ci/run` installs into
 //! `target/test-venv` (with openapi-spec-validator) and names in
@@ -17,6 +18,7 @@ use crate::startup::config::SmtpSettings;
 
 pub mod twilio;
 pub mod vonage;
+pub mod whatsapp_cloud;
 
 /// An aiosmtpd on 127.0.0.1 that keeps what it receives in a maildir;
 /// killed when dropped.
