@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use herald_server::testing::twilio::FakeTwilio;
 use herald_server::testing::vonage::FakeVonage;
+use herald_server::testing::whatsapp_cloud::{FakeWhatsapp, DISPLAY_PHONE_NUMBER};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -27,6 +28,8 @@ enum Way {
     Simulator,
     Vonage,
     Twilio,
+    /// Meta's Cloud API, which carries WhatsApp alone.
+    WhatsappCloud,
 }
 
 /// Runs each branch every way: `simulator::NAME`, `vonage::NAME`,
@@ -86,6 +89,28 @@ every_way!(
     satisfaction_survey_stops_without_an_answer,
 );
 
+/// The WhatsApp agent's branches, once more on Meta's Cloud API.
+mod whatsapp_cloud {
+    macro_rules! on_cloud {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Way::WhatsappCloud).await
+                }
+            )*
+        };
+    }
+    on_cloud!(
+        delivery_notice_opens_with_the_template_and_sends_the_tracking_link,
+        delivery_notice_changes_the_day,
+        delivery_notice_helps_when_no_day_is_understood,
+        delivery_notice_keeps_the_day_without_an_answer,
+        delivery_notice_helps_with_what_it_does_not_understand,
+        delivery_notice_ends_quietly_without_an_answer,
+    );
+}
+
 const APPOINTMENT_REMINDER: &str =
     include_str!("../../../../examples/agents/appointment-reminder.json");
 const DELIVERY_NOTICE: &str = include_str!("../../../../examples/agents/delivery-notice.json");
@@ -113,6 +138,8 @@ struct Talk {
     vonage: Option<FakeVonage>,
     /// The fake Twilio the talk goes through, if it does.
     twilio: Option<FakeTwilio>,
+    /// The fake of Meta's Cloud API the talk goes through, if it does.
+    meta: Option<FakeWhatsapp>,
 }
 
 /// How a talk ended.
@@ -192,8 +219,15 @@ impl Talk {
             Way::Twilio => Some(FakeTwilio::start(TWILIO_ACCOUNT, TWILIO_AUTH_TOKEN).await),
             _ => None,
         };
+        let meta = match way {
+            Way::WhatsappCloud => Some(
+                FakeWhatsapp::start(WHATSAPP_NUMBER_ID, WHATSAPP_TOKEN, WHATSAPP_APP_SECRET).await,
+            ),
+            _ => None,
+        };
         let vonage_url = vonage.as_ref().map(|v| v.url.clone());
         let twilio_url = twilio.as_ref().map(|t| t.url.clone());
+        let meta_url = meta.as_ref().map(|m| m.url.clone());
         let app = TestApp::spawn_with(|c| {
             if let Some(url) = vonage_url {
                 talk_to(c, &url);
@@ -201,12 +235,20 @@ impl Talk {
             if let Some(url) = twilio_url {
                 talk_to_twilio(c, &url);
             }
+            if let Some(url) = meta_url {
+                talk_to_whatsapp(c, &url);
+            }
         })
         .await;
         let key = app.new_key(&format!("examples-{}", unique_number())).await;
         let mut agent: Value = serde_json::from_str(file).expect("the example is JSON");
         edit(&mut agent);
-        let number = unique_number();
+        // On Meta's API the agent's number is the business number its
+        // envelopes name.
+        let number = match way {
+            Way::WhatsappCloud => DISPLAY_PHONE_NUMBER.to_owned(),
+            _ => unique_number(),
+        };
         agent["number"] = json!(number);
         if let Some(vonage) = &vonage {
             let connection = vonage_connection(&app, &key, vonage).await;
@@ -217,6 +259,10 @@ impl Talk {
             let settings = json!({"content_sids": {
                 format!("{namespace}/{name}/{locale}"): format!("HX{}", "4".repeat(32))}});
             let connection = twilio_connection(&app, &key, twilio, settings).await;
+            agent["connection_id"] = connection["connection_id"].clone();
+        }
+        if let Some(meta) = &meta {
+            let connection = whatsapp_connection(&app, &key, meta).await;
             agent["connection_id"] = connection["connection_id"].clone();
         }
         let response = app.post("/agents", &key, agent.clone()).await;
@@ -231,6 +277,11 @@ impl Talk {
 
         let channel = agent["type"].as_str().unwrap().to_owned();
         let person = person_number();
+        if let Some(meta) = &meta {
+            // The person wrote lately, so that the agent's texts after its
+            // template are inside WhatsApp's 24-hour window.
+            meta.opened_window(&person);
+        }
         let mut receiver = None;
         let (path, trigger) = match channel.as_str() {
             "voice" => (
@@ -295,6 +346,7 @@ impl Talk {
             receiver,
             vonage,
             twilio,
+            meta,
         }
     }
 
@@ -333,6 +385,11 @@ impl Talk {
             let (status, _) = vonage
                 .send_inbound(&self.channel, &self.person, &self.number, text)
                 .await;
+            assert_eq!(status, 200, "delivering {text:?}");
+            return;
+        }
+        if let Some(meta) = &self.meta {
+            let (status, _) = meta.send_inbound(&self.person, text).await;
             assert_eq!(status, 200, "delivering {text:?}");
             return;
         }
@@ -417,6 +474,12 @@ impl Talk {
             let said = lines(&self.transcript().await, "outbound").len();
             let templates = usize::from(self.channel == "whatsapp");
             assert_eq!(twilio.messages().len(), said + templates);
+        }
+        if let Some(meta) = &self.meta {
+            assert_eq!(meta.problems(), Vec::<String>::new());
+            // Every message the agent sent went through Meta, once.
+            let said = lines(&self.transcript().await, "outbound").len();
+            assert_eq!(meta.messages().len(), said + 1);
         }
         Ended {
             outcome: session["outcome"].as_str().unwrap().to_owned(),

@@ -931,3 +931,43 @@ pub async fn twilio_connection(
     twilio.inbound_webhook(connection["webhooks"]["message_inbound"].as_str().unwrap());
     connection
 }
+
+// ---- WhatsApp Cloud ---------------------------------------------------------
+
+/// The WhatsApp Cloud number and app of the tests' connections (the fake's).
+pub const WHATSAPP_NUMBER_ID: &str = "106540352242922";
+pub const WHATSAPP_TOKEN: &str = "s3cret-access-token-for-meta-tests";
+pub const WHATSAPP_APP_SECRET: &str = "s3cret-app-secret-for-meta-tests";
+pub const WHATSAPP_VERIFY_TOKEN: &str = "s3cret-verify-token-for-meta-tests";
+
+/// Settings for a server that talks to Meta's fake at `url`: a secret key,
+/// a public URL, the Graph API at the fake.
+pub fn talk_to_whatsapp(config: &mut Config, url: &str) {
+    talk_to(config, &config.vonage_api_url.clone());
+    config.whatsapp_api_url = url.to_owned();
+}
+
+/// Creates the account's WhatsApp Cloud connection and points the fake's
+/// webhook at the server; the connection as the API shows it.
+pub async fn whatsapp_connection(
+    app: &TestApp,
+    key: &str,
+    meta: &herald_server::testing::whatsapp_cloud::FakeWhatsapp,
+) -> Value {
+    let response = app
+        .post(
+            "/connections",
+            key,
+            json!({"name": "WhatsApp", "provider": "whatsapp_cloud", "credentials": {
+                "phone_number_id": WHATSAPP_NUMBER_ID, "access_token": WHATSAPP_TOKEN,
+                "app_secret": WHATSAPP_APP_SECRET, "verify_token": WHATSAPP_VERIFY_TOKEN}}),
+        )
+        .await;
+    let status = response.status();
+    let connection: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{connection}");
+    let public = connection["webhooks"]["webhook"].as_str().unwrap();
+    let path = public.strip_prefix(PUBLIC_URL).unwrap();
+    meta.deliver_to(&format!("{}{path}", app.base));
+    connection
+}

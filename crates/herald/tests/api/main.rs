@@ -30,5 +30,6 @@ mod sessions;
 mod tenancy;
 mod twilio;
 mod vonage;
+mod whatsapp_cloud;
 
 const BACKEND: helpers::Backend = helpers::Backend::Embedded;

@@ -55,6 +55,8 @@ mod tenancy;
 mod twilio;
 #[path = "../api/vonage.rs"]
 mod vonage;
+#[path = "../api/whatsapp_cloud.rs"]
+mod whatsapp_cloud;
 
 mod instances;
 
