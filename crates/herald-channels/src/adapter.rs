@@ -254,9 +254,19 @@ pub(crate) async fn read_answer(
     Ok((status, retry_after, text))
 }
 
-/// `{provider} {what} ({status})`, with what the provider said after it.
-pub(crate) fn reason(provider: &str, what: &str, status: u16, said: &str) -> String {
-    let mut reason = format!("{provider} {what} ({status})");
+/// `{provider} {what} ({status})`, or `({status}, code {code})` for a
+/// provider whose errors carry a code, with what the provider said.
+pub(crate) fn reason(
+    provider: &str,
+    what: &str,
+    status: u16,
+    code: Option<u64>,
+    said: &str,
+) -> String {
+    let mut reason = match code {
+        Some(code) => format!("{provider} {what} ({status}, code {code})"),
+        None => format!("{provider} {what} ({status})"),
+    };
     if !said.is_empty() {
         reason.push_str(": ");
         reason.push_str(said);

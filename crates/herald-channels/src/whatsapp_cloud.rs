@@ -118,19 +118,6 @@ fn what_meta_said(text: &str) -> (Option<u64>, String) {
     (error["code"].as_u64(), message)
 }
 
-fn reason(what: &str, status: u16, code: Option<u64>, said: &str) -> String {
-    let status = match code {
-        Some(code) => format!("{status}, code {code}"),
-        None => status.to_string(),
-    };
-    let mut reason = format!("WhatsApp {what} ({status})");
-    if !said.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(said);
-    }
-    reason
-}
-
 /// The outcome of Meta's answer of `status` with body `text` to a send.
 pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> SendOutcome {
     if (200..300).contains(&status) {
@@ -145,7 +132,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, text: &str) -> SendO
         };
     }
     let (code, said) = what_meta_said(text);
-    let reason = |what: &str| reason(what, status, code, &said);
+    let reason = |what: &str| adapter::reason("WhatsApp", what, status, code, &said);
     match (status, code) {
         (429, _) => SendOutcome::Throttled { retry_after },
         (_, Some(code)) if THROTTLING_CODES.contains(&code) => {

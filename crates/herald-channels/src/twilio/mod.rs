@@ -66,16 +66,7 @@ pub(crate) fn what_twilio_said(text: &str) -> (Option<u64>, String) {
 
 /// `Twilio {what} ({status}, code {code})`, with what Twilio said.
 pub(crate) fn reason(what: &str, status: u16, code: Option<u64>, said: &str) -> String {
-    let status = match code {
-        Some(code) => format!("{status}, code {code}"),
-        None => status.to_string(),
-    };
-    let mut reason = format!("Twilio {what} ({status})");
-    if !said.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(said);
-    }
-    reason
+    adapter::reason("Twilio", what, status, code, said)
 }
 
 /// A Twilio connection's credentials, checked.

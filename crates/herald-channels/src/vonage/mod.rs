@@ -61,7 +61,7 @@ pub(crate) fn what_vonage_said(text: &str) -> String {
 
 /// `Vonage {what} ({status})`, with what Vonage said after it.
 pub(crate) fn reason(what: &str, status: u16, said: &str) -> String {
-    adapter::reason("Vonage", what, status, said)
+    adapter::reason("Vonage", what, status, None, said)
 }
 
 /// A Vonage connection's credentials, checked.

@@ -20,6 +20,7 @@
 //! with it, which is what the ratios to the baseline allow for.
 
 mod load;
+mod providers;
 mod twilio;
 mod vonage;
 
@@ -388,7 +389,7 @@ async fn measure_providers(
     dir: &Path,
     args: &BenchArgs,
     seconds: Duration,
-) -> anyhow::Result<Vec<vonage::Figures>> {
+) -> anyhow::Result<Vec<providers::Figures>> {
     let (rate, messages, c) = (
         args.provider_call_rate,
         args.provider_messages,
@@ -776,7 +777,7 @@ fn quantile(values: &[f64], q: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn print_provider(figures: &vonage::Figures) {
+fn print_provider(figures: &providers::Figures) {
     println!();
     println!(
         "on the fake {}: {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",

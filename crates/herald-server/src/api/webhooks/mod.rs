@@ -123,18 +123,7 @@ pub async fn receive(
     let Ok(Path((raw, webhook))) = path else {
         return Err(no_such_webhook());
     };
-    let id: ConnectionId = raw.parse().map_err(|_| no_such_webhook())?;
-    let opened = app
-        .providers
-        .get(&app.config, app.store.as_ref(), &id)
-        .await
-        .map_err(|e| {
-            // The operator's to mend (the key); the provider tries again.
-            let mut error = ApiError::internal("The connection cannot be opened", format!("{e:#}"));
-            error.status = StatusCode::SERVICE_UNAVAILABLE;
-            error
-        })?
-        .ok_or_else(no_such_webhook)?;
+    let opened = connection(&app, &raw).await?;
     let hook = Hook {
         app: &app,
         opened: &opened,
@@ -179,17 +168,7 @@ pub async fn handshake(
     let Ok(Path((raw, webhook))) = path else {
         return Err(no_such_webhook());
     };
-    let id: ConnectionId = raw.parse().map_err(|_| no_such_webhook())?;
-    let opened = app
-        .providers
-        .get(&app.config, app.store.as_ref(), &id)
-        .await
-        .map_err(|e| {
-            let mut error = ApiError::internal("The connection cannot be opened", format!("{e:#}"));
-            error.status = StatusCode::SERVICE_UNAVAILABLE;
-            error
-        })?
-        .ok_or_else(no_such_webhook)?;
+    let opened = connection(&app, &raw).await?;
     let Link::WhatsappCloud(whatsapp) = &opened.link else {
         return Err(no_such_webhook());
     };
@@ -225,12 +204,27 @@ pub async fn handshake(
         None => {
             app.metrics
                 .webhook("whatsapp_cloud", "webhook", "bad_signature");
-            tracing::warn!(connection = %id, "a webhook handshake with the wrong verify token");
+            tracing::warn!(connection = %opened.id, "a webhook handshake with the wrong verify token");
             let mut error = ApiError::bad_request("The verify token is not the connection's");
             error.status = StatusCode::FORBIDDEN;
             Err(error)
         }
     }
+}
+
+/// The connection a webhook's path names, opened; 404 for none.
+async fn connection(app: &AppState, raw: &str) -> Result<std::sync::Arc<Opened>, ApiError> {
+    let id: ConnectionId = raw.parse().map_err(|_| no_such_webhook())?;
+    app.providers
+        .get(&app.config, app.store.as_ref(), &id)
+        .await
+        .map_err(|e| {
+            // The operator's to mend (the key); the provider tries again.
+            let mut error = ApiError::internal("The connection cannot be opened", format!("{e:#}"));
+            error.status = StatusCode::SERVICE_UNAVAILABLE;
+            error
+        })?
+        .ok_or_else(no_such_webhook)
 }
 
 /// One webhook's request, for the provider's module to verify and read.
