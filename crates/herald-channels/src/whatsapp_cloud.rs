@@ -258,9 +258,33 @@ pub struct StatusReport {
 pub struct MetaError {
     #[serde(default)]
     pub code: Option<u64>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub error_data: Option<Value>,
 }
 
 impl StatusReport {
+    /// Why the message failed, as Meta says (its first error).
+    pub fn reason(&self) -> Option<String> {
+        let error = self.errors.first()?;
+        let details = error
+            .error_data
+            .as_ref()
+            .and_then(|d| d["details"].as_str())
+            .or(error.message.as_deref())
+            .or(error.title.as_deref())
+            .unwrap_or_default();
+        let details: String = details.chars().take(300).collect();
+        Some(match (error.code, details.is_empty()) {
+            (Some(code), false) => format!("WhatsApp reported error {code}: {details}"),
+            (Some(code), true) => format!("WhatsApp reported error {code}"),
+            (None, _) => format!("WhatsApp reported: {details}"),
+        })
+    }
+
     /// What the status means; `None` for one herald does not know.
     pub fn status(&self) -> Option<MessageStatus> {
         Some(match self.status.as_str() {

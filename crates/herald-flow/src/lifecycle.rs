@@ -116,7 +116,11 @@ impl From<Report> for SessionInput {
     fn from(report: Report) -> Self {
         match report {
             Report::Call { progress } => SessionInput::CallProgress(progress),
-            Report::Message { message, status } => SessionInput::MessageStatus { message, status },
+            Report::Message { message, status } => SessionInput::MessageStatus {
+                message,
+                status,
+                reason: None,
+            },
             Report::Text { to, status } => SessionInput::SmsStatus { to, status },
         }
     }

@@ -258,7 +258,8 @@ fn reports_due_come_in_time_order_and_the_last_of_a_message_closes_it() {
         SessionInput::from(last.report),
         SessionInput::MessageStatus {
             message: 1,
-            status: Delivered
+            status: Delivered,
+            reason: None,
         }
     );
     // A call's report and a Send SMS node's text's close nothing.

@@ -1852,7 +1852,11 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
 
 fn report(message: u32, status: herald_core::session::MessageStatus, key: &str) -> NewInput {
     NewInput {
-        input: SessionInput::MessageStatus { message, status },
+        input: SessionInput::MessageStatus {
+            message,
+            status,
+            reason: None,
+        },
         at: herald_core::time::from_micros(Utc::now().timestamp_micros()),
         dedupe: Some(key.into()),
     }

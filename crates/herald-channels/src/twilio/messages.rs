@@ -128,6 +128,8 @@ pub struct StatusReport {
     /// Twilio's word for the status.
     pub status: String,
     pub error_code: Option<u64>,
+    /// What Twilio said of the error, when it says.
+    pub error_message: Option<String>,
     /// Whom the message went to, without `whatsapp:`.
     pub to: Option<String>,
 }
@@ -139,7 +141,19 @@ impl StatusReport {
             message_sid: field(form, "MessageSid")?.to_owned(),
             status: field(form, "MessageStatus")?.to_owned(),
             error_code: field(form, "ErrorCode").and_then(|c| c.trim().parse().ok()),
+            error_message: field(form, "ErrorMessage")
+                .filter(|m| !m.trim().is_empty())
+                .map(|m| m.chars().take(300).collect()),
             to: field(form, "To").map(|to| number(to).to_owned()),
+        })
+    }
+
+    /// Why the message failed, for a failure with an error code.
+    pub fn reason(&self) -> Option<String> {
+        let code = self.error_code?;
+        Some(match &self.error_message {
+            Some(message) => format!("Twilio reported error {code}: {message}"),
+            None => format!("Twilio reported error {code}"),
         })
     }
 

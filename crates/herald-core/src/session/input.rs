@@ -31,8 +31,12 @@ pub enum SessionInput {
     /// How the call is going.
     CallProgress(CallProgress),
     /// A status of the session's `message`-th message to the person
-    /// (counting from 0).
-    MessageStatus { message: u32, status: MessageStatus },
+    /// (counting from 0); for a failure, why, as the provider says.
+    MessageStatus {
+        message: u32,
+        status: MessageStatus,
+        reason: Option<String>,
+    },
     /// A status of a text a Send SMS node sent to `to`.
     SmsStatus { to: String, status: MessageStatus },
     /// A live agent's words for the person.
@@ -169,8 +173,16 @@ impl SessionInput {
             SessionInput::CallProgress(progress) => {
                 Some(serde_json::to_value(progress).expect("a call progress serialises"))
             }
-            SessionInput::MessageStatus { message, status } => {
-                Some(json!({ "message": message, "status": status }))
+            SessionInput::MessageStatus {
+                message,
+                status,
+                reason,
+            } => {
+                let mut data = json!({ "message": message, "status": status });
+                if let Some(reason) = reason {
+                    data["reason"] = json!(reason);
+                }
+                Some(data)
             }
             SessionInput::SmsStatus { to, status } => Some(json!({ "to": to, "status": status })),
             _ => None,
@@ -206,6 +218,7 @@ impl SessionInput {
                 status: field("status")
                     .and_then(|s| serde_json::from_value(s).ok())
                     .ok_or_else(|| bad("without its status"))?,
+                reason: field("reason").and_then(|r| r.as_str().map(str::to_owned)),
             },
             InputKind::SmsStatus => SessionInput::SmsStatus {
                 to: field("to")
@@ -251,6 +264,12 @@ mod tests {
             SessionInput::MessageStatus {
                 message: 2,
                 status: MessageStatus::Read,
+                reason: None,
+            },
+            SessionInput::MessageStatus {
+                message: 0,
+                status: MessageStatus::Rejected,
+                reason: Some("outside the 24-hour window".into()),
             },
             SessionInput::SmsStatus {
                 to: "447700900123".into(),

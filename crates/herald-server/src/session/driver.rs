@@ -781,10 +781,25 @@ impl Driver<'_> {
         at: DateTime<Utc>,
     ) -> anyhow::Result<Option<Ended>> {
         match input {
-            SessionInput::MessageStatus { message, status } => {
+            SessionInput::MessageStatus {
+                message,
+                status,
+                reason,
+            } => {
                 if message >= self.state.messages {
                     tracing::warn!(message, "a status of a message the session never sent");
                     return Ok(None);
+                }
+                // What the provider said of a failure, before what it does.
+                let settled = self.state.statuses.get(&message).copied();
+                let failed = matches!(status, MessageStatus::Failed | MessageStatus::Rejected);
+                let already = matches!(
+                    settled,
+                    Some(MessageStatus::Failed | MessageStatus::Rejected)
+                );
+                if let (true, false, Some(error)) = (failed, already, reason) {
+                    let event = self.event(SessionEvent::Error { error }, at);
+                    self.pending.push(event);
                 }
                 let effects = self
                     .lifecycle

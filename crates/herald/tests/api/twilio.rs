@@ -194,6 +194,18 @@ async fn each_message_status_reaches_its_outcome_and_callbacks() {
         assert_eq!(ended["outcome"], outcome, "{statuses:?}: {ended}");
         let got = on.callbacks(before + reported.len()).await[before..].to_vec();
         assert_eq!(got, reported, "{statuses:?}");
+        // A failure says Twilio's error code in the session's events.
+        let errors = events_of(&ended, "error", "error");
+        match statuses.last().and_then(|s| s.split_once(':')) {
+            Some((_, code)) => {
+                assert_eq!(errors.len(), 1, "{ended}");
+                assert!(
+                    errors[0].starts_with(&format!("Twilio reported error {code}")),
+                    "{errors:?}"
+                );
+            }
+            None => assert!(errors.is_empty(), "{ended}"),
+        }
     }
     let messages = on.twilio.messages();
     assert_eq!(messages.len(), 3);

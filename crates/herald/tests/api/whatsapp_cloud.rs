@@ -184,6 +184,19 @@ async fn a_text_outside_the_window_ends_the_session_rejected() {
     let id = on.open(&person).await;
     let ended = on.ended(&id).await;
     assert_eq!(ended["outcome"], "rejected", "{ended}");
+    // Meta's reason is in the session's events.
+    let errors: Vec<&str> = ended["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "error")
+        .map(|e| e["error"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 1, "{ended}");
+    assert!(
+        errors[0].starts_with("WhatsApp reported error 131047"),
+        "{errors:?}"
+    );
     let sent = on.meta.wait_for_messages(2).await;
     assert_eq!(sent[1].1["type"], "text");
     assert!(on.callbacks(1).await.contains(&"rejected".to_owned()));

@@ -301,6 +301,8 @@ struct Status<'a> {
     status: Option<MessageStatus>,
     /// The provider's own word for it, which keys it.
     word: &'a str,
+    /// Why it failed, as the provider says, for a failure.
+    reason: Option<String>,
     at: DateTime<Utc>,
 }
 
@@ -327,7 +329,11 @@ async fn message_status(
         }
     } else {
         match item.parse::<u32>() {
-            Ok(message) => SessionInput::MessageStatus { message, status },
+            Ok(message) => SessionInput::MessageStatus {
+                message,
+                status,
+                reason: report.reason,
+            },
             Err(_) => return Ok(Fate::Unmatched),
         }
     };

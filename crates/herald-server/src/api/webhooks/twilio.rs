@@ -92,6 +92,7 @@ pub(super) async fn receive(
                 to: report.to.as_deref(),
                 status: report.status(),
                 word: &report.status,
+                reason: report.reason(),
                 at: Utc::now(),
             };
             hook.answer(name, message_status(app, opened, status).await)

@@ -62,6 +62,7 @@ pub(super) async fn receive(
                     to: report.to.as_deref(),
                     status: report.status(),
                     word: &report.status,
+                    reason: report.reason().map(|r| format!("Vonage reported: {r}")),
                     at: when(report.timestamp.as_deref()),
                 };
                 message_status(app, opened, status).await

@@ -53,6 +53,7 @@ pub(super) async fn receive(
                 to: report.recipient_id.as_deref(),
                 status: report.status(),
                 word: &report.status,
+                reason: report.reason(),
                 at: timestamp(report.timestamp.as_deref()).unwrap_or_else(Utc::now),
             };
             let fate = message_status(app, opened, status).await?;
