@@ -76,6 +76,9 @@ pub fn body(message: &OutboundMessage) -> Value {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
         "to": message.to.trim_start_matches('+'),
+        // Echoed in each status: a status that outruns the store's write
+        // of the message's id still finds it.
+        "biz_opaque_callback_data": message.client_ref,
     });
     match &message.content {
         Content::Text(text) => {
@@ -252,6 +255,9 @@ pub struct StatusReport {
     pub timestamp: Option<String>,
     #[serde(default)]
     pub errors: Vec<MetaError>,
+    /// What herald sent with the message, echoed.
+    #[serde(default)]
+    pub biz_opaque_callback_data: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -436,7 +442,7 @@ mod tests {
         assert_eq!(
             body(&message(Content::Text("Hi".into()))),
             json!({"messaging_product": "whatsapp", "recipient_type": "individual",
-                   "to": "447700900123", "type": "text",
+                   "to": "447700900123", "type": "text", "biz_opaque_callback_data": "s:0",
                    "text": {"body": "Hi", "preview_url": false}})
         );
         let components = json!([{"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}]);

@@ -428,7 +428,20 @@ fn error_text(code: u32) -> (&'static str, &'static str) {
 }
 
 /// One status of a message, as Meta writes it in `statuses[]`.
+#[cfg(test)]
 fn status_object(wamid: &str, recipient: &str, kind: &str, status: &str) -> Value {
+    status_object_of(wamid, recipient, kind, status, None)
+}
+
+/// [`status_object`], echoing the message's `biz_opaque_callback_data` as
+/// Meta does.
+fn status_object_of(
+    wamid: &str,
+    recipient: &str,
+    kind: &str,
+    status: &str,
+    opaque: Option<&str>,
+) -> Value {
     let (status, code) = match status.split_once(':') {
         Some((status, code)) => (status, code.parse::<u32>().ok()),
         None => (status, None),
@@ -440,6 +453,9 @@ fn status_object(wamid: &str, recipient: &str, kind: &str, status: &str) -> Valu
         "timestamp": timestamp(now),
         "recipient_id": recipient,
     });
+    if let Some(opaque) = opaque {
+        object["biz_opaque_callback_data"] = json!(opaque);
+    }
     // A template opens a business-initiated conversation; a free-form
     // message is answered within the person's service conversation.
     let category = if kind == "template" {
@@ -667,7 +683,13 @@ impl FakeWhatsapp {
         let mut value = self.shared.value();
         value.insert(
             "statuses".into(),
-            json!([status_object(wamid, &recipient, kind, status)]),
+            json!([status_object_of(
+                wamid,
+                &recipient,
+                kind,
+                status,
+                body["biz_opaque_callback_data"].as_str()
+            )]),
         );
         envelope(value)
     }
@@ -1016,6 +1038,7 @@ fn send(
     lock(&shared.messages).push((wamid.clone(), body.clone()));
     let statuses = shared.statuses_for(&wa_id, &body);
     let kind = body["type"].as_str().unwrap_or_default().to_owned();
+    let opaque = body["biz_opaque_callback_data"].as_str().map(str::to_owned);
     let mut taken = json!({"id": wamid});
     if kind == "template" {
         taken["message_status"] = json!("accepted");
@@ -1032,7 +1055,13 @@ fn send(
                 let mut value = shared.value();
                 value.insert(
                     "statuses".into(),
-                    json!([status_object(&wamid, &wa_id, &kind, &status)]),
+                    json!([status_object_of(
+                        &wamid,
+                        &wa_id,
+                        &kind,
+                        &status,
+                        opaque.as_deref()
+                    )]),
                 );
                 shared
                     .deliver(&format!("{status} of {wamid}"), &envelope(value))

@@ -49,7 +49,7 @@ pub(super) async fn receive(
         for report in &value.statuses {
             let status = Status {
                 id: &report.id,
-                client_ref: None,
+                client_ref: report.biz_opaque_callback_data.as_deref(),
                 to: report.recipient_id.as_deref(),
                 status: report.status(),
                 word: &report.status,
