@@ -267,6 +267,24 @@ impl TestApp {
         panic!("session {id} did not record {n} message statuses");
     }
 
+    /// The sum of the samples of herald's provider counters
+    /// (`herald_provider_*`) whose lines hold every one of `labels`.
+    pub async fn provider_metric(&self, labels: &[&str]) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("herald_provider_") && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until the session records an event of `kind`; returns it.
     pub async fn wait_for_event(&self, key: &str, id: &str, kind: &str) -> Value {
         for _ in 0..200 {
@@ -621,6 +639,15 @@ impl TestReceiver {
     }
 
     /// Waits until at least `n` callbacks were accepted.
+    /// The `status` of each callback, once `n` have come.
+    pub async fn statuses(&self, n: usize) -> Vec<String> {
+        self.wait_for(n)
+            .await
+            .iter()
+            .map(|c| c.body["status"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         for _ in 0..400 {
             let got = self.received();

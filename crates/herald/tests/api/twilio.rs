@@ -107,29 +107,11 @@ impl OnTwilio {
     }
 
     async fn callbacks(&self, n: usize) -> Vec<String> {
-        self.receiver
-            .wait_for(n)
-            .await
-            .iter()
-            .map(|c| c.body["status"].as_str().unwrap().to_owned())
-            .collect()
+        self.receiver.statuses(n).await
     }
 
     async fn metric(&self, labels: &[&str]) -> f64 {
-        let text = self
-            .app
-            .client
-            .get(self.app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("herald_provider_") && labels.iter().all(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.app.provider_metric(labels).await
     }
 
     /// The URL of one of the connection's webhooks, as Twilio is given it.
