@@ -45,6 +45,8 @@ enum Kind {
 /// What a provider's connection holds.
 struct Spec {
     credentials: &'static [&'static str],
+    /// Credentials a connection may hold besides those it must.
+    optional_credentials: &'static [&'static str],
     settings: &'static [(&'static str, Kind)],
     webhooks: &'static [&'static str],
 }
@@ -79,6 +81,7 @@ impl ProviderKind {
                     "api_secret",
                     "signature_secret",
                 ],
+                optional_credentials: &[],
                 settings: &[
                     ("language", Text),
                     ("style", Count),
@@ -92,6 +95,10 @@ impl ProviderKind {
             },
             ProviderKind::Twilio => Spec {
                 credentials: &["account_sid", "auth_token"],
+                // An API key (`SK…`) and its secret for the REST API, which
+                // can be revoked on its own; the auth token is still needed,
+                // since Twilio signs its webhooks with it.
+                optional_credentials: &["api_key", "api_secret"],
                 settings: &[
                     ("content_sids", Texts),
                     ("language", Text),
@@ -110,11 +117,13 @@ impl ProviderKind {
                     "app_secret",
                     "verify_token",
                 ],
+                optional_credentials: &[],
                 settings: &[],
                 webhooks: &["webhook"],
             },
             ProviderKind::Smpp => Spec {
                 credentials: &["system_id", "password"],
+                optional_credentials: &[],
                 settings: &[
                     ("host", Text),
                     ("port", Count),
@@ -131,6 +140,7 @@ impl ProviderKind {
             },
             ProviderKind::Sip => Spec {
                 credentials: &["username", "password"],
+                optional_credentials: &[],
                 settings: &[
                     ("trunk", Text),
                     ("transport", OneOf(&["udp", "tcp", "tls"])),
@@ -224,8 +234,9 @@ fn bad(message: impl Into<String>) -> BadConnection {
 }
 
 /// Checks `credentials` (an object holding exactly the provider's
-/// credential names, each a non-empty text) and hands them over sealed in
-/// [`Secret`]s. No value is quoted in an error.
+/// credential names, and any of its optional ones, each a non-empty text)
+/// and hands them over sealed in [`Secret`]s. No value is quoted in an
+/// error.
 pub fn check_credentials(
     provider: ProviderKind,
     value: &Value,
@@ -233,11 +244,17 @@ pub fn check_credentials(
     let Value::Object(fields) = value else {
         return Err(bad("credentials must be an object"));
     };
-    let names = provider.spec().credentials;
-    if let Some(unknown) = fields.keys().find(|k| !names.contains(&k.as_str())) {
+    let Spec {
+        credentials: names,
+        optional_credentials: optional,
+        ..
+    } = provider.spec();
+    let known = || names.iter().chain(optional);
+    if let Some(unknown) = fields.keys().find(|k| !known().any(|n| n == k)) {
+        let known: Vec<&str> = known().copied().collect();
         return Err(bad(format!(
             "credentials.{unknown} is not a {provider} credential (they are: {})",
-            names.join(", ")
+            known.join(", ")
         )));
     }
     let missing: Vec<&str> = names
@@ -252,11 +269,14 @@ pub fn check_credentials(
         )));
     }
     let mut credentials = BTreeMap::new();
-    for name in names {
-        let text = match &fields[*name] {
-            Value::String(s) if !s.trim().is_empty() && !s.contains('\0') => s.clone(),
-            Value::String(_) => return Err(bad(format!("credentials.{name} must not be empty"))),
-            _ => return Err(bad(format!("credentials.{name} must be a string"))),
+    for name in known() {
+        let text = match fields.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if !s.trim().is_empty() && !s.contains('\0') => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(bad(format!("credentials.{name} must not be empty")))
+            }
+            Some(_) => return Err(bad(format!("credentials.{name} must be a string"))),
         };
         credentials.insert((*name).to_owned(), Secret::new(text));
     }

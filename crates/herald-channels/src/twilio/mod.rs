@@ -73,25 +73,59 @@ pub(crate) fn reason(what: &str, status: u16, code: Option<u64>, said: &str) -> 
 #[derive(Debug, Clone)]
 pub struct TwilioCredentials {
     pub account_sid: String,
+    /// What Twilio signs its webhooks with; the REST API's password too,
+    /// unless an API key is given.
     pub auth_token: Secret<String>,
+    /// An API key (`SK…`) and its secret, which herald's requests then
+    /// authenticate with instead of the auth token.
+    pub api_key: Option<(String, Secret<String>)>,
+}
+
+/// `prefix` and 32 hexadecimal digits: the form of Twilio's SIDs.
+fn is_sid(text: &str, prefix: &str) -> bool {
+    text.len() == 34 && text.starts_with(prefix) && text[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl TwilioCredentials {
     pub fn from_credentials(c: &Credentials) -> Result<Self, BadConnection> {
         let account_sid = c.get("account_sid").unwrap_or_default().to_owned();
-        let is_sid = account_sid.len() == 34
-            && account_sid.starts_with("AC")
-            && account_sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_sid {
+        if !is_sid(&account_sid, "AC") {
             return Err(BadConnection(
                 "credentials.account_sid must be the account's SID: AC and 32 hexadecimal digits"
                     .into(),
             ));
         }
+        let api_key = match (c.get("api_key"), c.get("api_secret")) {
+            (None, None) => None,
+            (Some(key), Some(secret)) if is_sid(key, "SK") => {
+                Some((key.to_owned(), Secret::new(secret.to_owned())))
+            }
+            (Some(_), Some(_)) => {
+                return Err(BadConnection(
+                    "credentials.api_key must be an API key's SID: SK and 32 hexadecimal digits"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(BadConnection(
+                    "credentials.api_key and credentials.api_secret go together".into(),
+                ))
+            }
+        };
         Ok(TwilioCredentials {
             account_sid,
             auth_token: Secret::new(c.get("auth_token").unwrap_or_default().to_owned()),
+            api_key,
         })
+    }
+
+    /// The user and password of herald's requests: the API key when there
+    /// is one, else the account and its auth token.
+    fn basic(&self) -> (&str, &str) {
+        match &self.api_key {
+            Some((key, secret)) => (key, secret.expose()),
+            None => (&self.account_sid, self.auth_token.expose()),
+        }
     }
 }
 
@@ -133,13 +167,11 @@ impl Twilio {
         url: String,
         form: &Form,
     ) -> Result<(u16, Option<Duration>, String), String> {
+        let (user, password) = self.credentials.basic();
         let request = self
             .http
             .post(url)
-            .basic_auth(
-                &self.credentials.account_sid,
-                Some(self.credentials.auth_token.expose()),
-            )
+            .basic_auth(user, Some(password))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -195,13 +227,11 @@ impl Twilio {
     /// Asks Twilio whether the credentials work, by reading the account;
     /// the detail is fit to show.
     pub async fn check(&self) -> (bool, String) {
+        let (user, password) = self.credentials.basic();
         let answer = self
             .http
             .get(self.account_url(".json"))
-            .basic_auth(
-                &self.credentials.account_sid,
-                Some(self.credentials.auth_token.expose()),
-            )
+            .basic_auth(user, Some(password))
             .send()
             .await;
         match answer {
@@ -209,8 +239,12 @@ impl Twilio {
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => (
                 false,
                 format!(
-                    "Twilio refused the credentials ({}): check the account SID and auth token",
-                    r.status().as_u16()
+                    "Twilio refused the credentials ({}): check the {}",
+                    r.status().as_u16(),
+                    match self.credentials.api_key {
+                        Some(_) => "account SID, API key and API secret",
+                        None => "account SID and auth token",
+                    }
                 ),
             ),
             Ok(r) => (false, format!("Twilio answered {}", r.status().as_u16())),
@@ -257,6 +291,25 @@ mod tests {
         assert_eq!(credentials(&sid).unwrap(), sid);
         assert!(credentials("AC1").is_err());
         assert!(credentials(&format!("SK{}", "0a".repeat(16))).is_err());
+
+        // An API key, when given, is what requests authenticate with.
+        let with_key = |fields: serde_json::Value| {
+            let c = Credentials::from_stored(fields.to_string().as_bytes()).unwrap();
+            TwilioCredentials::from_credentials(&c)
+        };
+        let key = format!("SK{}", "1b".repeat(16));
+        let keyed = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                                "api_key": key, "api_secret": "s3cret"}))
+        .unwrap();
+        assert_eq!(keyed.basic(), (key.as_str(), "s3cret"));
+        let plain = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken"}));
+        assert_eq!(plain.unwrap().basic(), (sid.as_str(), "t0ken"));
+        let lone = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                               "api_key": key}));
+        assert!(lone.unwrap_err().0.contains("go together"));
+        let wrong = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                                "api_key": sid, "api_secret": "s3cret"}));
+        assert!(wrong.unwrap_err().0.contains("SK and 32"));
         assert_eq!(
             reason("refused the call", 400, Some(21215), "Geo"),
             "Twilio refused the call (400, code 21215): Geo"

@@ -252,16 +252,16 @@ async fn after_failed_run(app: &AppState, lease: DispatchLease, error: anyhow::E
     if permanent.is_some() || lease.attempts >= max {
         tracing::error!(session_id = %id, attempts = lease.attempts, error = %format!("{error:#}"),
             "session run failed for good; ending the session");
-        let why = permanent.unwrap_or_else(|| {
-            match error.downcast_ref::<crate::session::driver::ProviderDown>() {
-                Some(down) => format!("{}; gave up after {} attempts", down.0, lease.attempts),
-                None => format!(
-                    "the session could not run: {} attempts failed",
-                    lease.attempts
-                ),
-            }
+        let down = error.downcast_ref::<crate::session::driver::ProviderDown>();
+        let why = permanent.unwrap_or_else(|| match down {
+            Some(down) => format!("{}; gave up after {} attempts", down.reason, lease.attempts),
+            None => format!(
+                "the session could not run: {} attempts failed",
+                lease.attempts
+            ),
         });
-        if let Err(e) = crate::session::driver::fail_session(app, lease, why).await {
+        let unsent = down.and_then(|d| d.message);
+        if let Err(e) = crate::session::driver::fail_session(app, lease, why, unsent).await {
             // The lease runs out and the next claim tries again.
             tracing::error!(session_id = %id, error = %format!("{e:#}"), "could not end a failed session");
         }

@@ -100,8 +100,22 @@ pub struct Permanent(pub &'static str);
 /// is tried again later, and when the provider stays down past the
 /// session's attempts, the session ends `failed` with this reason.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProviderDown(pub String);
+#[error("{reason}")]
+pub struct ProviderDown {
+    pub reason: String,
+    /// The session's own message that could not go, if it was one: when
+    /// the session fails for it, its owner is told that it `failed`.
+    pub message: Option<u32>,
+}
+
+impl ProviderDown {
+    fn new(reason: String) -> Self {
+        ProviderDown {
+            reason,
+            message: None,
+        }
+    }
+}
 
 /// Sends of one message a run tries before it gives up (and the
 /// dispatcher tries the run again later).
@@ -387,11 +401,13 @@ fn lifecycle_of(session: &SessionRecord) -> lifecycle::Session {
 }
 
 /// Ends a session that cannot run, for good, under the lease its last run
-/// held: it fails with `error` recorded, and a call reports that it did.
+/// held: it fails with `error` recorded, and a call reports that it did,
+/// as does the message `unsent`, which the provider never took.
 pub async fn fail_session(
     app: &AppState,
     lease: DispatchLease,
     error: String,
+    unsent: Option<u32>,
 ) -> anyhow::Result<()> {
     let Some(session) = app.store.session_for_work(lease.session_id).await? else {
         return Ok(());
@@ -420,7 +436,25 @@ pub async fn fail_session(
         ..SessionUpdate::keep(lease.token)
     };
     let mut keys = EventKeys::failure();
-    for effect in lifecycle_of(&session).broken(error, now) {
+    let lifecycle = lifecycle_of(&session);
+    let mut effects = lifecycle.broken(error, now);
+    if let Some(n) = unsent.filter(|_| session.channel != Channel::Voice) {
+        // The message's failure is told before the end `broken` makes.
+        let failed = lifecycle.message_status(
+            &mut SessionState::default(),
+            n,
+            MessageStatus::Failed,
+            now,
+        );
+        let at = effects.len() - 1;
+        effects.splice(
+            at..at,
+            failed
+                .into_iter()
+                .filter(|e| !matches!(e, Effect::End { .. })),
+        );
+    }
+    for effect in effects {
         match effect {
             Effect::Record(event) => update.events.push(NewEvent {
                 key: Some(keys.next_key()),
@@ -1285,7 +1319,18 @@ impl Driver<'_> {
             client_ref: client_ref(session.id, &item),
             status_url: self.status_url(&opened, &client_ref(session.id, &item)),
         };
-        match self.send_through(&opened, &item, &message).await? {
+        let sent = self
+            .send_through(&opened, &item, &message)
+            .await
+            .map_err(|e| match e.downcast::<ProviderDown>() {
+                Ok(down) => ProviderDown {
+                    message: Some(n),
+                    ..down
+                }
+                .into(),
+                Err(e) => e,
+            })?;
+        match sent {
             None => Ok(None),
             Some(Sent::Accepted) => Ok(None),
             Some(Sent::Refused { status, reason }) => {
@@ -1380,7 +1425,7 @@ impl Driver<'_> {
                 Retry::Unavailable(reason) => (Duration::from_millis(250 << tries), reason),
             };
             if tries >= SEND_TRIES {
-                return Err(ProviderDown(reason).into());
+                return Err(ProviderDown::new(reason).into());
             }
             tokio::time::sleep(pause.min(MAX_SEND_PAUSE)).await;
         }
@@ -1594,7 +1639,7 @@ impl Driver<'_> {
             let uuid = match outcome {
                 CallOutcome::Done { id: Some(id) } => id,
                 CallOutcome::Done { id: None } => {
-                    return Err(ProviderDown(format!(
+                    return Err(ProviderDown::new(format!(
                         "{} placed the call without saying its id",
                         opened.provider
                     ))

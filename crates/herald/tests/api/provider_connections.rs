@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use herald_core::secret::Sealer;
 use herald_core::Channel;
+use herald_server::testing::twilio::FakeTwilio;
 use herald_server::testing::vonage::FakeVonage;
+use herald_server::testing::whatsapp_cloud::FakeWhatsapp;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -547,6 +549,86 @@ async fn a_check_asks_vonage_whether_the_credentials_work() {
         response.json::<Value>().await.unwrap(),
         json!({"ok": false, "detail": "this version of herald cannot reach smpp yet"})
     );
+}
+
+/// A Twilio connection's check reads the account, with the auth token or
+/// with the API key the connection holds; a WhatsApp Cloud connection's
+/// reads the business number. Each says plainly when it is refused.
+#[tokio::test]
+async fn checks_ask_twilio_and_meta_whether_the_credentials_work() {
+    let twilio = FakeTwilio::start(TWILIO_ACCOUNT, TWILIO_AUTH_TOKEN).await;
+    let meta = FakeWhatsapp::start(WHATSAPP_NUMBER_ID, WHATSAPP_TOKEN, WHATSAPP_APP_SECRET).await;
+    let (twilio_url, meta_url) = (twilio.url.clone(), meta.url.clone());
+    let app = TestApp::spawn_with(|c| {
+        talk_to_twilio(c, &twilio_url);
+        c.whatsapp_api_url = meta_url;
+    })
+    .await;
+    let key = app.new_key("acme").await;
+    let check_of = |connection: &Value| {
+        format!(
+            "/connections/{}/check",
+            connection["connection_id"].as_str().unwrap()
+        )
+    };
+
+    let by_token = check_of(&twilio_connection(&app, &key, &twilio, json!({})).await);
+    assert_eq!(
+        checked(&app, &by_token, &key).await,
+        json!({"ok": true, "detail": "Twilio accepted the credentials"})
+    );
+    let api_key = format!("SK{}", "5eed".repeat(8));
+    twilio.add_api_key(&api_key, "s3cret-api-secret-for-twilio-tests");
+    let keyed = create(
+        &app,
+        &key,
+        json!({"name": "Twilio by key", "provider": "twilio", "credentials": {
+            "account_sid": TWILIO_ACCOUNT, "auth_token": TWILIO_AUTH_TOKEN,
+            "api_key": api_key, "api_secret": "s3cret-api-secret-for-twilio-tests"}}),
+    )
+    .await;
+    let by_key = check_of(&keyed);
+    assert_eq!(checked(&app, &by_key, &key).await["ok"], true);
+    assert_eq!(twilio.authenticated_as(), [TWILIO_ACCOUNT, api_key.as_str()]);
+    let account = format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT}.json");
+    assert!(twilio.requests().iter().all(|r| r.method == "GET" && r.path == account));
+    twilio.refuse_credentials(true);
+    assert_eq!(
+        checked(&app, &by_token, &key).await,
+        json!({"ok": false, "detail": "Twilio refused the credentials (401): check the \
+               account SID and auth token"})
+    );
+    assert_eq!(
+        checked(&app, &by_key, &key).await,
+        json!({"ok": false, "detail": "Twilio refused the credentials (401): check the \
+               account SID, API key and API secret"})
+    );
+    assert_eq!(twilio.problems(), Vec::<String>::new());
+
+    let number = check_of(&whatsapp_connection(&app, &key, &meta).await);
+    assert_eq!(
+        checked(&app, &number, &key).await,
+        json!({"ok": true, "detail": "Meta accepted the access token"})
+    );
+    meta.refuse_credentials(true);
+    let refused = checked(&app, &number, &key).await;
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Meta refused the access token or the number (401)"),
+        "{refused}"
+    );
+    assert_eq!(meta.problems(), Vec::<String>::new());
+    drop((twilio, meta));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for (path, provider) in [(&by_token, "Twilio"), (&number, "Meta")] {
+        assert_eq!(
+            checked(&app, path, &key).await,
+            json!({"ok": false, "detail": format!("{provider} could not be reached")})
+        );
+    }
 }
 
 async fn checked(app: &TestApp, path: &str, key: &str) -> Value {

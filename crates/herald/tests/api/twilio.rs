@@ -24,11 +24,20 @@ struct OnTwilio {
 
 impl OnTwilio {
     async fn start(channel: &str, flow: Option<Value>) -> OnTwilio {
+        OnTwilio::start_with(channel, flow, |_| {}).await
+    }
+
+    async fn start_with(
+        channel: &str,
+        flow: Option<Value>,
+        configure: impl FnOnce(&mut herald_server::Config),
+    ) -> OnTwilio {
         let twilio = FakeTwilio::start(TWILIO_ACCOUNT, TWILIO_AUTH_TOKEN).await;
         let url = twilio.url.clone();
         let app = TestApp::spawn_with(|c| {
             talk_to_twilio(c, &url);
             c.default_rate = 100;
+            configure(c);
         })
         .await;
         let key = app.new_key("acme").await;
@@ -251,6 +260,40 @@ async fn a_refused_message_ends_the_session_with_twilio_s_reason() {
     assert_eq!(on.callbacks(1).await, ["rejected"]);
 }
 
+/// CHANNELS §1.5: a Twilio that answers 5xx on every try ends the
+/// session failed after the bound, saying what Twilio answered, and its
+/// callback says `failed`, of the message or of the call.
+#[tokio::test]
+async fn a_twilio_that_stays_down_ends_the_session_failed_saying_why() {
+    for channel in ["sms", "voice"] {
+        let on = OnTwilio::start_with(channel, None, |c| {
+            c.dispatch_max_attempts = 2;
+            c.dispatch_retry_pause = Duration::from_millis(50);
+        })
+        .await;
+        for _ in 0..6 {
+            on.twilio
+                .answer_next(503, twilio_error(503, 20503, "Service Unavailable"));
+        }
+        let to = unique_number();
+        let id = match channel {
+            "sms" => on.text(&to).await,
+            _ => on.call(&to, false).await,
+        };
+        let ended = on.ended(&id).await;
+        assert_eq!(ended["outcome"], "failed", "{ended}");
+        assert_eq!(
+            events_of(&ended, "error", "error"),
+            ["Twilio failed (503, code 20503): Service Unavailable; gave up after 2 attempts"],
+            "{ended}"
+        );
+        assert!(on.twilio.messages().is_empty());
+        assert!(on.twilio.calls().is_empty());
+        assert_eq!(on.callbacks(1).await, ["failed"]);
+        assert_eq!(on.twilio.problems(), Vec::<String>::new());
+    }
+}
+
 /// CONTRACT §11.1–§11.3: a status delivered twice counts once and statuses
 /// take effect in the order they happened; a badly signed one is refused
 /// and changes nothing; one of a message herald does not know is 200 and
@@ -396,6 +439,59 @@ async fn each_call_status_reaches_its_outcome_and_callback() {
         calls[0].said,
         ["Hello, this is an automated call from herald. Goodbye."]
     );
+    assert_eq!(on.twilio.problems(), Vec::<String>::new());
+}
+
+/// CHANNELS §6 orders a call's callbacks by `SequenceNumber`. Only a
+/// call's final status acts, and the first final status is kept: a late
+/// progress report, a second final status and a repeat change nothing,
+/// and none is told to the `status_url`.
+#[tokio::test]
+async fn call_statuses_out_of_order_or_repeated_change_nothing() {
+    let on = OnTwilio::start("voice", Some(asking_flow())).await;
+    let to = unique_number();
+    let id = on.call(&to, false).await;
+    let call = on.at_gather(&to, 1).await;
+    let status_url = call
+        .request
+        .iter()
+        .find(|(k, _)| k == "StatusCallback")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let report = |status: &str, sequence: u32| {
+        let mut form: Vec<(String, String)> = [
+            ("AccountSid", TWILIO_ACCOUNT),
+            ("CallSid", call.sid.as_str()),
+            ("CallStatus", status),
+            ("From", call.from.as_str()),
+            ("To", call.to.as_str()),
+            ("Direction", "outbound-api"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallbackSource", "call-progress-events"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        form.push(("SequenceNumber".into(), sequence.to_string()));
+        form
+    };
+    // A ringing that comes after the answer, while the person is asked.
+    let (status, _) = on.twilio.post_webhook(&status_url, &report("ringing", 1), None).await;
+    assert_eq!(status, 200);
+    let session = on.session(&id).await;
+    assert_ne!(session["status"], "ended", "{session}");
+    on.twilio.person_answers(&to, "3");
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    on.twilio.wait_for_calls_to_end(&to).await;
+    // After the end: a contradicting final status, and the last one again.
+    for (word, sequence) in [("busy", 9), ("completed", 4), ("in-progress", 2)] {
+        let (status, _) = on.twilio.post_webhook(&status_url, &report(word, sequence), None).await;
+        assert_eq!(status, 200, "{word}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let session = on.session(&id).await;
+    assert_eq!(session["outcome"], "completed", "{session}");
+    assert!(on.receiver.received().is_empty(), "no callback for a completed call");
     assert_eq!(on.twilio.problems(), Vec::<String>::new());
 }
 

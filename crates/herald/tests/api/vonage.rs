@@ -305,6 +305,9 @@ async fn a_vonage_that_stays_down_ends_the_session_failed_saying_why() {
         "{ended}"
     );
     assert!(on.vonage.messages().is_empty());
+    // The message that never went is told as failed.
+    assert_eq!(on.callbacks(1).await, ["failed"]);
+    assert_eq!(events_of(&ended, "message_status", "status"), ["failed"]);
 }
 
 #[tokio::test]

@@ -24,12 +24,20 @@ struct OnCloud {
 
 impl OnCloud {
     async fn start(flow: Option<Value>) -> OnCloud {
+        OnCloud::start_with(flow, |_| {}).await
+    }
+
+    async fn start_with(
+        flow: Option<Value>,
+        configure: impl FnOnce(&mut herald_server::Config),
+    ) -> OnCloud {
         let meta =
             FakeWhatsapp::start(WHATSAPP_NUMBER_ID, WHATSAPP_TOKEN, WHATSAPP_APP_SECRET).await;
         let url = meta.url.clone();
         let app = TestApp::spawn_with(|c| {
             talk_to_whatsapp(c, &url);
             c.default_rate = 100;
+            configure(c);
         })
         .await;
         let key = app.new_key("acme").await;
@@ -107,6 +115,13 @@ impl OnCloud {
 
     async fn metric(&self, labels: &[&str]) -> f64 {
         self.app.provider_metric(labels).await
+    }
+
+    /// Points Meta's webhook at the server again, as after a restart.
+    fn redeliver(&self) {
+        let public = self.connection["webhooks"]["webhook"].as_str().unwrap();
+        let path = public.strip_prefix(PUBLIC_URL).unwrap();
+        self.meta.deliver_to(&format!("{}{path}", self.app.base));
     }
 }
 
@@ -276,6 +291,82 @@ async fn throttling_then_success_sends_once_and_a_refusal_says_why() {
         errors,
         ["WhatsApp refused the message (400, code 131049): Held back to keep the ecosystem healthy"]
     );
+}
+
+/// CHANNELS §1.5: a Cloud API that answers 5xx on every try ends the
+/// session failed after the bound, saying what Meta answered; nothing is
+/// sent.
+#[tokio::test]
+async fn a_cloud_api_that_stays_down_ends_the_session_failed_saying_why() {
+    let on = OnCloud::start_with(None, |c| {
+        c.dispatch_max_attempts = 2;
+        c.dispatch_retry_pause = Duration::from_millis(50);
+    })
+    .await;
+    for _ in 0..6 {
+        on.meta.answer_next(
+            503,
+            json!({"error": {"message": "Service temporarily unavailable", "type": "OAuthException",
+                             "code": 2, "fbtrace_id": "C"}}),
+        );
+    }
+    let id = on.open(&unique_number()).await;
+    let ended = on.ended(&id).await;
+    assert_eq!(ended["outcome"], "failed", "{ended}");
+    let errors: Vec<&str> = ended["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "error")
+        .map(|e| e["error"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        errors,
+        ["WhatsApp failed (503, code 2): Service temporarily unavailable; gave up after 2 attempts"],
+        "{ended}"
+    );
+    assert!(on.meta.messages().is_empty());
+    assert_eq!(on.callbacks(1).await, ["failed"]);
+    assert_eq!(on.meta.problems(), Vec::<String>::new());
+}
+
+/// A conversation waiting on the person's answer survives a restart:
+/// the answer that comes to the new server goes on from where it was,
+/// and nothing is sent twice.
+#[tokio::test]
+async fn a_conversation_waiting_for_an_answer_survives_a_restart() {
+    let mut on = OnCloud::start(Some(asking_flow())).await;
+    let person = unique_number();
+    on.meta.opened_window(&person);
+    let id = on.open(&person).await;
+    on.meta.wait_for_messages(2).await;
+    // Each message's statuses land before the restart: Meta posts them
+    // once here, to a server that is up.
+    for _ in 0..400 {
+        if statuses_of(&on.session(&id).await).len() == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(statuses_of(&on.session(&id).await).len(), 6);
+    on.app.restart().await;
+    on.redeliver();
+    let (status, _) = on.meta.send_inbound(&person, "yes").await;
+    assert_eq!(status, 200);
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let sent = on.meta.wait_for_messages(3).await;
+    let texts: Vec<&Value> = sent
+        .iter()
+        .map(|(_, m)| match m["type"].as_str() {
+            Some("template") => &m["template"]["name"],
+            _ => &m["text"]["body"],
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello", "Can you come on Friday?", "Great, see you Friday."]
+    );
+    assert_eq!(on.meta.problems(), Vec::<String>::new());
 }
 
 /// CONTRACT §11: the handshake echoes the challenge only for the verify

@@ -62,6 +62,8 @@ struct Log {
     /// When each of `requests` came.
     times: Vec<std::time::Instant>,
     problems: Vec<String>,
+    /// The Basic user of each request that authenticated.
+    users: Vec<String>,
 }
 
 /// Where the fake's webhooks go.
@@ -112,6 +114,8 @@ struct Script {
 struct Shared {
     account_sid: String,
     auth_token: String,
+    /// The account's API keys: each key's SID and secret.
+    api_keys: Mutex<Vec<(String, String)>>,
     log: Mutex<Log>,
     /// Answer every request 401, as for an auth token Twilio no longer has.
     refuse: Mutex<bool>,
@@ -166,8 +170,9 @@ impl Shared {
     }
 
     /// Checks a request's credentials as Twilio does: HTTP Basic, the
-    /// account's SID and auth token, and the same account in the path.
-    /// False (and a 401 to answer) when they fail.
+    /// account's SID and auth token or one of its API keys and that key's
+    /// secret, and the same account in the path. False (and a 401 to
+    /// answer) when they fail.
     fn authorised(&self, what: &str, headers: &HeaderMap, account: &str) -> bool {
         if *lock(&self.refuse) {
             return false;
@@ -190,9 +195,14 @@ impl Shared {
             ));
             return false;
         };
-        if user != self.account_sid || password != self.auth_token {
+        let by_token = user == self.account_sid && password == self.auth_token;
+        let by_key = lock(&self.api_keys)
+            .iter()
+            .any(|(key, secret)| user == key && password == secret);
+        if !by_token && !by_key {
             self.problem(format!(
-                "{what}: the credentials are {user}:…, not the account's SID and auth token"
+                "{what}: the credentials are {user}:…, neither the account's SID and auth \
+                 token nor an API key and its secret"
             ));
             return false;
         }
@@ -203,6 +213,7 @@ impl Shared {
             ));
             return false;
         }
+        lock(&self.log).users.push(user.to_owned());
         true
     }
 }
@@ -402,6 +413,7 @@ impl FakeTwilio {
         let shared = Arc::new(Shared {
             account_sid: account_sid.to_owned(),
             auth_token: auth_token.to_owned(),
+            api_keys: Mutex::new(Vec::new()),
             log: Mutex::new(Log::default()),
             refuse: Mutex::new(false),
             delivery: Mutex::new(Delivery::default()),
@@ -424,6 +436,19 @@ impl FakeTwilio {
             let _ = axum::serve(listener, router).await;
         });
         FakeTwilio { url, shared, task }
+    }
+
+    /// Gives the account an API key (`SK` and 32 hex digits), which
+    /// requests may authenticate with as they may with the auth token.
+    pub fn add_api_key(&self, sid: &str, secret: &str) {
+        assert!(is_sid(sid, "SK"), "{sid:?} is no API key SID");
+        lock(&self.shared.api_keys).push((sid.to_owned(), secret.to_owned()));
+    }
+
+    /// Who each request that authenticated did so as (the Basic user: the
+    /// account SID or an API key's SID), in order.
+    pub fn authenticated_as(&self) -> Vec<String> {
+        lock(&self.shared.log).users.clone()
     }
 
     /// Every request herald made, in order.
