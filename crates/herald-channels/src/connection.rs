@@ -118,7 +118,9 @@ impl ProviderKind {
                     "verify_token",
                 ],
                 optional_credentials: &[],
-                settings: &[],
+                // A pace other than Meta's default, for a number whose
+                // throughput Meta has raised.
+                settings: &[("messages_per_second", Number)],
                 webhooks: &["webhook"],
             },
             ProviderKind::Smpp => Spec {

@@ -24,6 +24,13 @@ fn a_short_benchmark_run_reports_every_scenario() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert_eq!(
+        stdout
+            .matches("messages with their statuses back: 2000 in")
+            .count(),
+        3,
+        "{stdout}"
+    );
     for line in [
         "| no-op JSON route (baseline) |",
         "| accepted triggers (durable) |",
@@ -33,6 +40,10 @@ fn a_short_benchmark_run_reports_every_scenario() {
         "callbacks from a backlog: 40 delivered in",
         "server memory with conversations waiting for a reply: 0: ",
         "accepted triggers >= 50% of the baseline",
+        "on the fake Vonage:",
+        "on the fake Twilio:",
+        "on the fake WhatsApp Cloud:",
+        "voice webhook p99 under 50 ms at load",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }

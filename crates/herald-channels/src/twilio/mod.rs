@@ -95,23 +95,22 @@ impl TwilioCredentials {
                     .into(),
             ));
         }
-        let api_key = match (c.get("api_key"), c.get("api_secret")) {
-            (None, None) => None,
-            (Some(key), Some(secret)) if is_sid(key, "SK") => {
-                Some((key.to_owned(), Secret::new(secret.to_owned())))
-            }
-            (Some(_), Some(_)) => {
-                return Err(BadConnection(
+        let api_key =
+            match (c.get("api_key"), c.get("api_secret")) {
+                (None, None) => None,
+                (Some(key), Some(secret)) if is_sid(key, "SK") => {
+                    Some((key.to_owned(), Secret::new(secret.to_owned())))
+                }
+                (Some(_), Some(_)) => return Err(BadConnection(
                     "credentials.api_key must be an API key's SID: SK and 32 hexadecimal digits"
                         .into(),
-                ))
-            }
-            _ => {
-                return Err(BadConnection(
-                    "credentials.api_key and credentials.api_secret go together".into(),
-                ))
-            }
-        };
+                )),
+                _ => {
+                    return Err(BadConnection(
+                        "credentials.api_key and credentials.api_secret go together".into(),
+                    ))
+                }
+            };
         Ok(TwilioCredentials {
             account_sid,
             auth_token: Secret::new(c.get("auth_token").unwrap_or_default().to_owned()),
@@ -298,17 +297,23 @@ mod tests {
             TwilioCredentials::from_credentials(&c)
         };
         let key = format!("SK{}", "1b".repeat(16));
-        let keyed = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
-                                                "api_key": key, "api_secret": "s3cret"}))
+        let keyed = with_key(
+            serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                                "api_key": key, "api_secret": "s3cret"}),
+        )
         .unwrap();
         assert_eq!(keyed.basic(), (key.as_str(), "s3cret"));
         let plain = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken"}));
         assert_eq!(plain.unwrap().basic(), (sid.as_str(), "t0ken"));
-        let lone = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
-                                               "api_key": key}));
+        let lone = with_key(
+            serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                               "api_key": key}),
+        );
         assert!(lone.unwrap_err().0.contains("go together"));
-        let wrong = with_key(serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
-                                                "api_key": sid, "api_secret": "s3cret"}));
+        let wrong = with_key(
+            serde_json::json!({"account_sid": sid, "auth_token": "t0ken",
+                                                "api_key": sid, "api_secret": "s3cret"}),
+        );
         assert!(wrong.unwrap_err().0.contains("SK and 32"));
         assert_eq!(
             reason("refused the call", 400, Some(21215), "Geo"),

@@ -337,8 +337,10 @@ const TWILIO_MESSAGES_PER_SECOND: f64 = 10.0;
 /// an account's call creation (CHANNELS §6).
 const TWILIO_CALLS_PER_SECOND: f64 = 1.0;
 
-/// The messages a second a WhatsApp Cloud connection sends at most: the
-/// Cloud API's default throughput of a business number.
+/// The messages a second a WhatsApp Cloud connection sends at most, unless
+/// its `messages_per_second` setting says otherwise: the Cloud API's
+/// default throughput of a business number (Meta raises it to 1 000 for
+/// numbers that qualify).
 const WHATSAPP_MESSAGES_PER_SECOND: f64 = 80.0;
 
 /// The rate limiter's key of a connection's requests of one kind: apart
@@ -429,7 +431,7 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                 ))),
                 Pace::per_second(
                     pace_key(&record.id, "messages"),
-                    WHATSAPP_MESSAGES_PER_SECOND,
+                    rate("messages_per_second", WHATSAPP_MESSAGES_PER_SECOND),
                 ),
                 Pace::per_second(pace_key(&record.id, "calls"), 1.0),
             )

@@ -440,12 +440,8 @@ pub async fn fail_session(
     let mut effects = lifecycle.broken(error, now);
     if let Some(n) = unsent.filter(|_| session.channel != Channel::Voice) {
         // The message's failure is told before the end `broken` makes.
-        let failed = lifecycle.message_status(
-            &mut SessionState::default(),
-            n,
-            MessageStatus::Failed,
-            now,
-        );
+        let failed =
+            lifecycle.message_status(&mut SessionState::default(), n, MessageStatus::Failed, now);
         let at = effects.len() - 1;
         effects.splice(
             at..at,

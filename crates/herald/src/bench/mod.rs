@@ -10,10 +10,11 @@
 //!    change to its delivery;
 //! 6. a second server's memory as more and more conversations wait in it
 //!    for the person's reply;
-//! 7. on a Vonage connection, against the loopback fake of Vonage
-//!    ([`vonage`]): how long voice webhooks take to answer with the call's
-//!    next turn under load, and messages a second with their statuses
-//!    coming back.
+//! 7. on a Vonage and a Twilio connection, against the loopback fakes of
+//!    them the tests use ([`vonage`], [`twilio`]): how long voice webhooks
+//!    take to answer with the call's next turn under load, and messages a
+//!    second with their statuses coming back; and the messages on a
+//!    WhatsApp Cloud connection ([`whatsapp_cloud`]).
 //!
 //! The server is a separate process, as in production, so its memory can
 //! be read on its own; the load generator ([`load`]) shares the machine
@@ -23,6 +24,7 @@ mod load;
 mod providers;
 mod twilio;
 mod vonage;
+mod whatsapp_cloud;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -204,6 +206,11 @@ impl Server {
         if let Some(connection_id) = connection_id {
             agent["connection_id"] = connection_id;
         }
+        self.publish_agent(agent).await
+    }
+
+    /// Creates the agent `agent` (its JSON) and publishes it; its id.
+    async fn publish_agent(&self, agent: Value) -> anyhow::Result<String> {
         let (status, body) = self.call("POST", "/agents", Some(agent)).await?;
         if status != 201 {
             bail!(
@@ -384,7 +391,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The providers' scenarios, Vonage's then Twilio's.
+/// The providers' scenarios: Vonage's, Twilio's, then WhatsApp Cloud's.
 async fn measure_providers(
     dir: &Path,
     args: &BenchArgs,
@@ -399,7 +406,9 @@ async fn measure_providers(
     let on_vonage = vonage::measure(dir, rate, seconds, messages, c).await?;
     eprintln!("Twilio scenarios...");
     let on_twilio = twilio::measure(dir, rate, seconds, messages, c).await?;
-    Ok(vec![on_vonage, on_twilio])
+    eprintln!("WhatsApp Cloud scenario...");
+    let on_cloud = whatsapp_cloud::measure(dir, messages, c).await?;
+    Ok(vec![on_vonage, on_twilio, on_cloud])
 }
 
 async fn set_rate(server: &Server, dir: &Path, agent: &str, rate: u32) -> anyhow::Result<()> {
@@ -779,23 +788,25 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 
 fn print_provider(figures: &providers::Figures) {
     println!();
-    println!(
-        "on the fake {}: {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",
-        figures.provider,
-        figures.calls,
-        figures.rate,
-        figures.elapsed.as_secs_f64(),
-        (figures.answers.len() + figures.inputs.len()) as f64 / figures.elapsed.as_secs_f64(),
-        figures.held,
-    );
-    for (what, times) in [("answer", &figures.answers), ("input", &figures.inputs)] {
+    println!("on the fake {}:", figures.provider);
+    if let Some(voice) = &figures.voice {
         println!(
-            "  {what} webhook to its turn: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            times.len(),
-            quantile(times, 0.5),
-            quantile(times, 0.99),
-            times.last().copied().unwrap_or(f64::NAN),
+            "  {} calls of three turns at {:.0}/s, all ended {:.2} s after the first ({:.0} turns/s), {} asked to hold on",
+            voice.calls,
+            voice.rate,
+            voice.elapsed.as_secs_f64(),
+            (voice.answers.len() + voice.inputs.len()) as f64 / voice.elapsed.as_secs_f64(),
+            voice.held,
         );
+        for (what, times) in [("answer", &voice.answers), ("input", &voice.inputs)] {
+            println!(
+                "  {what} webhook to its turn: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                times.len(),
+                quantile(times, 0.5),
+                quantile(times, 0.99),
+                times.last().copied().unwrap_or(f64::NAN),
+            );
+        }
     }
     println!(
         "  messages with their statuses back: {} in {:.2} s = {:.0}/s",
@@ -803,9 +814,11 @@ fn print_provider(figures: &providers::Figures) {
         figures.messages_elapsed.as_secs_f64(),
         figures.messages as f64 / figures.messages_elapsed.as_secs_f64(),
     );
-    let p99 = quantile(&figures.inputs, 0.99).max(quantile(&figures.answers, 0.99));
-    println!(
-        "  {} voice webhook p99 under 50 ms at load: {p99:.2} ms",
-        if p99 < 50.0 { "met   " } else { "MISSED" }
-    );
+    if let Some(voice) = &figures.voice {
+        let p99 = quantile(&voice.inputs, 0.99).max(quantile(&voice.answers, 0.99));
+        println!(
+            "  {} voice webhook p99 under 50 ms at load: {p99:.2} ms",
+            if p99 < 50.0 { "met   " } else { "MISSED" }
+        );
+    }
 }

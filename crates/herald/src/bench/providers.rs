@@ -1,13 +1,14 @@
 //! `herald bench`'s scenarios on a provider's connection, against the
 //! loopback fake of the provider the tests use ([`super::vonage`],
-//! [`super::twilio`] set them up):
+//! [`super::twilio`] and [`super::whatsapp_cloud`] set them up):
 //!
 //! - voice turns under load: calls placed at a steady rate (open loop),
 //!   each answered and then answered twice more by keypad, so that many
 //!   are under way at once; the time herald takes to answer each answer
 //!   and input webhook with the call's next turn, as the fake measures it;
-//! - messages: SMS sessions, each sending one message whose statuses come
-//!   back by webhook; from the first trigger to the last session's end.
+//! - messages: sessions (SMS, or WhatsApp templates on WhatsApp Cloud),
+//!   each sending one message whose statuses come back by webhook; from
+//!   the first trigger to the last session's end.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,14 @@ use super::{expect_only, Server};
 /// What a provider's scenarios measured.
 pub struct Figures {
     pub provider: &'static str,
+    /// The voice scenario's, for a provider that carries calls.
+    pub voice: Option<VoiceFigures>,
+    pub messages: usize,
+    pub messages_elapsed: Duration,
+}
+
+/// What the voice scenario measured.
+pub struct VoiceFigures {
     /// Calls placed a second, and how many.
     pub rate: f64,
     pub calls: usize,
@@ -29,25 +38,27 @@ pub struct Figures {
     pub inputs: Vec<f64>,
     /// Turns herald could not give in time, and asked the call to hold.
     pub held: usize,
-    pub messages: usize,
-    pub messages_elapsed: Duration,
 }
 
-/// What the scenarios ask of a provider's fake.
+/// What the messages scenario asks of a provider's fake.
 pub trait Fake {
     /// The provider's name, as herald's metrics label it (lowercased).
     fn name(&self) -> &'static str;
+    fn problems(&self) -> Vec<String>;
+    fn messages_taken(&self) -> usize;
+}
+
+/// What the voice scenario asks of it besides.
+pub trait VoiceFake: Fake {
     /// The first digits of the people called on it, apart from others'.
     fn prefix(&self) -> &'static str;
     fn person_answers(&self, to: &str, keys: &str);
     /// The calls whose last words were `words`.
     fn calls_ending(&self, words: &str) -> usize;
-    fn problems(&self) -> Vec<String>;
     /// How long each turn's webhook took, by the fake's name for it.
     fn turn_times(&self) -> Vec<(&'static str, Duration)>;
     /// The fake's name for a turn that answers the person's input.
     fn input_turn(&self) -> &'static str;
-    fn messages_taken(&self) -> usize;
 }
 
 /// A flow of two questions on a call.
@@ -69,7 +80,7 @@ fn two_questions() -> Value {
 #[allow(clippy::too_many_arguments)]
 pub async fn measure_on(
     server: &Server,
-    fake: &dyn Fake,
+    fake: &impl VoiceFake,
     connection_id: Value,
     numbers: u32,
     rate: f64,
@@ -77,16 +88,42 @@ pub async fn measure_on(
     messages: usize,
     connections: usize,
 ) -> anyhow::Result<Figures> {
-    let voice = server
-        .agent_on(
-            "voice",
-            numbers,
-            Some(two_questions()),
-            Some(connection_id.clone()),
-        )
-        .await?;
+    let voice = measure_voice(
+        server,
+        fake,
+        connection_id.clone(),
+        numbers,
+        rate,
+        seconds,
+        connections,
+    )
+    .await?;
     let sms = server
         .agent_on("sms", numbers + 1, None, Some(connection_id))
+        .await?;
+    let trigger = json!({"agent_id": sms, "to": "447700900123", "channel": "sms"});
+    let (messages, messages_elapsed) =
+        measure_messages(server, fake, trigger, messages, connections).await?;
+    Ok(Figures {
+        provider: fake.name(),
+        voice: Some(voice),
+        messages,
+        messages_elapsed,
+    })
+}
+
+/// The voice scenario: calls on an agent of two questions, `numbers`.
+async fn measure_voice(
+    server: &Server,
+    fake: &impl VoiceFake,
+    connection_id: Value,
+    numbers: u32,
+    rate: f64,
+    seconds: Duration,
+    connections: usize,
+) -> anyhow::Result<VoiceFigures> {
+    let voice = server
+        .agent_on("voice", numbers, Some(two_questions()), Some(connection_id))
         .await?;
 
     // Every person keys their answers as soon as they are asked; a few
@@ -138,11 +175,27 @@ pub async fn measure_on(
         ))
         .await
         .context("reading the held turns")? as usize;
+    Ok(VoiceFigures {
+        rate,
+        calls,
+        elapsed,
+        answers: sorted("answer"),
+        inputs: sorted(fake.input_turn()),
+        held,
+    })
+}
 
-    let target = server.target(
-        "/messaging/conversation",
-        vec![json!({"agent_id": sms, "to": "447700900123", "channel": "sms"})],
-    );
+/// The messages scenario: `messages` sessions triggered by `trigger`,
+/// `connections` at a time; how many, and how long until the last ended.
+pub async fn measure_messages(
+    server: &Server,
+    fake: &dyn Fake,
+    trigger: Value,
+    messages: usize,
+    connections: usize,
+) -> anyhow::Result<(usize, Duration)> {
+    let provider = fake.name();
+    let target = server.target("/messaging/conversation", vec![trigger]);
     let started = Instant::now();
     let triggered = load::closed_loop(&target, connections, Stop::Count(messages)).await?;
     expect_only(&triggered, 200, "messages")?;
@@ -152,15 +205,9 @@ pub async fn measure_on(
     if taken != messages {
         bail!("{provider} took {taken} messages of {messages}");
     }
-    Ok(Figures {
-        provider,
-        rate,
-        calls,
-        elapsed,
-        answers: sorted("answer"),
-        inputs: sorted(fake.input_turn()),
-        held,
-        messages,
-        messages_elapsed,
-    })
+    let problems = fake.problems();
+    if !problems.is_empty() {
+        bail!("the fake {provider} saw problems: {problems:?}");
+    }
+    Ok((messages, messages_elapsed))
 }

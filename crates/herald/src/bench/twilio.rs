@@ -10,7 +10,7 @@ use anyhow::bail;
 use herald_server::testing::twilio::FakeTwilio;
 use serde_json::{json, Value};
 
-use super::providers::{measure_on, Fake, Figures};
+use super::providers::{measure_on, Fake, Figures, VoiceFake};
 use super::Server;
 
 const ACCOUNT: &str = "AC0000000000000000000000000000be0c";
@@ -74,6 +74,16 @@ impl Fake for FakeTwilio {
         "Twilio"
     }
 
+    fn problems(&self) -> Vec<String> {
+        FakeTwilio::problems(self)
+    }
+
+    fn messages_taken(&self) -> usize {
+        self.messages().len()
+    }
+}
+
+impl VoiceFake for FakeTwilio {
     fn prefix(&self) -> &'static str {
         "4478"
     }
@@ -89,19 +99,11 @@ impl Fake for FakeTwilio {
             .count()
     }
 
-    fn problems(&self) -> Vec<String> {
-        FakeTwilio::problems(self)
-    }
-
     fn turn_times(&self) -> Vec<(&'static str, Duration)> {
         FakeTwilio::turn_times(self)
     }
 
     fn input_turn(&self) -> &'static str {
         "gather"
-    }
-
-    fn messages_taken(&self) -> usize {
-        self.messages().len()
     }
 }

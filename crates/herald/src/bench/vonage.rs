@@ -10,7 +10,7 @@ use anyhow::bail;
 use herald_server::testing::vonage::FakeVonage;
 use serde_json::{json, Value};
 
-use super::providers::{measure_on, Fake, Figures};
+use super::providers::{measure_on, Fake, Figures, VoiceFake};
 use super::Server;
 
 const APPLICATION: &str = "b0a7c1de-0000-4000-8000-00000000be0c";
@@ -85,6 +85,16 @@ impl Fake for FakeVonage {
         "Vonage"
     }
 
+    fn problems(&self) -> Vec<String> {
+        FakeVonage::problems(self)
+    }
+
+    fn messages_taken(&self) -> usize {
+        self.messages().len()
+    }
+}
+
+impl VoiceFake for FakeVonage {
     fn prefix(&self) -> &'static str {
         "4477"
     }
@@ -100,19 +110,11 @@ impl Fake for FakeVonage {
             .count()
     }
 
-    fn problems(&self) -> Vec<String> {
-        FakeVonage::problems(self)
-    }
-
     fn turn_times(&self) -> Vec<(&'static str, Duration)> {
         FakeVonage::turn_times(self)
     }
 
     fn input_turn(&self) -> &'static str {
         "input"
-    }
-
-    fn messages_taken(&self) -> usize {
-        self.messages().len()
     }
 }

@@ -589,9 +589,15 @@ async fn checks_ask_twilio_and_meta_whether_the_credentials_work() {
     .await;
     let by_key = check_of(&keyed);
     assert_eq!(checked(&app, &by_key, &key).await["ok"], true);
-    assert_eq!(twilio.authenticated_as(), [TWILIO_ACCOUNT, api_key.as_str()]);
+    assert_eq!(
+        twilio.authenticated_as(),
+        [TWILIO_ACCOUNT, api_key.as_str()]
+    );
     let account = format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT}.json");
-    assert!(twilio.requests().iter().all(|r| r.method == "GET" && r.path == account));
+    assert!(twilio
+        .requests()
+        .iter()
+        .all(|r| r.method == "GET" && r.path == account));
     twilio.refuse_credentials(true);
     assert_eq!(
         checked(&app, &by_token, &key).await,

@@ -476,7 +476,10 @@ async fn call_statuses_out_of_order_or_repeated_change_nothing() {
         form
     };
     // A ringing that comes after the answer, while the person is asked.
-    let (status, _) = on.twilio.post_webhook(&status_url, &report("ringing", 1), None).await;
+    let (status, _) = on
+        .twilio
+        .post_webhook(&status_url, &report("ringing", 1), None)
+        .await;
     assert_eq!(status, 200);
     let session = on.session(&id).await;
     assert_ne!(session["status"], "ended", "{session}");
@@ -485,13 +488,19 @@ async fn call_statuses_out_of_order_or_repeated_change_nothing() {
     on.twilio.wait_for_calls_to_end(&to).await;
     // After the end: a contradicting final status, and the last one again.
     for (word, sequence) in [("busy", 9), ("completed", 4), ("in-progress", 2)] {
-        let (status, _) = on.twilio.post_webhook(&status_url, &report(word, sequence), None).await;
+        let (status, _) = on
+            .twilio
+            .post_webhook(&status_url, &report(word, sequence), None)
+            .await;
         assert_eq!(status, 200, "{word}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let session = on.session(&id).await;
     assert_eq!(session["outcome"], "completed", "{session}");
-    assert!(on.receiver.received().is_empty(), "no callback for a completed call");
+    assert!(
+        on.receiver.received().is_empty(),
+        "no callback for a completed call"
+    );
     assert_eq!(on.twilio.problems(), Vec::<String>::new());
 }
 
