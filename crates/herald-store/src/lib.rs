@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::keys::KeyHash;
-use herald_core::{AccountId, AgentId, ConnectionId, SessionId};
+use herald_core::{AccountId, AgentId, Channel, ConnectionId, SessionId};
 
 /// The conflict message of an agent number already in use (CONTRACT §4.2).
 fn number_taken(number: &str, channel: herald_core::Channel) -> String {
@@ -245,6 +245,29 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;
 }
 
+/// The recipients each account must not contact, per channel (CONTRACT
+/// §13).
+#[async_trait]
+pub trait OptOutStore: Send + Sync + 'static {
+    /// Adds the recipient to the account's opt-outs; false (and the first
+    /// one kept as it was) if it was there already.
+    async fn add_opt_out(&self, account: AccountId, opt_out: OptOut) -> Result<bool>;
+    /// Takes the recipient off; false if it was not there.
+    async fn remove_opt_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool>;
+    /// Whether the recipient opted out of the channel: what every trigger
+    /// asks, so it is a point read.
+    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool>;
+    /// Up to `limit` opt-outs, by channel then recipient, after `after`;
+    /// of one channel if `channel` says.
+    async fn opt_outs(
+        &self,
+        account: AccountId,
+        channel: Option<Channel>,
+        after: Option<OptOutCursor>,
+        limit: usize,
+    ) -> Result<Vec<OptOut>>;
+}
+
 /// Sessions: stored by triggers, read by the API, and the inputs that
 /// reach them.
 #[async_trait]
@@ -366,11 +389,23 @@ pub trait CallbackOutbox: Send + Sync + 'static {
 /// The whole store: every part, on one backend. Workers take the part they
 /// use (an `Arc<dyn Store>` coerces to an `Arc<dyn DispatchQueue>`, say).
 pub trait Store:
-    AccountStore + AgentStore + ConnectionStore + SessionStore + DispatchQueue + CallbackOutbox
+    AccountStore
+    + AgentStore
+    + ConnectionStore
+    + OptOutStore
+    + SessionStore
+    + DispatchQueue
+    + CallbackOutbox
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + AgentStore + ConnectionStore + SessionStore + DispatchQueue + CallbackOutbox
+    T: AccountStore
+        + AgentStore
+        + ConnectionStore
+        + OptOutStore
+        + SessionStore
+        + DispatchQueue
+        + CallbackOutbox
 {
 }

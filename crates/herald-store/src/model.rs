@@ -140,6 +140,27 @@ pub struct Template {
     pub created_at: DateTime<Utc>,
 }
 
+/// A recipient an account must not contact on a channel (CONTRACT §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOut {
+    pub channel: Channel,
+    /// The recipient's number (digits, as sessions store it).
+    pub to: String,
+    /// How it came: `api`, `keyword` (the person's STOP) or `flow` (an
+    /// `opt_out` node).
+    pub source: String,
+    /// The session that heard it, if one did.
+    pub session_id: Option<SessionId>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a page of opt-outs starts: after this channel and recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOutCursor {
+    pub channel: Channel,
+    pub to: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub id: SessionId,

@@ -28,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
-use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS};
+use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0004_input_data.sql"),
     include_str!("../migrations/postgres/0005_connections.sql"),
     include_str!("../migrations/postgres/0006_provider_reports.sql"),
+    include_str!("../migrations/postgres/0007_opt_outs.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -1020,6 +1021,82 @@ impl ConnectionStore for PostgresStore {
         .db()?
         .iter()
         .map(rows::connection)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl OptOutStore for PostgresStore {
+    async fn add_opt_out(&self, account: AccountId, o: OptOut) -> Result<bool> {
+        let added = sqlx::query(
+            "INSERT INTO opt_outs \
+             (account_id, channel, recipient, source, session_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(account)
+        .bind(o.channel.as_str())
+        .bind(&o.to)
+        .bind(&o.source)
+        .bind(o.session_id.map(|id| id.to_string()))
+        .bind(to_micros(o.created_at))
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(added.rows_affected() == 1)
+    }
+
+    async fn remove_opt_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
+        let removed = sqlx::query(
+            "DELETE FROM opt_outs WHERE account_id = $1 AND channel = $2 AND recipient = $3",
+        )
+        .bind(account)
+        .bind(channel.as_str())
+        .bind(to)
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(removed.rows_affected() == 1)
+    }
+
+    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
+        let found = sqlx::query(
+            "SELECT 1 FROM opt_outs WHERE account_id = $1 AND channel = $2 AND recipient = $3",
+        )
+        .bind(account)
+        .bind(channel.as_str())
+        .bind(to)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        Ok(found.is_some())
+    }
+
+    async fn opt_outs(
+        &self,
+        account: AccountId,
+        channel: Option<Channel>,
+        after: Option<OptOutCursor>,
+        limit: usize,
+    ) -> Result<Vec<OptOut>> {
+        let (after_channel, after_to) = after
+            .map(|c| (c.channel.as_str().to_owned(), c.to))
+            .unwrap_or_default();
+        sqlx::query(&format!(
+            "SELECT {OPT_OUT_COLUMNS} FROM opt_outs \
+             WHERE account_id = $1 AND ($2::TEXT IS NULL OR channel = $2) \
+               AND (channel, recipient) > ($3, $4) \
+             ORDER BY channel, recipient LIMIT $5"
+        ))
+        .bind(account)
+        .bind(channel.map(Channel::as_str))
+        .bind(after_channel)
+        .bind(after_to)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::opt_out)
         .collect()
     }
 }

@@ -233,6 +233,19 @@ pub(crate) fn template(row: &impl Columns) -> Result<Template> {
     })
 }
 
+/// The columns [`opt_out`] reads, in its order.
+pub(crate) const OPT_OUT_COLUMNS: &str = "channel, recipient, source, session_id, created_at";
+
+pub(crate) fn opt_out(row: &impl Columns) -> Result<OptOut> {
+    Ok(OptOut {
+        channel: parsed(row, "channel")?,
+        to: text(row, "recipient")?,
+        source: text(row, "source")?,
+        session_id: opt_parsed(row, "session_id")?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
 /// A session of [`SESSION_COLUMNS`], without its events or flow state.
 pub(crate) fn session(row: &impl Columns) -> Result<SessionRecord> {
     Ok(SessionRecord {

@@ -29,7 +29,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
-use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS};
+use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_input_data.sql"),
     include_str!("../migrations/sqlite/0006_connections.sql"),
     include_str!("../migrations/sqlite/0007_provider_reports.sql"),
+    include_str!("../migrations/sqlite/0008_opt_outs.sql"),
 ];
 
 const READERS: usize = 4;
@@ -657,6 +658,93 @@ impl ConnectionStore for SqliteStore {
                 ))
                 .db()?;
             all(&mut stmt, [], |row| rows::connection(row))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OptOutStore for SqliteStore {
+    async fn add_opt_out(&self, account: AccountId, o: OptOut) -> Result<bool> {
+        self.write(move |conn| {
+            let added = conn
+                .execute(
+                    "INSERT INTO opt_outs \
+                     (account_id, channel, recipient, source, session_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    params![
+                        account,
+                        o.channel.as_str(),
+                        o.to,
+                        o.source,
+                        o.session_id.map(|id| id.to_string()),
+                        to_micros(o.created_at)
+                    ],
+                )
+                .db()?;
+            Ok(added == 1)
+        })
+        .await
+    }
+
+    async fn remove_opt_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
+        let to = to.to_owned();
+        self.write(move |conn| {
+            let removed = conn
+                .execute(
+                    "DELETE FROM opt_outs WHERE account_id = ?1 AND channel = ?2 AND recipient = ?3",
+                    params![account, channel.as_str(), to],
+                )
+                .db()?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
+    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
+        let to = to.to_owned();
+        self.read_point(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT 1 FROM opt_outs \
+                     WHERE account_id = ?1 AND channel = ?2 AND recipient = ?3",
+                )
+                .db()?;
+            stmt.exists(params![account, channel.as_str(), to]).db()
+        })
+        .await
+    }
+
+    async fn opt_outs(
+        &self,
+        account: AccountId,
+        channel: Option<Channel>,
+        after: Option<OptOutCursor>,
+        limit: usize,
+    ) -> Result<Vec<OptOut>> {
+        self.read(move |conn| {
+            let (after_channel, after_to) = after
+                .map(|c| (c.channel.as_str().to_owned(), c.to))
+                .unwrap_or_default();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {OPT_OUT_COLUMNS} FROM opt_outs \
+                     WHERE account_id = ?1 AND (?2 IS NULL OR channel = ?2) \
+                       AND (channel, recipient) > (?3, ?4) \
+                     ORDER BY channel, recipient LIMIT ?5"
+                ))
+                .db()?;
+            all(
+                &mut stmt,
+                params![
+                    account,
+                    channel.map(Channel::as_str),
+                    after_channel,
+                    after_to,
+                    limit as i64
+                ],
+                |row| rows::opt_out(row),
+            )
         })
         .await
     }

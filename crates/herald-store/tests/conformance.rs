@@ -68,6 +68,7 @@ conformance!(
     providers_ids_find_their_session_and_item,
     a_session_that_ends_waiting_takes_late_reports_until_its_time,
     a_session_s_own_job_is_leased_asleep_or_due_but_never_twice,
+    opt_outs_are_per_account_and_channel_and_page_in_order,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -2058,4 +2059,91 @@ async fn a_session_that_ends_waiting_takes_late_reports_until_its_time(store: Ar
     );
     let after = store.session(account, id).await.unwrap().unwrap();
     assert_eq!(after.outcome, Some(Outcome::Completed));
+}
+
+/// An opt-out holds for its account and channel alone; a second one of the
+/// same recipient keeps the first; pages run in channel and recipient
+/// order, of one channel when asked.
+async fn opt_outs_are_per_account_and_channel_and_page_in_order(store: Arc<dyn Store>) {
+    let acme = store.add_key("acme", [7; 32]).await.unwrap();
+    let globex = store.add_key("globex", [8; 32]).await.unwrap();
+    let session = SessionId::generate();
+    let opt_out = |channel: Channel, to: &str, source: &str| OptOut {
+        channel,
+        to: to.into(),
+        source: source.into(),
+        session_id: (source == "keyword").then_some(session),
+        created_at: Utc::now(),
+    };
+    for (channel, to) in [
+        (Channel::Sms, "447700900003"),
+        (Channel::Sms, "447700900001"),
+        (Channel::Whatsapp, "447700900002"),
+        (Channel::Voice, "447700900001"),
+    ] {
+        assert!(store
+            .add_opt_out(acme, opt_out(channel, to, "keyword"))
+            .await
+            .unwrap());
+    }
+    assert!(!store
+        .add_opt_out(acme, opt_out(Channel::Sms, "447700900001", "api"))
+        .await
+        .unwrap());
+    assert!(store
+        .opted_out(acme, Channel::Sms, "447700900001")
+        .await
+        .unwrap());
+    assert!(!store
+        .opted_out(acme, Channel::Whatsapp, "447700900001")
+        .await
+        .unwrap());
+    assert!(!store
+        .opted_out(globex, Channel::Sms, "447700900001")
+        .await
+        .unwrap());
+
+    let all = store.opt_outs(acme, None, None, 10).await.unwrap();
+    let listed: Vec<(Channel, &str)> = all.iter().map(|o| (o.channel, o.to.as_str())).collect();
+    assert_eq!(
+        listed,
+        [
+            (Channel::Sms, "447700900001"),
+            (Channel::Sms, "447700900003"),
+            (Channel::Voice, "447700900001"),
+            (Channel::Whatsapp, "447700900002"),
+        ]
+    );
+    assert_eq!(all[0].source, "keyword", "the first one stays");
+    assert_eq!(all[0].session_id, Some(session));
+    let after = OptOutCursor {
+        channel: Channel::Sms,
+        to: "447700900003".into(),
+    };
+    let page = store.opt_outs(acme, None, Some(after), 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0].channel, Channel::Voice);
+    let sms = store
+        .opt_outs(acme, Some(Channel::Sms), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(sms.len(), 2);
+    assert!(store
+        .opt_outs(globex, None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(store
+        .remove_opt_out(acme, Channel::Sms, "447700900001")
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_opt_out(acme, Channel::Sms, "447700900001")
+        .await
+        .unwrap());
+    assert!(!store
+        .opted_out(acme, Channel::Sms, "447700900001")
+        .await
+        .unwrap());
 }
