@@ -313,14 +313,10 @@ pub fn check_settings(
     for (name, value) in fields {
         let Some((_, kind)) = spec.iter().find(|(n, _)| n == name) else {
             let known: Vec<&str> = spec.iter().map(|(n, _)| *n).collect();
-            return Err(bad(if known.is_empty() {
-                format!("settings.{name}: a {provider} connection has no settings")
-            } else {
-                format!(
-                    "settings.{name} is not a {provider} setting (they are: {})",
-                    known.join(", ")
-                )
-            }));
+            return Err(bad(format!(
+                "settings.{name} is not a {provider} setting (they are: {})",
+                known.join(", ")
+            )));
         };
         let fits = match kind {
             Kind::Text => value
@@ -385,8 +381,12 @@ mod tests {
                 "credentials of a twilio connection need: auth_token",
             ),
             (
-                json!({"account_sid": "AC1", "auth_token": "t", "api_key": "k"}),
-                "credentials.api_key is not a twilio credential (they are: account_sid, auth_token)",
+                json!({"account_sid": "AC1", "auth_token": "t", "key": "k"}),
+                "credentials.key is not a twilio credential (they are: account_sid, auth_token, api_key, api_secret)",
+            ),
+            (
+                json!({"account_sid": "AC1", "auth_token": "t", "api_key": ""}),
+                "credentials.api_key must not be empty",
             ),
             (
                 json!({"account_sid": "AC1", "auth_token": 7}),
@@ -427,7 +427,13 @@ mod tests {
         assert_eq!(
             check_settings(ProviderKind::WhatsappCloud, Some(&json!({"x": 1}))),
             Err(bad(
-                "settings.x: a whatsapp_cloud connection has no settings"
+                "settings.x is not a whatsapp_cloud setting (they are: messages_per_second)"
+            ))
+        );
+        assert_eq!(
+            check_settings(ProviderKind::Sip, Some(&json!({"x": 1}))).map(|_| ()),
+            Err(bad(
+                "settings.x is not a sip setting (they are: trunk, transport, caller_id, rtp_ports, language, voice)"
             ))
         );
         assert_eq!(check_settings(ProviderKind::Sip, None), Ok(Map::new()));

@@ -81,6 +81,9 @@ pub struct FlowDefinition {
     /// Whether a message from a person with no open session starts one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundPolicy>,
+    /// How the agent hears STOP, START and HELP (CONTRACT §13.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out: Option<OptOutPolicy>,
     /// The longest a session may last before it is ended, in seconds
     /// (default: one hour on voice, 24 hours on messaging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +150,57 @@ pub struct InboundPolicy {
     /// Sent to the person when inbound sessions are declined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+}
+
+/// How an agent hears the opt-out keywords on SMS and WhatsApp (CONTRACT
+/// §13.2): STOP and the other opt-out words, START and the words that undo
+/// it, HELP and INFO. Each text is a template, like a node's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutPolicy {
+    /// Whether the keywords are heard at all (default true); without them
+    /// the flow reads every message, and may opt a person out itself with
+    /// an `opt_out` node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keywords: Option<bool>,
+    /// Sent once when a person opts out by keyword.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<String>,
+    /// Sent when a person who had opted out opts back in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resubscribed: Option<String>,
+    /// The answer to HELP or INFO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+/// What an agent sends when a person opts out by keyword, unless its flow
+/// says otherwise.
+pub const DEFAULT_OPT_OUT_CONFIRMATION: &str =
+    "You will get no more messages from us. Reply START to get them again.";
+/// What it sends when a person opts back in.
+pub const DEFAULT_RESUBSCRIBED: &str = "You will get our messages again. Reply STOP to stop them.";
+/// What it answers to HELP.
+pub const DEFAULT_HELP: &str = "Reply STOP to get no more messages from us.";
+
+impl OptOutPolicy {
+    pub fn keywords(&self) -> bool {
+        self.keywords.unwrap_or(true)
+    }
+
+    pub fn confirmation(&self) -> &str {
+        self.confirmation
+            .as_deref()
+            .unwrap_or(DEFAULT_OPT_OUT_CONFIRMATION)
+    }
+
+    pub fn resubscribed(&self) -> &str {
+        self.resubscribed.as_deref().unwrap_or(DEFAULT_RESUBSCRIBED)
+    }
+
+    pub fn help(&self) -> &str {
+        self.help.as_deref().unwrap_or(DEFAULT_HELP)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -282,6 +336,10 @@ pub enum NodeKind {
     Flow { flow: String, next: String },
     /// Leave the sub-flow, back to the node after the `flow` node.
     Return {},
+    /// Add the person to the account's opt-outs of the session's channel
+    /// (CONTRACT §13), then go on to `next`: no trigger reaches them on it
+    /// again until they opt back in.
+    OptOut { next: String },
     /// Messaging: hand the conversation to a person at `url` until they
     /// hand it back (then `next`) or end it.
     LiveAgent {
@@ -413,6 +471,7 @@ impl NodeKind {
             NodeKind::Flow { .. } => "flow",
             NodeKind::Return {} => "return",
             NodeKind::LiveAgent { .. } => "live_agent",
+            NodeKind::OptOut { .. } => "opt_out",
         }
     }
 
@@ -427,6 +486,7 @@ impl NodeKind {
             | NodeKind::SendSms { next, .. }
             | NodeKind::SendEmail { next, .. }
             | NodeKind::Flow { next, .. }
+            | NodeKind::OptOut { next }
             | NodeKind::LiveAgent { next, .. } => vec![("next".into(), next)],
             NodeKind::CollectInput {
                 success,
@@ -568,6 +628,7 @@ impl NodeKind {
             | NodeKind::ResetCounter { .. }
             | NodeKind::End {}
             | NodeKind::Flow { .. }
+            | NodeKind::OptOut { .. }
             | NodeKind::Return {} => {}
         }
         out
@@ -921,6 +982,17 @@ impl FlowDefinition {
                 refuse!("flow.inbound.reply must be 1 to {MAX_TEXT} bytes");
             }
         }
+        if let Some(policy) = &self.opt_out {
+            for (field, text) in [
+                ("confirmation", &policy.confirmation),
+                ("resubscribed", &policy.resubscribed),
+                ("help", &policy.help),
+            ] {
+                if text.as_deref().is_some_and(|t| !is_text(t)) {
+                    refuse!("flow.opt_out.{field} must be 1 to {MAX_TEXT} bytes");
+                }
+            }
+        }
 
         if self.parameters.len() > MAX_PARAMETERS {
             refuse!("flow.parameters must have at most {MAX_PARAMETERS} entries");
@@ -1258,6 +1330,7 @@ impl FlowDefinition {
                     refuse!("node '{id}': to must be a phone number or a SIP URI");
                 }
             }
+            NodeKind::OptOut { .. } => {}
             NodeKind::LiveAgent {
                 url, timeout_secs, ..
             } => {
@@ -1382,6 +1455,7 @@ impl FlowDefinition {
             context_switches: Vec::new(),
             subflows: Vec::new(),
             inbound: None,
+            opt_out: None,
             max_duration_secs: None,
             nodes,
         }
@@ -1728,7 +1802,7 @@ mod tests {
                 types.extend(flow.all_nodes().map(|n| n.kind.type_name()));
             }
         }
-        assert_eq!(types.len(), 16, "{types:?}");
+        assert_eq!(types.len(), 17, "{types:?}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn every_documented_flow_is_valid_and_fits_the_schema() {
             panic!("docs/flows.md:{line}: the schema refuses it: {errors}");
         }
     }
-    assert_eq!(types.len(), 16, "the examples show {types:?}");
+    assert_eq!(types.len(), 17, "the examples show {types:?}");
 }
 
 #[test]

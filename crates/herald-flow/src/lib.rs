@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod classifier;
 pub mod conditions;
 pub mod entities;
+pub mod keywords;
 pub mod lifecycle;
 mod machine;
 pub mod webhook;
@@ -254,6 +255,8 @@ pub enum Action {
     },
     /// The live agent handed the conversation back.
     LiveAgentStop,
+    /// Add the person to the account's opt-outs of the session's channel.
+    OptOut,
     /// The conversation is over; hang up or close the session.
     End {
         reason: EndReason,

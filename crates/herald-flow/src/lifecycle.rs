@@ -511,6 +511,15 @@ impl EventKeys {
         }
     }
 
+    /// The keys of what the person's keyword (the input with this id)
+    /// makes: an opt-out, its confirmation, a help text.
+    pub fn keyword(id: i64) -> Self {
+        EventKeys {
+            prefix: format!("kw{id}"),
+            n: 0,
+        }
+    }
+
     /// The keys of what the report (input) with this id makes.
     pub fn report(id: i64) -> Self {
         EventKeys {

@@ -517,6 +517,10 @@ impl<'a> Machine<'a> {
                 self.actions.push(Action::SendSms { to, text });
                 self.go(next)
             }
+            NodeKind::OptOut { next } => {
+                self.actions.push(Action::OptOut);
+                self.go(next)
+            }
             NodeKind::SendEmail {
                 to,
                 subject,

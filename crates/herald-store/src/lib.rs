@@ -254,9 +254,14 @@ pub trait OptOutStore: Send + Sync + 'static {
     async fn add_opt_out(&self, account: AccountId, opt_out: OptOut) -> Result<bool>;
     /// Takes the recipient off; false if it was not there.
     async fn remove_opt_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool>;
-    /// Whether the recipient opted out of the channel: what every trigger
-    /// asks, so it is a point read.
-    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool>;
+    /// The recipient's opt-out of the channel, if it opted out: what every
+    /// trigger asks, so it is a point read.
+    async fn opt_out(
+        &self,
+        account: AccountId,
+        channel: Channel,
+        to: &str,
+    ) -> Result<Option<OptOut>>;
     /// Up to `limit` opt-outs, by channel then recipient, after `after`;
     /// of one channel if `channel` says.
     async fn opt_outs(

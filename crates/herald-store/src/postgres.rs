@@ -1058,17 +1058,25 @@ impl OptOutStore for PostgresStore {
         Ok(removed.rows_affected() == 1)
     }
 
-    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
-        let found = sqlx::query(
-            "SELECT 1 FROM opt_outs WHERE account_id = $1 AND channel = $2 AND recipient = $3",
-        )
+    async fn opt_out(
+        &self,
+        account: AccountId,
+        channel: Channel,
+        to: &str,
+    ) -> Result<Option<OptOut>> {
+        sqlx::query(&format!(
+            "SELECT {OPT_OUT_COLUMNS} FROM opt_outs \
+             WHERE account_id = $1 AND channel = $2 AND recipient = $3"
+        ))
         .bind(account)
         .bind(channel.as_str())
         .bind(to)
         .fetch_optional(&self.pool)
         .await
-        .db()?;
-        Ok(found.is_some())
+        .db()?
+        .as_ref()
+        .map(rows::opt_out)
+        .transpose()
     }
 
     async fn opt_outs(

@@ -701,16 +701,23 @@ impl OptOutStore for SqliteStore {
         .await
     }
 
-    async fn opted_out(&self, account: AccountId, channel: Channel, to: &str) -> Result<bool> {
+    async fn opt_out(
+        &self,
+        account: AccountId,
+        channel: Channel,
+        to: &str,
+    ) -> Result<Option<OptOut>> {
         let to = to.to_owned();
         self.read_point(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT 1 FROM opt_outs \
-                     WHERE account_id = ?1 AND channel = ?2 AND recipient = ?3",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {OPT_OUT_COLUMNS} FROM opt_outs \
+                     WHERE account_id = ?1 AND channel = ?2 AND recipient = ?3"
+                ))
                 .db()?;
-            stmt.exists(params![account, channel.as_str(), to]).db()
+            first(&mut stmt, params![account, channel.as_str(), to], |row| {
+                rows::opt_out(row)
+            })
         })
         .await
     }

@@ -116,6 +116,13 @@ pub enum SessionEvent {
     },
     /// A stranger's message started a session the flow does not take.
     InboundDeclined,
+    /// The person opted out of the channel (CONTRACT §13): `by` their
+    /// `keyword`, or through the `flow`'s opt_out node.
+    OptedOut {
+        by: String,
+    },
+    /// The person, who had opted out, opted back in by keyword.
+    OptedIn {},
     /// The session ended.
     Ended {
         outcome: Outcome,

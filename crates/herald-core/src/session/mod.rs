@@ -110,6 +110,8 @@ pub enum EndReason {
     Transferred,
     /// The live agent ended the conversation.
     LiveAgentEnded,
+    /// The person opted out by keyword (CONTRACT §13.2).
+    OptedOut,
     /// The session's maximum lifetime ran out.
     Expired,
     /// The step bound was reached (a loop validation could not rule out).

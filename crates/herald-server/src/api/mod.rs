@@ -7,6 +7,7 @@ pub mod connections;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod opt_outs;
 pub mod replies;
 pub mod sessions;
 pub mod templates;
@@ -18,7 +19,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use herald_core::AccountId;
 use serde_json::Value;
@@ -58,6 +59,8 @@ pub fn router(app: AppState) -> Router {
             "/whatsapp/templates",
             post(templates::create).get(templates::list),
         )
+        .route("/opt-outs", post(opt_outs::create).get(opt_outs::list))
+        .route("/opt-outs/{channel}/{to}", delete(opt_outs::delete))
         .route("/account", get(account::read))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{session_id}", get(sessions::read))

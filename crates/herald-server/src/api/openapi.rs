@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    account, agents, connections, ops, replies, sessions, templates, triggers, webhooks,
+    account, agents, connections, ops, opt_outs, replies, sessions, templates, triggers, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,9 @@ use crate::api::{
         connections::check,
         templates::create,
         templates::list,
+        opt_outs::list,
+        opt_outs::create,
+        opt_outs::delete,
         account::read,
         sessions::read,
         sessions::list,
@@ -53,6 +56,7 @@ use crate::api::{
         (name = "agents", description = "Agents and their published versions"),
         (name = "connections", description = "Connections to channel providers (CONTRACT §10)"),
         (name = "templates", description = "WhatsApp templates"),
+        (name = "opt-outs", description = "Recipients who must not be contacted (CONTRACT §13)"),
         (name = "account", description = "The calling account"),
         (name = "sessions", description = "What happened in each session"),
         (name = "conversations", description = "Replies from people and live agents"),

@@ -70,6 +70,9 @@ enum TriggerResponses {
     /// Missing, unknown or revoked key
     #[response(status = 401)]
     Unauthorised(ErrorBody),
+    /// The recipient has opted out of the channel
+    #[response(status = 403)]
+    OptedOut(ErrorBody),
     /// Unknown, unpublished or foreign agent
     #[response(status = 404)]
     NotFound(ErrorBody),
@@ -262,6 +265,24 @@ async fn trigger(
         Some(message) => Some(check_template(app, account, message).await?),
         None => None,
     };
+
+    // The recipient's opt-out (CONTRACT §13.3), before the rate limit so
+    // that a refused trigger costs no quota.
+    if app
+        .store
+        .opt_out(account, trigger.channel, trigger.to.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Recipient {} has opted out of {}",
+                trigger.to.as_str(),
+                trigger.channel
+            ),
+        ));
+    }
 
     // 8. The rate limit.
     let rate = app

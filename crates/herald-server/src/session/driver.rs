@@ -71,11 +71,12 @@ use herald_core::session::{
     ShownContent,
 };
 use herald_core::{Channel, ConversationUuid, Destination};
+use herald_flow::keywords::{self, Keyword};
 use herald_flow::lifecycle::{self, Effect, EventKeys, Inbound, PendingEnd, Report, SessionState};
 use herald_flow::{Action, EndReason, Event, Input, InputMode, Wait, WebhookRequest};
 use herald_store::{
     Activation, DispatchLease, Ending, InputRow, JobFate, LeaseToken, NewCallback, NewEvent,
-    NewInput, ProviderRef, SessionRecord, SessionUpdate,
+    NewInput, OptOut, ProviderRef, SessionRecord, SessionUpdate,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -913,6 +914,23 @@ impl Driver<'_> {
     /// Opens a messaging session; `Some(Ended)` when it ended at once.
     async fn open_messaging(&mut self) -> anyhow::Result<Option<Ended>> {
         if self.session.inbound {
+            // A keyword is heard whatever the flow's inbound policy; the
+            // session ends with it.
+            if let Some(first) = self.first_input().await? {
+                let word = match &first.input {
+                    SessionInput::Text(text) => self.keyword_in(text).await?,
+                    _ => None,
+                };
+                if let Some(word) = word {
+                    self.note_input(&first);
+                    self.state.inputs_consumed = first.id;
+                    self.keys = EventKeys::keyword(first.id);
+                    if self.hear(word).await? == KeywordFate::Handled {
+                        self.flow_done(EndReason::Completed).await?;
+                    }
+                    return Ok(Some(Ended));
+                }
+            }
             let Inbound::Decline { reply } =
                 lifecycle::Session::inbound(self.flow.inbound.as_ref())
             else {
@@ -981,6 +999,105 @@ impl Driver<'_> {
         self.advance(started).await
     }
 
+    // ---- opt-outs (CONTRACT §13) ----------------------------------------------
+
+    /// Adds the person to the account's opt-outs of the session's channel,
+    /// as `by` (`keyword`, `flow`) asked.
+    async fn opt_out(&mut self, by: &str) -> anyhow::Result<()> {
+        let opt_out = OptOut {
+            channel: self.session.channel,
+            to: self.session.to.clone(),
+            source: by.to_owned(),
+            session_id: Some(self.session.id),
+            created_at: Utc::now(),
+        };
+        self.app
+            .store
+            .add_opt_out(self.session.account_id, opt_out)
+            .await?;
+        self.note(SessionEvent::OptedOut { by: by.to_owned() });
+        Ok(())
+    }
+
+    /// The keyword the person's `text` is to this agent now, if it is one
+    /// (CONTRACT §13.2); `None` when the flow hears it: the agent hears no
+    /// keywords, the question waiting lists it as an answer, or it is the
+    /// YES of a person who has not opted out.
+    async fn keyword_in(&self, text: &str) -> anyhow::Result<Option<Keyword>> {
+        let session = self.session;
+        let heard = session.channel.is_messaging()
+            && self.flow.opt_out.as_ref().is_none_or(|p| p.keywords());
+        let Some(word) = keywords::keyword(text).filter(|_| heard) else {
+            return Ok(None);
+        };
+        if keywords::answers_waiting(self.flow, &self.state.flow, text) {
+            return Ok(None);
+        }
+        if word == Keyword::Start && keywords::is_yes(text) {
+            let opted_out = self
+                .app
+                .store
+                .opt_out(session.account_id, session.channel, &session.to)
+                .await?;
+            if opted_out.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(word))
+    }
+
+    /// Carries out a keyword the person sent: STOP opts them out, confirms
+    /// once and ends the conversation; START opts them back in; HELP
+    /// answers with the agent's help text. After START and HELP the
+    /// question waiting goes on waiting.
+    async fn hear(&mut self, word: Keyword) -> anyhow::Result<KeywordFate> {
+        let policy = self.flow.opt_out.clone().unwrap_or_default();
+        let session = self.session;
+        let sent = match word {
+            Keyword::Stop => {
+                self.opt_out("keyword").await?;
+                if self.reply(policy.confirmation()).await?.is_some() {
+                    return Ok(KeywordFate::Ended);
+                }
+                if self.state.ending.is_some() {
+                    // The flow was over already; its end stands.
+                    return Ok(KeywordFate::Handled);
+                }
+                self.state.flow.waiting = None;
+                self.state.flow.ended = true;
+                self.flow_done(EndReason::OptedOut).await?;
+                return Ok(KeywordFate::Ended);
+            }
+            Keyword::Start => {
+                let removed = self
+                    .app
+                    .store
+                    .remove_opt_out(session.account_id, session.channel, &session.to)
+                    .await?;
+                if removed {
+                    self.note(SessionEvent::OptedIn {});
+                }
+                self.reply(policy.resubscribed()).await?
+            }
+            Keyword::Help => self.reply(policy.help()).await?,
+        };
+        Ok(match sent {
+            Some(Ended) => KeywordFate::Ended,
+            None => KeywordFate::Handled,
+        })
+    }
+
+    /// Sends the person `template`, filled in with the conversation's
+    /// parameters.
+    async fn reply(&mut self, template: &str) -> anyhow::Result<Option<Ended>> {
+        let parameters = &self.state.flow.parameters;
+        let text = herald_core::template::render(template, |name| {
+            parameters.get(name).map(String::as_str)
+        })
+        .into_owned();
+        self.send_message(MessageContent::Text(text)).await
+    }
+
     // ---- later wakes --------------------------------------------------------
 
     async fn handle_inputs_and_timer(&mut self) -> anyhow::Result<()> {
@@ -1009,6 +1126,15 @@ impl Driver<'_> {
                     continue;
                 }
                 self.note_input(&input);
+                if let SessionInput::Text(text) = &input.input {
+                    if let Some(word) = self.keyword_in(text).await? {
+                        self.keys = EventKeys::keyword(input.id);
+                        match self.hear(word).await? {
+                            KeywordFate::Ended => return Ok(()),
+                            KeywordFate::Handled => continue,
+                        }
+                    }
+                }
                 if self.state.ending.is_some() {
                     // The flow is over; what the person says now is kept.
                     continue;
@@ -1113,6 +1239,7 @@ impl Driver<'_> {
 
     async fn perform(&mut self, action: Action) -> anyhow::Result<Performed> {
         match action {
+            Action::OptOut => self.opt_out("flow").await?,
             Action::Entered { node } => self.note(SessionEvent::NodeEntered { node }),
             Action::Speak { text } => {
                 match self.driving_provider() {
@@ -1777,6 +1904,15 @@ fn flow_event(input: SessionInput) -> Option<Event> {
         | SessionInput::MessageStatus { .. }
         | SessionInput::SmsStatus { .. } => return None,
     })
+}
+
+/// What a keyword the person sent came to.
+#[derive(Debug, PartialEq, Eq)]
+enum KeywordFate {
+    /// The session ended (or now waits only for its messages' statuses).
+    Ended,
+    /// It was carried out, and the conversation goes on as it was.
+    Handled,
 }
 
 enum Performed {

@@ -22,6 +22,7 @@ mod idempotency;
 mod make_call;
 mod messaging;
 mod operator;
+mod opt_outs;
 mod outage;
 mod provider_connections;
 mod rate_limits;

@@ -369,6 +369,53 @@ async fn a_conversation_waiting_for_an_answer_survives_a_restart() {
     assert_eq!(on.meta.problems(), Vec::<String>::new());
 }
 
+/// CONTRACT §13.2 on the Cloud API: the person's STOP opts them out of
+/// WhatsApp, the confirmation goes through Meta inside the window their
+/// message opened, and the next trigger to them is refused.
+#[tokio::test]
+async fn stop_opts_the_person_out_and_confirms_through_meta() {
+    let on = OnCloud::start(Some(asking_flow())).await;
+    let person = unique_number();
+    on.meta.opened_window(&person);
+    let id = on.open(&person).await;
+    on.meta.wait_for_messages(2).await;
+    let (status, _) = on.meta.send_inbound(&person, "STOP").await;
+    assert_eq!(status, 200);
+    assert_eq!(on.ended(&id).await["outcome"], "completed");
+    let sent = on.meta.wait_for_messages(3).await;
+    assert_eq!(
+        sent[2].1["text"]["body"],
+        "You will get no more messages from us. Reply START to get them again."
+    );
+    let listed: Value = on
+        .app
+        .get("/opt-outs?channel=whatsapp", &on.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["opt_outs"][0]["to"], person.as_str());
+    let again = on
+        .app
+        .post(
+            "/messaging/conversation",
+            &on.key,
+            json!({"agent_id": on.agent, "to": person, "channel": "whatsapp",
+                   "status_url": on.receiver.url, "namespace": "acme",
+                   "template": "hello", "locale": "en-GB",
+                   "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}]}),
+        )
+        .await;
+    assert_error(
+        again,
+        403,
+        &format!("Recipient {person} has opted out of whatsapp"),
+    )
+    .await;
+    assert_eq!(on.meta.messages().len(), 3);
+    assert_eq!(on.meta.problems(), Vec::<String>::new());
+}
+
 /// CONTRACT §11: the handshake echoes the challenge only for the verify
 /// token; a badly signed envelope is 401 and changes nothing; a status
 /// twice counts once and a late `delivered` never undoes `read`.

@@ -39,6 +39,8 @@ mod make_call;
 mod messaging;
 #[path = "../api/operator.rs"]
 mod operator;
+#[path = "../api/opt_outs.rs"]
+mod opt_outs;
 #[path = "../api/outage.rs"]
 mod outage;
 #[path = "../api/provider_connections.rs"]
