@@ -19,6 +19,7 @@ pub mod time;
 pub mod trigger;
 pub mod webhook;
 pub mod whatsapp;
+pub mod window;
 pub mod zones;
 
 pub use agent::{Channel, Region};
