@@ -19,6 +19,8 @@ pub mod time;
 pub mod trigger;
 pub mod webhook;
 pub mod whatsapp;
+pub mod window;
+pub mod zones;
 
 pub use agent::{Channel, Region};
 pub use destination::{BadDestination, Destination, PhoneNumber, SipUri};
