@@ -65,6 +65,11 @@ hex_id!(
     ConnectionId
 );
 
+hex_id!(
+    /// A campaign's id (CONTRACT §12): 24 lowercase hex characters.
+    CampaignId
+);
+
 /// A session's id: a UUID v7, so ids sort by creation time and the newest-first
 /// listing can page by id alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! string.
 
 pub mod agent;
+pub mod campaign;
 pub mod destination;
 pub mod flow;
 pub mod ids;
@@ -24,4 +25,4 @@ pub mod zones;
 
 pub use agent::{Channel, Region};
 pub use destination::{BadDestination, Destination, PhoneNumber, SipUri};
-pub use ids::{AccountId, AgentId, ConnectionId, ConversationUuid, SessionId};
+pub use ids::{AccountId, AgentId, CampaignId, ConnectionId, ConversationUuid, SessionId};

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::keys::KeyHash;
-use herald_core::{AccountId, AgentId, Channel, ConnectionId, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, ConnectionId, SessionId};
 
 /// The conflict message of an agent number already in use (CONTRACT §4.2).
 fn number_taken(number: &str, channel: herald_core::Channel) -> String {
@@ -245,6 +246,105 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;
 }
 
+/// Campaigns and their recipients (CONTRACT §12). Every change of a
+/// recipient is conditional on the state it was read in, so that servers
+/// scheduling one campaign together never do one thing twice: above all,
+/// an attempt's session is created in the same transaction that counts the
+/// attempt, and only if the count is still the one read.
+#[async_trait]
+pub trait CampaignStore: Send + Sync + 'static {
+    async fn create_campaign(&self, campaign: NewCampaign) -> Result<CampaignRecord>;
+    async fn campaign(&self, account: AccountId, id: &CampaignId)
+        -> Result<Option<CampaignRecord>>;
+    /// The account's campaigns, newest first.
+    async fn campaigns(&self, account: AccountId) -> Result<Vec<CampaignRecord>>;
+    /// Every campaign that is scheduled or running, of every account: what
+    /// the scheduler works on.
+    async fn live_campaigns(&self) -> Result<Vec<CampaignRecord>>;
+    /// Moves the campaign to `to` if it is in one of `from`; `None` when it
+    /// is not (or there is no such campaign). `at` is when it started, for
+    /// a first start, or ended, for a final state.
+    async fn set_campaign_state(
+        &self,
+        account: AccountId,
+        id: &CampaignId,
+        from: &[CampaignState],
+        to: CampaignState,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CampaignRecord>>;
+    /// Adds recipients, after those it has, in one transaction; one whose
+    /// `to` or `external_id` the campaign has already (or the addition has
+    /// earlier) is refused, and the rest are stored. More than `max_total`
+    /// in all refuses the whole addition ([`StoreError::Conflict`]).
+    async fn add_recipients(
+        &self,
+        campaign: &CampaignId,
+        recipients: Vec<NewRecipient>,
+        max_total: u32,
+    ) -> Result<RecipientsAdded>;
+    async fn recipient_counts(&self, campaign: &CampaignId) -> Result<RecipientCounts>;
+    /// Up to `limit` recipients after the `n`th, in order; of one state if
+    /// `state` says.
+    async fn recipients(
+        &self,
+        campaign: &CampaignId,
+        state: Option<RecipientState>,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>>;
+    /// Up to `limit` recipients due at `now` (pending, or waiting with
+    /// `next_at` come), the longest due first.
+    async fn due_recipients(
+        &self,
+        campaign: &CampaignId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>>;
+    /// How many of its recipients are in progress.
+    async fn recipients_in_progress(&self, campaign: &CampaignId) -> Result<u32>;
+    /// Starts attempt `attempts + 1` of the `n`th recipient, which must
+    /// still be due with `attempts` made: in one transaction, the
+    /// recipient is counted in progress with the session, and the session
+    /// is stored with its dispatch job. False, and nothing written, when
+    /// the recipient is no longer so (another server started it).
+    async fn start_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        session: NewSession,
+    ) -> Result<bool>;
+    /// Changes the `n`th recipient, due with `attempts` made, as `change`
+    /// says (it waits, is skipped or expires); false when it is no longer
+    /// due with that count.
+    async fn defer_recipient(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        change: RecipientChange,
+    ) -> Result<bool>;
+    /// Up to `limit` recipients in progress whose attempt's session has
+    /// ended.
+    async fn ended_attempts(
+        &self,
+        campaign: &CampaignId,
+        limit: usize,
+    ) -> Result<Vec<EndedAttempt>>;
+    /// Settles the `n`th recipient's ended attempt (its session
+    /// `session_id`) as `change` says; false when it was settled already.
+    async fn settle_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        session_id: SessionId,
+        change: RecipientChange,
+    ) -> Result<bool>;
+    /// Moves every recipient still pending or waiting to `to` (expired,
+    /// cancelled); how many.
+    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64>;
+}
+
 /// The recipients each account must not contact, per channel (CONTRACT
 /// §13).
 #[async_trait]
@@ -397,6 +497,7 @@ pub trait Store:
     AccountStore
     + AgentStore
     + ConnectionStore
+    + CampaignStore
     + OptOutStore
     + SessionStore
     + DispatchQueue
@@ -408,6 +509,7 @@ impl<T> Store for T where
     T: AccountStore
         + AgentStore
         + ConnectionStore
+        + CampaignStore
         + OptOutStore
         + SessionStore
         + DispatchQueue

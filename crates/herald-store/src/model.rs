@@ -1,11 +1,12 @@
 //! The records the store reads and writes.
 
 use chrono::{DateTime, Utc};
+use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::flow::FlowDefinition;
 use herald_core::keys::KeyHash;
 use herald_core::session::event::{BadEvent, StoredEvent};
 use herald_core::session::{Outcome, SessionEvent, SessionInput, SessionParameters, SessionStatus};
-use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, ConnectionId, Region, SessionId};
 
 #[derive(Debug, Clone)]
 pub struct KeyRow {
@@ -140,6 +141,121 @@ pub struct Template {
     pub created_at: DateTime<Utc>,
 }
 
+/// A campaign as it is created (CONTRACT §12.1): in state `draft`.
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    pub id: CampaignId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub agent_id: AgentId,
+    pub status_url: Option<String>,
+    /// Its schedule, window, pace, retries and WhatsApp template, checked,
+    /// as the JSON of the request; the store keeps it as it is.
+    pub settings: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignRecord {
+    pub id: CampaignId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub agent_id: AgentId,
+    pub status_url: Option<String>,
+    pub settings: serde_json::Value,
+    pub state: CampaignState,
+    /// How many recipients it has.
+    pub recipients: u32,
+    pub created_at: DateTime<Utc>,
+    /// When it was first started (or scheduled).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it completed or was cancelled.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A recipient as it is added to a campaign, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecipient {
+    /// The number (digits) or, on voice, the SIP URI.
+    pub to: String,
+    /// The caller's own id of the recipient.
+    pub external_id: Option<String>,
+    /// The IANA zones its window is read in, `&`-separated.
+    pub timezone: Option<String>,
+    /// What decided them: `recipient`, `number`, `campaign`, `default`.
+    pub zone_source: String,
+    pub parameters: SessionParameters,
+}
+
+/// Why a recipient of an addition was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientRefusal {
+    /// The campaign has one with this `to` already (or the addition had it
+    /// twice).
+    DuplicateTo,
+    DuplicateId,
+}
+
+/// What an addition of recipients came to: how many were stored, and the
+/// place in the addition of each refused one, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientsAdded {
+    pub accepted: u32,
+    pub refused: Vec<(usize, RecipientRefusal)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientRecord {
+    pub campaign_id: CampaignId,
+    /// Its place in the campaign, from 0, in the order it was added.
+    pub n: u32,
+    pub to: String,
+    pub external_id: Option<String>,
+    pub timezone: Option<String>,
+    pub zone_source: String,
+    pub parameters: SessionParameters,
+    pub state: RecipientState,
+    /// Sessions started for it so far.
+    pub attempts: u32,
+    /// When a waiting recipient is due.
+    pub next_at: Option<DateTime<Utc>>,
+    /// The session of its latest attempt.
+    pub session_id: Option<SessionId>,
+    pub last_outcome: Option<Outcome>,
+    pub skip_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A recipient's next state, as the scheduler decides it: written only
+/// while the recipient is still in a state it was read in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientChange {
+    pub state: RecipientState,
+    pub next_at: Option<DateTime<Utc>>,
+    pub last_outcome: Option<Outcome>,
+    pub skip_reason: Option<String>,
+}
+
+/// An attempt under way whose session has ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedAttempt {
+    pub n: u32,
+    pub session_id: SessionId,
+    pub attempts: u32,
+    pub outcome: Outcome,
+}
+
+/// A campaign's recipients counted (CONTRACT §12.6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientCounts {
+    pub by_state: Vec<(RecipientState, u64)>,
+    /// Of the recipients whose last attempt ended, by its outcome.
+    pub by_outcome: Vec<(Outcome, u64)>,
+    pub by_skip_reason: Vec<(String, u64)>,
+    /// Sessions started, over all recipients.
+    pub attempts: u64,
+}
+
 /// A recipient an account must not contact on a channel (CONTRACT §13).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptOut {
@@ -177,6 +293,8 @@ pub struct NewSession {
     pub whatsapp: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub idempotency: Option<NewIdempotency>,
+    /// The campaign the session is an attempt of.
+    pub campaign_id: Option<CampaignId>,
     /// Started by the person's message rather than by a trigger.
     pub inbound: bool,
     /// The message that started an inbound session, stored as the
@@ -225,6 +343,8 @@ pub struct SessionRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Started by the person's message rather than by a trigger.
     pub inbound: bool,
+    /// The campaign the session is an attempt of.
+    pub campaign_id: Option<CampaignId>,
     /// The flow runtime's state as of the last step, `None` before the
     /// session's first step. The store keeps it as opaque JSON.
     pub flow_state: Option<serde_json::Value>,
@@ -253,6 +373,7 @@ impl EventRecord {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     pub agent_id: Option<AgentId>,
+    pub campaign_id: Option<CampaignId>,
     pub status: Option<SessionStatus>,
     pub limit: usize,
     /// Only sessions older than this one (the cursor).

@@ -19,16 +19,18 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::secret::redact_url;
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
-use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, ConnectionId, Region, SessionId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
 use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
+use crate::rows::{CAMPAIGN_COLUMNS, RECIPIENT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -39,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0005_connections.sql"),
     include_str!("../migrations/postgres/0006_provider_reports.sql"),
     include_str!("../migrations/postgres/0007_opt_outs.sql"),
+    include_str!("../migrations/postgres/0008_campaigns.sql"),
 ];
 
 /// The advisory lock migrations run under ("herald" in ASCII). Advisory
@@ -575,95 +578,12 @@ impl PostgresStore {
     }
 
     async fn create_session_now(&self, s: NewSession) -> Result<Created> {
-        let parameters = to_json(&s.parameters)?;
-        let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
-        let id = s.id.to_string();
-        let created = to_micros(s.created_at);
         let mut tx = self.pool.begin().await.db()?;
-        if let Some(idem) = &s.idempotency {
-            // Requests with one key queue on its row: the first inserts it,
-            // each later one waits for that commit and, finding the key
-            // still within its window, updates nothing. A key older than the
-            // window is taken over, as if it had been purged.
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys \
-                 (account_id, key, request_hash, response, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (account_id, key) DO UPDATE SET \
-                   request_hash = EXCLUDED.request_hash, response = EXCLUDED.response, \
-                   created_at = EXCLUDED.created_at \
-                 WHERE idempotency_keys.created_at <= $6 \
-                 RETURNING 1",
-            )
-            .bind(s.account_id)
-            .bind(&idem.key)
-            .bind(&idem.request_hash[..])
-            .bind(&idem.response)
-            .bind(created)
-            .bind(created - IDEMPOTENCY_WINDOW.as_micros() as i64)
-            .fetch_optional(&mut *tx)
-            .await
-            .db()?
-            .is_some();
-            if !claimed {
-                // The conflicting row stays locked by this transaction, so
-                // it is still there to read; nothing was written.
-                let row = sqlx::query(
-                    "SELECT request_hash, response FROM idempotency_keys \
-                     WHERE account_id = $1 AND key = $2",
-                )
-                .bind(s.account_id)
-                .bind(&idem.key)
-                .fetch_one(&mut *tx)
-                .await
-                .db()?;
-                return rows::idempotent(&row).map(Created::Duplicate);
-            }
+        let created = insert_session(&mut tx, &s).await?;
+        if matches!(created, Created::Stored) {
+            tx.commit().await.db()?;
         }
-        sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, 'queued', NULL, $8, $9, $10, $11, NULL, $12, NULL, $13)"
-        ))
-        .bind(&id)
-        .bind(s.account_id)
-        .bind(s.agent_id.as_str())
-        .bind(i64::from(s.agent_version))
-        .bind(s.channel.as_str())
-        .bind(&s.to)
-        .bind(&s.from)
-        .bind(&s.status_url)
-        .bind(s.hangup_on_machine)
-        .bind(parameters)
-        .bind(whatsapp)
-        .bind(created)
-        .bind(s.inbound)
-        .execute(&mut *tx)
-        .await
-        .db()?;
-        if let Some(input) = &s.first_input {
-            insert_input(&mut tx, &id, input).await?;
-        }
-        insert_event(
-            &mut tx,
-            &id,
-            &NewEvent {
-                key: Some("queued".into()),
-                event: herald_core::session::SessionEvent::Queued,
-                at: s.created_at,
-            },
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES ($1, $2, $3)",
-        )
-        .bind(&id)
-        .bind(created)
-        .bind(s.account_id)
-        .execute(&mut *tx)
-        .await
-        .db()?;
-        tx.commit().await.db()?;
-        Ok(Created::Stored)
+        Ok(created)
     }
 
     async fn update_session_now(&self, id: SessionId, u: SessionUpdate) -> Result<()> {
@@ -1025,6 +945,574 @@ impl ConnectionStore for PostgresStore {
     }
 }
 
+/// Stores a session, its first event and its dispatch job (and its
+/// idempotency record) in `tx`; nothing is written when the idempotency
+/// key was taken first.
+async fn insert_session(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    s: &NewSession,
+) -> Result<Created> {
+    let parameters = to_json(&s.parameters)?;
+    let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
+    let id = s.id.to_string();
+    let created = to_micros(s.created_at);
+    if let Some(idem) = &s.idempotency {
+        // Requests with one key queue on its row: the first inserts it,
+        // each later one waits for that commit and, finding the key
+        // still within its window, updates nothing. A key older than the
+        // window is taken over, as if it had been purged.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys \
+             (account_id, key, request_hash, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (account_id, key) DO UPDATE SET \
+               request_hash = EXCLUDED.request_hash, response = EXCLUDED.response, \
+               created_at = EXCLUDED.created_at \
+             WHERE idempotency_keys.created_at <= $6 \
+             RETURNING 1",
+        )
+        .bind(s.account_id)
+        .bind(&idem.key)
+        .bind(&idem.request_hash[..])
+        .bind(&idem.response)
+        .bind(created)
+        .bind(created - IDEMPOTENCY_WINDOW.as_micros() as i64)
+        .fetch_optional(&mut **tx)
+        .await
+        .db()?
+        .is_some();
+        if !claimed {
+            // The conflicting row stays locked by this transaction, so
+            // it is still there to read; nothing was written.
+            let row = sqlx::query(
+                "SELECT request_hash, response FROM idempotency_keys \
+                 WHERE account_id = $1 AND key = $2",
+            )
+            .bind(s.account_id)
+            .bind(&idem.key)
+            .fetch_one(&mut **tx)
+            .await
+            .db()?;
+            return rows::idempotent(&row).map(Created::Duplicate);
+        }
+    }
+    sqlx::query(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, 'queued', NULL, $8, $9, $10, $11, NULL, $12, NULL, $13, \
+          $14)"
+    ))
+    .bind(&id)
+    .bind(s.account_id)
+    .bind(s.agent_id.as_str())
+    .bind(i64::from(s.agent_version))
+    .bind(s.channel.as_str())
+    .bind(&s.to)
+    .bind(&s.from)
+    .bind(&s.status_url)
+    .bind(s.hangup_on_machine)
+    .bind(parameters)
+    .bind(whatsapp)
+    .bind(created)
+    .bind(s.inbound)
+    .bind(s.campaign_id.as_ref().map(|c| c.as_str()))
+    .execute(&mut **tx)
+    .await
+    .db()?;
+    if let Some(input) = &s.first_input {
+        insert_input(tx, &id, input).await?;
+    }
+    insert_event(
+        tx,
+        &id,
+        &NewEvent {
+            key: Some("queued".into()),
+            event: herald_core::session::SessionEvent::Queued,
+            at: s.created_at,
+        },
+    )
+    .await?;
+    sqlx::query("INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(created)
+        .bind(s.account_id)
+        .execute(&mut **tx)
+        .await
+        .db()?;
+    Ok(Created::Stored)
+}
+
+/// The states a recipient is due in.
+const DUE: &str = "('pending', 'waiting')";
+
+async fn campaign_in<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    account: Option<AccountId>,
+    id: &CampaignId,
+    lock: bool,
+) -> Result<Option<CampaignRecord>> {
+    let sql = format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1 \
+         AND ($2::BIGINT IS NULL OR account_id = $2){}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(&sql)
+        .bind(id.as_str())
+        .bind(account)
+        .fetch_optional(conn)
+        .await
+        .db()?
+        .as_ref()
+        .map(rows::campaign)
+        .transpose()
+}
+
+/// Writes a recipient's change, if it is still as `guard` (SQL over the
+/// row, `$8` its one argument) says.
+async fn change_recipient(
+    pool: &PgPool,
+    campaign: &CampaignId,
+    n: u32,
+    change: &RecipientChange,
+    guard: &str,
+    guard_arg: String,
+) -> Result<bool> {
+    let changed = sqlx::query(&format!(
+        "UPDATE campaign_recipients SET state = $3, next_at = $4, \
+         last_outcome = COALESCE($5, last_outcome), skip_reason = $6, updated_at = $7 \
+         WHERE campaign_id = $1 AND n = $2 AND {guard}"
+    ))
+    .bind(campaign.as_str())
+    .bind(i64::from(n))
+    .bind(change.state.as_str())
+    .bind(change.next_at.map(to_micros))
+    .bind(change.last_outcome.map(|o| o.as_str()))
+    .bind(&change.skip_reason)
+    .bind(now_micros())
+    .bind(guard_arg)
+    .execute(pool)
+    .await
+    .db()?;
+    Ok(changed.rows_affected() == 1)
+}
+
+#[async_trait]
+impl CampaignStore for PostgresStore {
+    async fn create_campaign(&self, c: NewCampaign) -> Result<CampaignRecord> {
+        let settings = to_json(&c.settings)?;
+        sqlx::query(
+            "INSERT INTO campaigns \
+             (id, account_id, name, agent_id, status_url, settings, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7)",
+        )
+        .bind(c.id.as_str())
+        .bind(c.account_id)
+        .bind(&c.name)
+        .bind(c.agent_id.as_str())
+        .bind(&c.status_url)
+        .bind(settings)
+        .bind(to_micros(c.created_at))
+        .execute(&self.pool)
+        .await
+        .db()?;
+        campaign_in(&self.pool, None, &c.id, false)
+            .await?
+            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("the campaign just stored")))
+    }
+
+    async fn campaign(
+        &self,
+        account: AccountId,
+        id: &CampaignId,
+    ) -> Result<Option<CampaignRecord>> {
+        campaign_in(&self.pool, Some(account), id, false).await
+    }
+
+    async fn campaigns(&self, account: AccountId) -> Result<Vec<CampaignRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE account_id = $1 \
+             ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::campaign)
+        .collect()
+    }
+
+    async fn live_campaigns(&self) -> Result<Vec<CampaignRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns \
+             WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::campaign)
+        .collect()
+    }
+
+    async fn set_campaign_state(
+        &self,
+        account: AccountId,
+        id: &CampaignId,
+        from: &[CampaignState],
+        to: CampaignState,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CampaignRecord>> {
+        let (this, id) = (self.clone(), id.clone());
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            let Some(campaign) = campaign_in(&mut *tx, Some(account), &id, true).await? else {
+                return Ok(None);
+            };
+            if !from.contains(&campaign.state.as_str()) {
+                return Ok(None);
+            }
+            sqlx::query(
+                "UPDATE campaigns SET state = $2, \
+                 started_at = CASE WHEN $3 THEN COALESCE(started_at, $5) ELSE started_at END, \
+                 ended_at = CASE WHEN $4 THEN $5 ELSE ended_at END WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .bind(to.as_str())
+            .bind(matches!(
+                to,
+                CampaignState::Running | CampaignState::Scheduled
+            ))
+            .bind(to.is_final())
+            .bind(to_micros(at))
+            .execute(&mut *tx)
+            .await
+            .db()?;
+            let changed = campaign_in(&mut *tx, Some(account), &id, false).await?;
+            tx.commit().await.db()?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn add_recipients(
+        &self,
+        campaign: &CampaignId,
+        recipients: Vec<NewRecipient>,
+        max_total: u32,
+    ) -> Result<RecipientsAdded> {
+        let (this, campaign) = (self.clone(), campaign.clone());
+        let rows: Vec<(NewRecipient, String)> = recipients
+            .into_iter()
+            .map(|r| {
+                let parameters = to_json(&r.parameters)?;
+                Ok((r, parameters))
+            })
+            .collect::<Result<_>>()?;
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            // The campaign's row, locked: additions to one campaign number
+            // their recipients one after another.
+            let have: i64 =
+                sqlx::query_scalar("SELECT recipients FROM campaigns WHERE id = $1 FOR UPDATE")
+                    .bind(campaign.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .db()?;
+            let mut added = RecipientsAdded::default();
+            let now = now_micros();
+            for (i, (r, parameters)) in rows.iter().enumerate() {
+                let n = have + i64::from(added.accepted);
+                if n >= i64::from(max_total) {
+                    return Err(StoreError::Conflict(format!(
+                        "a campaign has at most {max_total} recipients"
+                    )));
+                }
+                // A duplicate `to` or id inserts nothing and says which.
+                let inserted = sqlx::query(
+                    "INSERT INTO campaign_recipients (campaign_id, n, recipient, external_id, \
+                     timezone, zone_source, parameters, state, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(campaign.as_str())
+                .bind(n)
+                .bind(&r.to)
+                .bind(&r.external_id)
+                .bind(&r.timezone)
+                .bind(&r.zone_source)
+                .bind(parameters)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+                if inserted.rows_affected() == 1 {
+                    added.accepted += 1;
+                    continue;
+                }
+                let same_to: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM campaign_recipients \
+                     WHERE campaign_id = $1 AND recipient = $2)",
+                )
+                .bind(campaign.as_str())
+                .bind(&r.to)
+                .fetch_one(&mut *tx)
+                .await
+                .db()?;
+                added.refused.push((
+                    i,
+                    if same_to {
+                        RecipientRefusal::DuplicateTo
+                    } else {
+                        RecipientRefusal::DuplicateId
+                    },
+                ));
+            }
+            sqlx::query("UPDATE campaigns SET recipients = recipients + $2 WHERE id = $1")
+                .bind(campaign.as_str())
+                .bind(i64::from(added.accepted))
+                .execute(&mut *tx)
+                .await
+                .db()?;
+            tx.commit().await.db()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn recipient_counts(&self, campaign: &CampaignId) -> Result<RecipientCounts> {
+        let grouped = |sql: &'static str| async move {
+            sqlx::query_as::<_, (String, i64)>(sql)
+                .bind(campaign.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .db()
+        };
+        let mut counts = RecipientCounts::default();
+        for (state, count) in grouped(
+            "SELECT state, COUNT(*) FROM campaign_recipients WHERE campaign_id = $1 \
+             GROUP BY state",
+        )
+        .await?
+        {
+            let state = state
+                .parse()
+                .map_err(|_| rows::bad_value("state", &state))?;
+            counts.by_state.push((state, count as u64));
+        }
+        for (outcome, count) in grouped(
+            "SELECT last_outcome, COUNT(*) FROM campaign_recipients \
+             WHERE campaign_id = $1 AND last_outcome IS NOT NULL GROUP BY last_outcome",
+        )
+        .await?
+        {
+            let outcome = outcome
+                .parse()
+                .map_err(|_| rows::bad_value("last_outcome", &outcome))?;
+            counts.by_outcome.push((outcome, count as u64));
+        }
+        counts.by_skip_reason = grouped(
+            "SELECT skip_reason, COUNT(*) FROM campaign_recipients \
+             WHERE campaign_id = $1 AND skip_reason IS NOT NULL GROUP BY skip_reason",
+        )
+        .await?
+        .into_iter()
+        .map(|(reason, count)| (reason, count as u64))
+        .collect();
+        let attempts: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(attempts), 0)::BIGINT FROM campaign_recipients \
+             WHERE campaign_id = $1",
+        )
+        .bind(campaign.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .db()?;
+        counts.attempts = attempts as u64;
+        Ok(counts)
+    }
+
+    async fn recipients(
+        &self,
+        campaign: &CampaignId,
+        state: Option<RecipientState>,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>> {
+        sqlx::query(&format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+             WHERE campaign_id = $1 AND ($2::TEXT IS NULL OR state = $2) AND n > $3 \
+             ORDER BY n LIMIT $4"
+        ))
+        .bind(campaign.as_str())
+        .bind(state.map(|s| s.as_str()))
+        .bind(after.map_or(-1, i64::from))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::recipient)
+        .collect()
+    }
+
+    async fn due_recipients(
+        &self,
+        campaign: &CampaignId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>> {
+        sqlx::query(&format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+             WHERE campaign_id = $1 AND state IN {DUE} AND COALESCE(next_at, 0) <= $2 \
+             ORDER BY COALESCE(next_at, 0), n LIMIT $3"
+        ))
+        .bind(campaign.as_str())
+        .bind(to_micros(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .db()?
+        .iter()
+        .map(rows::recipient)
+        .collect()
+    }
+
+    async fn recipients_in_progress(&self, campaign: &CampaignId) -> Result<u32> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM campaign_recipients \
+             WHERE campaign_id = $1 AND state = 'in_progress'",
+        )
+        .bind(campaign.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .db()?;
+        Ok(count as u32)
+    }
+
+    async fn start_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        session: NewSession,
+    ) -> Result<bool> {
+        let (this, campaign) = (self.clone(), campaign.clone());
+        detached(async move {
+            let mut tx = this.pool.begin().await.db()?;
+            let claimed = sqlx::query(&format!(
+                "UPDATE campaign_recipients SET state = 'in_progress', \
+                 attempts = attempts + 1, session_id = $4, next_at = NULL, updated_at = $5 \
+                 WHERE campaign_id = $1 AND n = $2 AND attempts = $3 AND state IN {DUE}"
+            ))
+            .bind(campaign.as_str())
+            .bind(i64::from(n))
+            .bind(i64::from(attempts))
+            .bind(session.id.to_string())
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+            if claimed.rows_affected() == 0 {
+                return Ok(false);
+            }
+            match insert_session(&mut tx, &session).await? {
+                Created::Stored => {
+                    tx.commit().await.db()?;
+                    Ok(true)
+                }
+                Created::Duplicate(_) => Err(StoreError::Internal(anyhow::anyhow!(
+                    "an attempt's session carries no idempotency key"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn defer_recipient(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        change: RecipientChange,
+    ) -> Result<bool> {
+        change_recipient(
+            &self.pool,
+            campaign,
+            n,
+            &change,
+            &format!("attempts = $8::BIGINT AND state IN {DUE}"),
+            attempts.to_string(),
+        )
+        .await
+    }
+
+    async fn ended_attempts(
+        &self,
+        campaign: &CampaignId,
+        limit: usize,
+    ) -> Result<Vec<EndedAttempt>> {
+        let rows: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT r.n, r.session_id, r.attempts, s.outcome \
+             FROM campaign_recipients r JOIN sessions s ON s.id = r.session_id \
+             WHERE r.campaign_id = $1 AND r.state = 'in_progress' AND s.status = 'ended' \
+             ORDER BY r.n LIMIT $2",
+        )
+        .bind(campaign.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.into_iter()
+            .map(|(n, session, attempts, outcome)| {
+                Ok(EndedAttempt {
+                    n: n as u32,
+                    session_id: session
+                        .parse()
+                        .map_err(|_| rows::bad_value("session_id", &session))?,
+                    attempts: attempts as u32,
+                    outcome: outcome
+                        .as_deref()
+                        .unwrap_or("failed")
+                        .parse()
+                        .map_err(|_| rows::bad_value("outcome", format!("{outcome:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        session_id: SessionId,
+        change: RecipientChange,
+    ) -> Result<bool> {
+        change_recipient(
+            &self.pool,
+            campaign,
+            n,
+            &change,
+            "state = 'in_progress' AND session_id = $8",
+            session_id.to_string(),
+        )
+        .await
+    }
+
+    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64> {
+        let closed = sqlx::query(&format!(
+            "UPDATE campaign_recipients SET state = $2, next_at = NULL, updated_at = $3 \
+             WHERE campaign_id = $1 AND state IN {DUE}"
+        ))
+        .bind(campaign.as_str())
+        .bind(to.as_str())
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(closed.rows_affected())
+    }
+}
+
 #[async_trait]
 impl OptOutStore for PostgresStore {
     async fn add_opt_out(&self, account: AccountId, o: OptOut) -> Result<bool> {
@@ -1333,6 +1821,11 @@ impl SessionStore for PostgresStore {
         }
         if let Some(status) = f.status {
             query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(campaign) = &f.campaign_id {
+            query
+                .push(" AND campaign_id = ")
+                .push_bind(campaign.as_str().to_owned());
         }
         if let Some(before) = f.before {
             query.push(" AND id < ").push_bind(before.to_string());

@@ -30,7 +30,7 @@ pub(crate) const CONNECTION_COLUMNS: &str =
 /// The columns of `sessions` that [`session`] reads.
 pub(crate) const SESSION_COLUMNS: &str = "id, account_id, agent_id, agent_version, channel, \
      to_addr, from_number, status, outcome, status_url, hangup_on_machine, parameters, whatsapp, \
-     conversation_uuid, created_at, ended_at, inbound";
+     conversation_uuid, created_at, ended_at, inbound, campaign_id";
 
 /// The columns of `whatsapp_templates` that [`template`] reads.
 pub(crate) const TEMPLATE_COLUMNS: &str = "namespace, name, locale, header, body, created_at";
@@ -233,6 +233,50 @@ pub(crate) fn template(row: &impl Columns) -> Result<Template> {
     })
 }
 
+/// The columns [`campaign`] reads, in its order.
+pub(crate) const CAMPAIGN_COLUMNS: &str = "id, account_id, name, agent_id, status_url, settings, \
+     state, recipients, created_at, started_at, ended_at";
+
+pub(crate) fn campaign(row: &impl Columns) -> Result<CampaignRecord> {
+    Ok(CampaignRecord {
+        id: parsed(row, "id")?,
+        account_id: int(row, "account_id")?,
+        name: text(row, "name")?,
+        agent_id: parsed(row, "agent_id")?,
+        status_url: row.opt_text("status_url")?,
+        settings: json(row, "settings")?,
+        state: parsed(row, "state")?,
+        recipients: small(row, "recipients")?,
+        created_at: time(row, "created_at")?,
+        started_at: row.opt_int("started_at")?.map(from_micros),
+        ended_at: row.opt_int("ended_at")?.map(from_micros),
+    })
+}
+
+/// The columns [`recipient`] reads, in its order.
+pub(crate) const RECIPIENT_COLUMNS: &str = "campaign_id, n, recipient, external_id, timezone, \
+     zone_source, parameters, state, attempts, next_at, session_id, last_outcome, skip_reason, \
+     updated_at";
+
+pub(crate) fn recipient(row: &impl Columns) -> Result<RecipientRecord> {
+    Ok(RecipientRecord {
+        campaign_id: parsed(row, "campaign_id")?,
+        n: small(row, "n")?,
+        to: text(row, "recipient")?,
+        external_id: row.opt_text("external_id")?,
+        timezone: row.opt_text("timezone")?,
+        zone_source: text(row, "zone_source")?,
+        parameters: json(row, "parameters")?,
+        state: parsed(row, "state")?,
+        attempts: small(row, "attempts")?,
+        next_at: row.opt_int("next_at")?.map(from_micros),
+        session_id: opt_parsed(row, "session_id")?,
+        last_outcome: opt_parsed(row, "last_outcome")?,
+        skip_reason: row.opt_text("skip_reason")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
 /// The columns [`opt_out`] reads, in its order.
 pub(crate) const OPT_OUT_COLUMNS: &str = "channel, recipient, source, session_id, created_at";
 
@@ -269,6 +313,7 @@ pub(crate) fn session(row: &impl Columns) -> Result<SessionRecord> {
         ended_at: row.opt_int("ended_at")?.map(from_micros),
         events: Vec::new(),
         inbound: row.flag("inbound")?,
+        campaign_id: opt_parsed(row, "campaign_id")?,
         flow_state: None,
     })
 }

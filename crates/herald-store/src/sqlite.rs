@@ -21,15 +21,17 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::keys::{generate_webhook_secret, KeyHash};
 use herald_core::session::{Outcome, SessionStatus};
 use herald_core::time::{from_micros, to_micros};
-use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, ConnectionId, Region, SessionId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
 use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
+use crate::rows::{CAMPAIGN_COLUMNS, RECIPIENT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_connections.sql"),
     include_str!("../migrations/sqlite/0007_provider_reports.sql"),
     include_str!("../migrations/sqlite/0008_opt_outs.sql"),
+    include_str!("../migrations/sqlite/0009_campaigns.sql"),
 ];
 
 const READERS: usize = 4;
@@ -663,6 +666,504 @@ impl ConnectionStore for SqliteStore {
     }
 }
 
+/// The states a recipient is due in.
+const DUE: &str = "('pending', 'waiting')";
+
+fn campaign_in(
+    conn: &Connection,
+    account: Option<AccountId>,
+    id: &CampaignId,
+) -> Result<Option<CampaignRecord>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?1 AND (?2 IS NULL OR account_id = ?2)"
+        ))
+        .db()?;
+    first(&mut stmt, params![id.as_str(), account], |row| {
+        rows::campaign(row)
+    })
+}
+
+/// Writes a recipient's change, if it is still as `guard` (SQL over the
+/// row, with ?1 and ?2 the campaign and `n`, and ?8 on) says.
+fn change_recipient(
+    conn: &Connection,
+    campaign: &CampaignId,
+    n: u32,
+    change: &RecipientChange,
+    guard: &str,
+    guard_args: &[&dyn rusqlite::ToSql],
+) -> Result<bool> {
+    let sql = format!(
+        "UPDATE campaign_recipients SET state = ?3, next_at = ?4, \
+         last_outcome = COALESCE(?5, last_outcome), skip_reason = ?6, updated_at = ?7 \
+         WHERE campaign_id = ?1 AND n = ?2 AND {guard}"
+    );
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    let (campaign, state, next_at, outcome, now) = (
+        campaign.as_str(),
+        change.state.as_str(),
+        change.next_at.map(to_micros),
+        change.last_outcome.map(|o| o.as_str()),
+        now_micros(),
+    );
+    args.extend([
+        &campaign as &dyn rusqlite::ToSql,
+        &n,
+        &state,
+        &next_at,
+        &outcome,
+        &change.skip_reason,
+        &now,
+    ]);
+    args.extend_from_slice(guard_args);
+    let changed = conn
+        .prepare_cached(&sql)
+        .db()?
+        .execute(rusqlite::params_from_iter(args))
+        .db()?;
+    Ok(changed == 1)
+}
+
+#[async_trait]
+impl CampaignStore for SqliteStore {
+    async fn create_campaign(&self, c: NewCampaign) -> Result<CampaignRecord> {
+        let settings = to_json(&c.settings)?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO campaigns \
+                 (id, account_id, name, agent_id, status_url, settings, state, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'draft', ?7)",
+            )
+            .db()?
+            .execute(params![
+                c.id.as_str(),
+                c.account_id,
+                c.name,
+                c.agent_id.as_str(),
+                c.status_url,
+                settings,
+                to_micros(c.created_at)
+            ])
+            .db()?;
+            campaign_in(conn, None, &c.id)?
+                .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("the campaign just stored")))
+        })
+        .await
+    }
+
+    async fn campaign(
+        &self,
+        account: AccountId,
+        id: &CampaignId,
+    ) -> Result<Option<CampaignRecord>> {
+        let id = id.clone();
+        self.read_point(move |conn| campaign_in(conn, Some(account), &id))
+            .await
+    }
+
+    async fn campaigns(&self, account: AccountId) -> Result<Vec<CampaignRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE account_id = ?1 \
+                     ORDER BY created_at DESC, id DESC"
+                ))
+                .db()?;
+            all(&mut stmt, [account], |row| rows::campaign(row))
+        })
+        .await
+    }
+
+    async fn live_campaigns(&self) -> Result<Vec<CampaignRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {CAMPAIGN_COLUMNS} FROM campaigns \
+                     WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
+                ))
+                .db()?;
+            all(&mut stmt, [], |row| rows::campaign(row))
+        })
+        .await
+    }
+
+    async fn set_campaign_state(
+        &self,
+        account: AccountId,
+        id: &CampaignId,
+        from: &[CampaignState],
+        to: CampaignState,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CampaignRecord>> {
+        let id = id.clone();
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        self.write(move |conn| {
+            let Some(campaign) = campaign_in(conn, Some(account), &id)? else {
+                return Ok(None);
+            };
+            if !from.contains(&campaign.state.as_str()) {
+                return Ok(None);
+            }
+            let at = to_micros(at);
+            conn.prepare_cached(
+                "UPDATE campaigns SET state = ?2, \
+                 started_at = CASE WHEN ?3 THEN COALESCE(started_at, ?5) ELSE started_at END, \
+                 ended_at = CASE WHEN ?4 THEN ?5 ELSE ended_at END WHERE id = ?1",
+            )
+            .db()?
+            .execute(params![
+                id.as_str(),
+                to.as_str(),
+                matches!(to, CampaignState::Running | CampaignState::Scheduled),
+                to.is_final(),
+                at
+            ])
+            .db()?;
+            campaign_in(conn, Some(account), &id)
+        })
+        .await
+    }
+
+    async fn add_recipients(
+        &self,
+        campaign: &CampaignId,
+        recipients: Vec<NewRecipient>,
+        max_total: u32,
+    ) -> Result<RecipientsAdded> {
+        let campaign = campaign.clone();
+        let rows: Vec<(NewRecipient, String)> = recipients
+            .into_iter()
+            .map(|r| {
+                let parameters = to_json(&r.parameters)?;
+                Ok((r, parameters))
+            })
+            .collect::<Result<_>>()?;
+        self.write(move |conn| {
+            let have: i64 = conn
+                .prepare_cached("SELECT recipients FROM campaigns WHERE id = ?1")
+                .db()?
+                .query_row([campaign.as_str()], |row| row.get(0))
+                .db()?;
+            let mut added = RecipientsAdded::default();
+            let now = now_micros();
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO campaign_recipients (campaign_id, n, recipient, external_id, \
+                     timezone, zone_source, parameters, state, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
+                )
+                .db()?;
+            let mut taken_to = conn
+                .prepare_cached(
+                    "SELECT 1 FROM campaign_recipients WHERE campaign_id = ?1 AND recipient = ?2",
+                )
+                .db()?;
+            let mut taken_id = conn
+                .prepare_cached(
+                    "SELECT 1 FROM campaign_recipients WHERE campaign_id = ?1 AND external_id = ?2",
+                )
+                .db()?;
+            for (i, (r, parameters)) in rows.iter().enumerate() {
+                if taken_to.exists(params![campaign.as_str(), r.to]).db()? {
+                    added.refused.push((i, RecipientRefusal::DuplicateTo));
+                    continue;
+                }
+                if let Some(id) = &r.external_id {
+                    if taken_id.exists(params![campaign.as_str(), id]).db()? {
+                        added.refused.push((i, RecipientRefusal::DuplicateId));
+                        continue;
+                    }
+                }
+                let n = have + i64::from(added.accepted);
+                if n >= i64::from(max_total) {
+                    return Err(StoreError::Conflict(format!(
+                        "a campaign has at most {max_total} recipients"
+                    )));
+                }
+                insert
+                    .execute(params![
+                        campaign.as_str(),
+                        n,
+                        r.to,
+                        r.external_id,
+                        r.timezone,
+                        r.zone_source,
+                        parameters,
+                        now
+                    ])
+                    .db()?;
+                added.accepted += 1;
+            }
+            conn.prepare_cached("UPDATE campaigns SET recipients = recipients + ?2 WHERE id = ?1")
+                .db()?
+                .execute(params![campaign.as_str(), added.accepted])
+                .db()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn recipient_counts(&self, campaign: &CampaignId) -> Result<RecipientCounts> {
+        let campaign = campaign.clone();
+        self.read(move |conn| {
+            let mut counts = RecipientCounts::default();
+            let grouped = |sql: &str| -> Result<Vec<(String, u64)>> {
+                let mut stmt = conn.prepare_cached(sql).db()?;
+                let rows = stmt
+                    .query_map([campaign.as_str()], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+                    })
+                    .db()?;
+                rows.map(|r| r.db()).collect()
+            };
+            for (state, count) in grouped(
+                "SELECT state, COUNT(*) FROM campaign_recipients WHERE campaign_id = ?1 \
+                 GROUP BY state",
+            )? {
+                let state = state
+                    .parse()
+                    .map_err(|_| rows::bad_value("state", &state))?;
+                counts.by_state.push((state, count));
+            }
+            for (outcome, count) in grouped(
+                "SELECT last_outcome, COUNT(*) FROM campaign_recipients \
+                 WHERE campaign_id = ?1 AND last_outcome IS NOT NULL GROUP BY last_outcome",
+            )? {
+                let outcome = outcome
+                    .parse()
+                    .map_err(|_| rows::bad_value("last_outcome", &outcome))?;
+                counts.by_outcome.push((outcome, count));
+            }
+            counts.by_skip_reason = grouped(
+                "SELECT skip_reason, COUNT(*) FROM campaign_recipients \
+                 WHERE campaign_id = ?1 AND skip_reason IS NOT NULL GROUP BY skip_reason",
+            )?;
+            counts.attempts = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(attempts), 0) FROM campaign_recipients WHERE campaign_id = ?1",
+                )
+                .db()?
+                .query_row([campaign.as_str()], |row| row.get::<_, i64>(0))
+                .db()? as u64;
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn recipients(
+        &self,
+        campaign: &CampaignId,
+        state: Option<RecipientState>,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>> {
+        let campaign = campaign.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+                     WHERE campaign_id = ?1 AND (?2 IS NULL OR state = ?2) AND n > ?3 \
+                     ORDER BY n LIMIT ?4"
+                ))
+                .db()?;
+            all(
+                &mut stmt,
+                params![
+                    campaign.as_str(),
+                    state.map(|s| s.as_str()),
+                    after.map_or(-1, i64::from),
+                    limit as i64
+                ],
+                |row| rows::recipient(row),
+            )
+        })
+        .await
+    }
+
+    async fn due_recipients(
+        &self,
+        campaign: &CampaignId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RecipientRecord>> {
+        let campaign = campaign.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+                     WHERE campaign_id = ?1 AND state IN {DUE} AND COALESCE(next_at, 0) <= ?2 \
+                     ORDER BY COALESCE(next_at, 0), n LIMIT ?3"
+                ))
+                .db()?;
+            all(
+                &mut stmt,
+                params![campaign.as_str(), to_micros(now), limit as i64],
+                |row| rows::recipient(row),
+            )
+        })
+        .await
+    }
+
+    async fn recipients_in_progress(&self, campaign: &CampaignId) -> Result<u32> {
+        let campaign = campaign.clone();
+        self.read_point(move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM campaign_recipients \
+                     WHERE campaign_id = ?1 AND state = 'in_progress'",
+                )
+                .db()?
+                .query_row([campaign.as_str()], |row| row.get(0))
+                .db()?;
+            Ok(count as u32)
+        })
+        .await
+    }
+
+    async fn start_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        session: NewSession,
+    ) -> Result<bool> {
+        let campaign = campaign.clone();
+        let insert = SessionInsert::new(session)?;
+        self.write(move |conn| {
+            let claimed = conn
+                .prepare_cached(&format!(
+                    "UPDATE campaign_recipients SET state = 'in_progress', \
+                     attempts = attempts + 1, session_id = ?4, next_at = NULL, updated_at = ?5 \
+                     WHERE campaign_id = ?1 AND n = ?2 AND attempts = ?3 AND state IN {DUE}"
+                ))
+                .db()?
+                .execute(params![
+                    campaign.as_str(),
+                    n,
+                    attempts,
+                    insert.s.id.to_string(),
+                    now_micros()
+                ])
+                .db()?;
+            if claimed == 0 {
+                return Ok(false);
+            }
+            match insert_session(conn, &insert)? {
+                Created::Stored => Ok(true),
+                Created::Duplicate(_) => Err(StoreError::Internal(anyhow::anyhow!(
+                    "an attempt's session carries no idempotency key"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn defer_recipient(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        attempts: u32,
+        change: RecipientChange,
+    ) -> Result<bool> {
+        let campaign = campaign.clone();
+        self.write(move |conn| {
+            change_recipient(
+                conn,
+                &campaign,
+                n,
+                &change,
+                &format!("attempts = ?8 AND state IN {DUE}"),
+                &[&attempts],
+            )
+        })
+        .await
+    }
+
+    async fn ended_attempts(
+        &self,
+        campaign: &CampaignId,
+        limit: usize,
+    ) -> Result<Vec<EndedAttempt>> {
+        let campaign = campaign.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT r.n, r.session_id, r.attempts, s.outcome \
+                     FROM campaign_recipients r JOIN sessions s ON s.id = r.session_id \
+                     WHERE r.campaign_id = ?1 AND r.state = 'in_progress' AND s.status = 'ended' \
+                     ORDER BY r.n LIMIT ?2",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![campaign.as_str(), limit as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                })
+                .db()?;
+            rows.map(|row| {
+                let (n, session, attempts, outcome) = row.db()?;
+                Ok(EndedAttempt {
+                    n: n as u32,
+                    session_id: session
+                        .parse()
+                        .map_err(|_| rows::bad_value("session_id", &session))?,
+                    attempts: attempts as u32,
+                    outcome: outcome
+                        .as_deref()
+                        .unwrap_or("failed")
+                        .parse()
+                        .map_err(|_| rows::bad_value("outcome", format!("{outcome:?}")))?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn settle_attempt(
+        &self,
+        campaign: &CampaignId,
+        n: u32,
+        session_id: SessionId,
+        change: RecipientChange,
+    ) -> Result<bool> {
+        let campaign = campaign.clone();
+        self.write(move |conn| {
+            let session = session_id.to_string();
+            change_recipient(
+                conn,
+                &campaign,
+                n,
+                &change,
+                "state = 'in_progress' AND session_id = ?8",
+                &[&session],
+            )
+        })
+        .await
+    }
+
+    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64> {
+        let campaign = campaign.clone();
+        self.write(move |conn| {
+            let closed = conn
+                .prepare_cached(&format!(
+                    "UPDATE campaign_recipients SET state = ?2, next_at = NULL, updated_at = ?3 \
+                     WHERE campaign_id = ?1 AND state IN {DUE}"
+                ))
+                .db()?
+                .execute(params![campaign.as_str(), to.as_str(), now_micros()])
+                .db()?;
+            Ok(closed as u64)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl OptOutStore for SqliteStore {
     async fn add_opt_out(&self, account: AccountId, o: OptOut) -> Result<bool> {
@@ -1053,94 +1554,116 @@ impl AgentStore for SqliteStore {
     }
 }
 
+/// A session as [`insert_session`] writes it: its JSON made beforehand,
+/// off the writer thread.
+struct SessionInsert {
+    s: NewSession,
+    parameters: String,
+    first_input: Option<InputInsert>,
+    whatsapp: Option<String>,
+}
+
+impl SessionInsert {
+    fn new(s: NewSession) -> Result<Self> {
+        Ok(SessionInsert {
+            parameters: to_json(&s.parameters)?,
+            first_input: s.first_input.as_ref().map(InputInsert::new).transpose()?,
+            whatsapp: s.whatsapp.as_ref().map(to_json).transpose()?,
+            s,
+        })
+    }
+}
+
+/// Stores a session, its first event and its dispatch job (and its
+/// idempotency record), in the writer's transaction.
+fn insert_session(conn: &Connection, i: &SessionInsert) -> Result<Created> {
+    let id = i.s.id.to_string();
+    let created = to_micros(i.s.created_at);
+    if let Some(idem) = &i.s.idempotency {
+        let existing = conn
+            .prepare_cached(
+                "SELECT request_hash, response, created_at FROM idempotency_keys \
+                     WHERE account_id = ?1 AND key = ?2",
+            )
+            .db()?
+            .query_row(params![i.s.account_id, idem.key], |row| {
+                let hash: Vec<u8> = row.get(0)?;
+                Ok((hash, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            })
+            .optional()
+            .db()?;
+        if let Some((hash, response, at)) = existing {
+            if created - at < IDEMPOTENCY_WINDOW.as_micros() as i64 {
+                return Ok(Created::Duplicate(IdempotentResponse {
+                    request_hash: hash.try_into().unwrap_or([0; 32]),
+                    response,
+                }));
+            }
+        }
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys \
+                 (account_id, key, request_hash, response, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .db()?
+        .execute(params![
+            i.s.account_id,
+            idem.key,
+            &idem.request_hash[..],
+            idem.response,
+            created
+        ])
+        .db()?;
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', NULL, ?8, ?9, ?10, ?11, NULL, ?12, NULL, \
+              ?13, ?14)"
+    ))
+    .db()?
+    .execute(params![
+        id,
+        i.s.account_id,
+        i.s.agent_id.as_str(),
+        i.s.agent_version,
+        i.s.channel.as_str(),
+        i.s.to,
+        i.s.from,
+        i.s.status_url,
+        i.s.hangup_on_machine,
+        i.parameters,
+        i.whatsapp,
+        created,
+        i.s.inbound,
+        i.s.campaign_id.as_ref().map(|c| c.as_str())
+    ])
+    .db()?;
+    if let Some(input) = &i.first_input {
+        insert_input(conn, &id, input)?;
+    }
+    insert_event(
+        conn,
+        &id,
+        &EventRow::new(&NewEvent {
+            key: Some("queued".into()),
+            event: herald_core::session::SessionEvent::Queued,
+            at: i.s.created_at,
+        })?,
+    )?;
+    conn.prepare_cached(
+        "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES (?1, ?2, ?3)",
+    )
+    .db()?
+    .execute(params![id, created, i.s.account_id])
+    .db()?;
+    Ok(Created::Stored)
+}
+
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn create_session(&self, s: NewSession) -> Result<Created> {
-        let parameters = to_json(&s.parameters)?;
-        let first_input = s.first_input.as_ref().map(InputInsert::new).transpose()?;
-        let whatsapp = s.whatsapp.as_ref().map(to_json).transpose()?;
-        self.write(move |conn| {
-            let id = s.id.to_string();
-            let created = to_micros(s.created_at);
-            if let Some(idem) = &s.idempotency {
-                let existing = conn
-                    .prepare_cached(
-                        "SELECT request_hash, response, created_at FROM idempotency_keys \
-                         WHERE account_id = ?1 AND key = ?2",
-                    )
-                    .db()?
-                    .query_row(params![s.account_id, idem.key], |row| {
-                        let hash: Vec<u8> = row.get(0)?;
-                        Ok((hash, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
-                    })
-                    .optional()
-                    .db()?;
-                if let Some((hash, response, at)) = existing {
-                    if created - at < IDEMPOTENCY_WINDOW.as_micros() as i64 {
-                        return Ok(Created::Duplicate(IdempotentResponse {
-                            request_hash: hash.try_into().unwrap_or([0; 32]),
-                            response,
-                        }));
-                    }
-                }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO idempotency_keys \
-                     (account_id, key, request_hash, response, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db()?
-                .execute(params![
-                    s.account_id,
-                    idem.key,
-                    &idem.request_hash[..],
-                    idem.response,
-                    created
-                ])
-                .db()?;
-            }
-            conn.prepare_cached(&format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', NULL, ?8, ?9, ?10, ?11, NULL, ?12, NULL, \
-                  ?13)"
-            ))
-            .db()?
-            .execute(params![
-                id,
-                s.account_id,
-                s.agent_id.as_str(),
-                s.agent_version,
-                s.channel.as_str(),
-                s.to,
-                s.from,
-                s.status_url,
-                s.hangup_on_machine,
-                parameters,
-                whatsapp,
-                created,
-                s.inbound
-            ])
-            .db()?;
-            if let Some(input) = &first_input {
-                insert_input(conn, &id, input)?;
-            }
-            insert_event(
-                conn,
-                &id,
-                &EventRow::new(&NewEvent {
-                    key: Some("queued".into()),
-                    event: herald_core::session::SessionEvent::Queued,
-                    at: s.created_at,
-                })?,
-            )?;
-            conn.prepare_cached(
-                "INSERT INTO dispatch_jobs (session_id, run_at, account_id) VALUES (?1, ?2, ?3)",
-            )
-            .db()?
-            .execute(params![id, created, s.account_id])
-            .db()?;
-            Ok(Created::Stored)
-        })
-        .await
+        let insert = SessionInsert::new(s)?;
+        self.write(move |conn| insert_session(conn, &insert)).await
     }
 
     async fn idempotent_response(
@@ -1210,6 +1733,10 @@ impl SessionStore for SqliteStore {
             if let Some(status) = f.status {
                 args.push(Box::new(status.as_str()));
                 sql += &format!(" AND status = ?{}", args.len());
+            }
+            if let Some(campaign) = &f.campaign_id {
+                args.push(Box::new(campaign.as_str().to_owned()));
+                sql += &format!(" AND campaign_id = ?{}", args.len());
             }
             if let Some(before) = f.before {
                 args.push(Box::new(before.to_string()));

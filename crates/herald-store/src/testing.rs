@@ -98,5 +98,6 @@ pub fn new_session(account: AccountId, agent: &AgentId, id: SessionId) -> NewSes
         idempotency: None,
         inbound: false,
         first_input: None,
+        campaign_id: None,
     }
 }

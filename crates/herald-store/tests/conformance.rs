@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::flow::FlowDefinition;
 use herald_core::session::{Outcome, SessionEvent, SessionInput, SessionStatus};
-use herald_core::{AccountId, AgentId, Channel, ConnectionId, Region, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, ConnectionId, Region, SessionId};
 use herald_store::testing::new_session as session;
 use herald_store::*;
 
@@ -69,6 +70,8 @@ conformance!(
     a_session_that_ends_waiting_takes_late_reports_until_its_time,
     a_session_s_own_job_is_leased_asleep_or_due_but_never_twice,
     opt_outs_are_per_account_and_channel_and_page_in_order,
+    a_campaign_moves_only_from_the_states_it_is_asked_to,
+    a_campaign_s_recipients_are_added_once_and_attempted_once,
 );
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -1797,7 +1800,7 @@ async fn a_sqlite_database_of_the_previous_schema_upgrades() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 9);
 }
 
 /// A PostgreSQL schema made by the previous release (version 1) opens,
@@ -1846,7 +1849,7 @@ async fn a_postgres_schema_of_the_previous_version_upgrades() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 // ---- what providers report ----------------------------------------------------
@@ -2150,4 +2153,339 @@ async fn opt_outs_are_per_account_and_channel_and_page_in_order(store: Arc<dyn S
         .await
         .unwrap()
         .is_none());
+}
+
+async fn new_campaign(store: &dyn Store) -> (AccountId, AgentId, CampaignRecord) {
+    let (account, agent) = agent(store).await;
+    let campaign = store
+        .create_campaign(NewCampaign {
+            id: CampaignId::generate(),
+            account_id: account,
+            name: "reminders".into(),
+            agent_id: agent.clone(),
+            status_url: Some("https://example.com/status".into()),
+            settings: serde_json::json!({"pace": {"per_second": 5}}),
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    (account, agent, campaign)
+}
+
+fn recipient(to: &str, id: Option<&str>) -> NewRecipient {
+    NewRecipient {
+        to: to.into(),
+        external_id: id.map(str::to_owned),
+        timezone: Some("Europe/London".into()),
+        zone_source: "number".into(),
+        parameters: herald_core::session::SessionParameters::from_json(
+            &serde_json::json!([{"name": "NAME", "value": "Ada"}]),
+        )
+        .unwrap(),
+    }
+}
+
+fn attempt_of(account: AccountId, agent: &AgentId, campaign: &CampaignId, to: &str) -> NewSession {
+    let mut s = session(account, agent, SessionId::generate());
+    s.to = to.into();
+    s.campaign_id = Some(campaign.clone());
+    s
+}
+
+/// A campaign starts in `draft`, is its account's alone, and moves only
+/// from the states a change names; its first start and its end are dated,
+/// and only a scheduled or running one is live.
+async fn a_campaign_moves_only_from_the_states_it_is_asked_to(store: Arc<dyn Store>) {
+    let (account, _, campaign) = new_campaign(store.as_ref()).await;
+    assert_eq!(campaign.state, CampaignState::Draft);
+    assert_eq!(campaign.settings["pace"]["per_second"], 5);
+    assert!(store
+        .campaign(account + 1, &campaign.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.campaigns(account).await.unwrap(),
+        std::slice::from_ref(&campaign)
+    );
+    assert!(store.live_campaigns().await.unwrap().is_empty());
+    let id = &campaign.id;
+    let now = Utc::now();
+    let running = store
+        .set_campaign_state(
+            account,
+            id,
+            &[CampaignState::Draft],
+            CampaignState::Running,
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.state, CampaignState::Running);
+    assert_eq!(
+        running.started_at.map(|t| t.timestamp_micros()),
+        Some(now.timestamp_micros())
+    );
+    assert_eq!(store.live_campaigns().await.unwrap().len(), 1);
+    assert!(store
+        .set_campaign_state(
+            account,
+            id,
+            &[CampaignState::Draft],
+            CampaignState::Running,
+            now
+        )
+        .await
+        .unwrap()
+        .is_none());
+    let paused = store
+        .set_campaign_state(
+            account,
+            id,
+            &[CampaignState::Running],
+            CampaignState::Paused,
+            later(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.live_campaigns().await.unwrap().is_empty());
+    let resumed = store
+        .set_campaign_state(
+            account,
+            id,
+            &[CampaignState::Paused],
+            CampaignState::Running,
+            later(2),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resumed.started_at, running.started_at,
+        "the first start stays"
+    );
+    assert_eq!(paused.ended_at, None);
+    let cancelled = store
+        .set_campaign_state(
+            account,
+            id,
+            &[CampaignState::Running, CampaignState::Paused],
+            CampaignState::Cancelled,
+            later(3),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cancelled.ended_at.is_some());
+    assert!(store
+        .set_campaign_state(
+            account + 1,
+            id,
+            &[CampaignState::Cancelled],
+            CampaignState::Running,
+            now
+        )
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Recipients are numbered in the order added and refused when their `to`
+/// or id is taken; an addition past the cap stores nothing. Each attempt's
+/// session is made once, however many servers try at once; an ended
+/// attempt is settled once; a change applies only in the state it was
+/// decided in; the counts say where everyone is.
+async fn a_campaign_s_recipients_are_added_once_and_attempted_once(store: Arc<dyn Store>) {
+    let (account, agent, campaign) = new_campaign(store.as_ref()).await;
+    let id = &campaign.id;
+    let added = store
+        .add_recipients(
+            id,
+            vec![
+                recipient("447700900001", Some("a1")),
+                recipient("447700900002", Some("b1")),
+                recipient("447700900001", None),
+                recipient("447700900003", Some("a1")),
+            ],
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.accepted, 2);
+    assert_eq!(
+        added.refused,
+        [
+            (2, RecipientRefusal::DuplicateTo),
+            (3, RecipientRefusal::DuplicateId)
+        ]
+    );
+    let over = store
+        .add_recipients(
+            id,
+            vec![
+                recipient("447700900004", None),
+                recipient("447700900005", None),
+            ],
+            3,
+        )
+        .await;
+    assert!(matches!(over, Err(StoreError::Conflict(_))), "{over:?}");
+    let read = store.campaign(account, id).await.unwrap().unwrap();
+    assert_eq!(read.recipients, 2, "nothing of a refused addition is kept");
+
+    let due = store.due_recipients(id, Utc::now(), 10).await.unwrap();
+    assert_eq!(due.iter().map(|r| r.n).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(due[0].to, "447700900001");
+    assert_eq!(due[0].external_id.as_deref(), Some("a1"));
+    assert_eq!(due[0].state, RecipientState::Pending);
+    assert_eq!(due[0].parameters, recipient("x", None).parameters);
+
+    let first = attempt_of(account, &agent, id, "447700900001");
+    let first_id = first.id;
+    assert!(store.start_attempt(id, 0, 0, first).await.unwrap());
+    assert!(!store
+        .start_attempt(id, 0, 0, attempt_of(account, &agent, id, "447700900001"))
+        .await
+        .unwrap());
+    // Servers racing for one recipient: one session.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, agent, id) = (store.clone(), agent.clone(), id.clone());
+            tokio::spawn(async move {
+                let attempt = attempt_of(account, &agent, &id, "447700900002");
+                store.start_attempt(&id, 1, 0, attempt).await.unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        won += usize::from(racer.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    let filter = SessionFilter {
+        campaign_id: Some(id.clone()),
+        limit: 10,
+        ..Default::default()
+    };
+    let sessions = store.sessions(account, filter).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions.iter().all(|s| s.campaign_id.as_ref() == Some(id)));
+    assert_eq!(store.recipients_in_progress(id).await.unwrap(), 2);
+    assert!(store
+        .due_recipients(id, Utc::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.ended_attempts(id, 10).await.unwrap().is_empty());
+
+    // The first attempt's session ends busy.
+    let lease = store
+        .claim_dispatches(Utc::now(), LEASE, 10, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.session_id == first_id)
+        .unwrap();
+    store
+        .update_session(
+            first_id,
+            SessionUpdate {
+                job: JobFate::Finish(Some(Ending {
+                    outcome: Outcome::Busy,
+                    at: Utc::now(),
+                })),
+                ..SessionUpdate::keep(lease.token)
+            },
+        )
+        .await
+        .unwrap();
+    let ended = store.ended_attempts(id, 10).await.unwrap();
+    assert_eq!(
+        ended,
+        [EndedAttempt {
+            n: 0,
+            session_id: first_id,
+            attempts: 1,
+            outcome: Outcome::Busy
+        }]
+    );
+    let retry = RecipientChange {
+        state: RecipientState::Waiting,
+        next_at: Some(later(60)),
+        last_outcome: Some(Outcome::Busy),
+        skip_reason: None,
+    };
+    assert!(store
+        .settle_attempt(id, 0, first_id, retry.clone())
+        .await
+        .unwrap());
+    assert!(!store.settle_attempt(id, 0, first_id, retry).await.unwrap());
+    assert!(store
+        .due_recipients(id, Utc::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let waiting = store.due_recipients(id, later(120), 10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].n, waiting[0].attempts), (0, 1));
+    assert_eq!(waiting[0].last_outcome, Some(Outcome::Busy));
+
+    let skip = RecipientChange {
+        state: RecipientState::Skipped,
+        next_at: None,
+        last_outcome: None,
+        skip_reason: Some("opted_out".into()),
+    };
+    assert!(
+        !store.defer_recipient(id, 0, 0, skip.clone()).await.unwrap(),
+        "a stale count"
+    );
+    assert!(
+        !store.defer_recipient(id, 1, 0, skip.clone()).await.unwrap(),
+        "in progress"
+    );
+    assert!(store.defer_recipient(id, 0, 1, skip).await.unwrap());
+
+    let counts = store.recipient_counts(id).await.unwrap();
+    let mut by_state = counts.by_state.clone();
+    by_state.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        by_state,
+        [
+            (RecipientState::InProgress, 1),
+            (RecipientState::Skipped, 1)
+        ]
+    );
+    assert_eq!(counts.by_outcome, [(Outcome::Busy, 1)]);
+    assert_eq!(counts.by_skip_reason, [("opted_out".to_owned(), 1)]);
+    assert_eq!(counts.attempts, 2);
+    let skipped = store
+        .recipients(id, Some(RecipientState::Skipped), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].skip_reason.as_deref(), Some("opted_out"));
+    let after_first = store.recipients(id, None, Some(0), 10).await.unwrap();
+    assert_eq!(after_first.iter().map(|r| r.n).collect::<Vec<_>>(), [1]);
+    assert!(after_first[0].session_id.is_some());
+
+    let last = store
+        .add_recipients(id, vec![recipient("447700900009", None)], 3)
+        .await
+        .unwrap();
+    assert_eq!(last.accepted, 1);
+    assert_eq!(
+        store
+            .close_recipients(id, RecipientState::Cancelled)
+            .await
+            .unwrap(),
+        1
+    );
+    let cancelled = store
+        .recipients(id, Some(RecipientState::Cancelled), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(cancelled[0].n, 2);
 }

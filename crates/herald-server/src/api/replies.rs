@@ -386,6 +386,7 @@ pub(crate) async fn deliver(
         idempotency,
         inbound: true,
         first_input: Some(input),
+        campaign_id: None,
     };
     if let Created::Duplicate(first) = app.store.create_session(session).await? {
         return serde_json::from_str(&first.response).map_err(|e| {

@@ -344,6 +344,7 @@ async fn trigger(
             request_hash,
             response: response_body.clone(),
         }),
+        campaign_id: None,
     };
     match app.store.create_session(new).await {
         Ok(Created::Stored) => {

@@ -1,0 +1,58 @@
+-- herald's SQLite schema, version 9: campaigns (CONTRACT §12).
+
+-- A campaign: an agent, the people it is to reach, and how (its schedule,
+-- window, pace, retries and WhatsApp template, kept as the JSON it was
+-- created with, checked). `state`: draft, scheduled, running, paused,
+-- completed, cancelled.
+CREATE TABLE campaigns (
+    id          TEXT PRIMARY KEY,
+    account_id  INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    agent_id    TEXT NOT NULL,
+    status_url  TEXT,
+    settings    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    recipients  INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    ended_at    INTEGER
+);
+CREATE INDEX campaigns_account ON campaigns(account_id, created_at);
+CREATE INDEX campaigns_live ON campaigns(state) WHERE state IN ('scheduled', 'running');
+
+-- Each recipient of a campaign, numbered in the order it was added (`n`).
+-- `state`: pending, waiting (for its window or a retry, until `next_at`),
+-- in_progress (its attempt's session, `session_id`, is under way),
+-- completed, failed (its last attempt's outcome was not retried), skipped
+-- (`skip_reason`), expired, cancelled. `attempts` counts the sessions
+-- started for it; the one that starts attempt k moves it from k-1 to k in
+-- the same transaction, so no attempt is made twice.
+CREATE TABLE campaign_recipients (
+    campaign_id  TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    recipient    TEXT NOT NULL,
+    external_id  TEXT,
+    timezone     TEXT,
+    zone_source  TEXT NOT NULL,
+    parameters   TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      INTEGER,
+    session_id   TEXT,
+    last_outcome TEXT,
+    skip_reason  TEXT,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, n)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX campaign_recipients_to ON campaign_recipients(campaign_id, recipient);
+CREATE UNIQUE INDEX campaign_recipients_id ON campaign_recipients(campaign_id, external_id)
+    WHERE external_id IS NOT NULL;
+CREATE INDEX campaign_recipients_due ON campaign_recipients(campaign_id, next_at)
+    WHERE state IN ('pending', 'waiting');
+CREATE INDEX campaign_recipients_under_way ON campaign_recipients(campaign_id)
+    WHERE state = 'in_progress';
+
+-- The campaign a session is an attempt of, if any.
+ALTER TABLE sessions ADD COLUMN campaign_id TEXT;
+CREATE INDEX sessions_campaign ON sessions(account_id, campaign_id, id)
+    WHERE campaign_id IS NOT NULL;
