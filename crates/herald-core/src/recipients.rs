@@ -585,6 +585,7 @@ fn check_utf8(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// What reading a body gave: the rows handed out, then how it ended.
     #[derive(Debug, PartialEq)]
@@ -1167,5 +1168,128 @@ mod tests {
         );
         assert_eq!(reader.finish(&mut |_| rows += 1), Err(error));
         assert_eq!(rows, 0);
+    }
+
+    /// Writes one record the way a spreadsheet would: a field is quoted when
+    /// it holds a comma, a quote or a line break.
+    fn write_record(body: &mut String, fields: &[String], line_end: &str) {
+        for (index, field) in fields.iter().enumerate() {
+            if index > 0 {
+                body.push(',');
+            }
+            if field.contains([',', '"', '\r', '\n']) {
+                body.push('"');
+                body.push_str(&field.replace('"', "\"\""));
+                body.push('"');
+            } else {
+                body.push_str(field);
+            }
+        }
+        body.push_str(line_end);
+    }
+
+    /// A header: `to`, maybe `id` and `timezone`, and parameters whose names
+    /// hold commas, quotes and line breaks, in any order.
+    fn header() -> impl Strategy<Value = Vec<String>> {
+        (
+            prop::collection::vec("[a-z ,\"\r\né]{0,4}", 0..4),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_flat_map(|(suffixes, id, timezone)| {
+                let mut names = vec!["to".to_owned()];
+                if id {
+                    names.push("id".to_owned());
+                }
+                if timezone {
+                    names.push("timezone".to_owned());
+                }
+                names.extend(
+                    suffixes
+                        .iter()
+                        .enumerate()
+                        .map(|(index, suffix)| format!("p{index}{suffix}.")),
+                );
+                Just(names).prop_shuffle()
+            })
+    }
+
+    /// An upload: its header, its rows (each maybe after a blank line), its
+    /// line end, whether it starts with a byte order mark and ends with a
+    /// line end, and the chunk sizes it arrives in.
+    #[allow(clippy::type_complexity)]
+    fn upload() -> impl Strategy<
+        Value = (
+            Vec<String>,
+            Vec<(bool, Vec<String>)>,
+            &'static str,
+            bool,
+            bool,
+            Vec<usize>,
+        ),
+    > {
+        header().prop_flat_map(|header| {
+            let width = header.len();
+            (
+                Just(header),
+                prop::collection::vec(
+                    (
+                        any::<bool>(),
+                        prop::collection::vec("[a-z0-9 ,\"\r\né😀]{0,6}", width),
+                    ),
+                    0..12,
+                ),
+                prop_oneof![Just("\n"), Just("\r\n")],
+                any::<bool>(),
+                any::<bool>(),
+                prop::collection::vec(1usize..48, 1..6),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn reads_back_what_a_writer_wrote(
+            (header, mut rows, line_end, bom, last_line_end, chunks) in upload()
+        ) {
+            let to = header.iter().position(|name| name == "to").unwrap();
+            let mut body = String::new();
+            if bom {
+                body.push('\u{feff}');
+            }
+            write_record(&mut body, &header, line_end);
+            let mut expected = Vec::new();
+            let count = rows.len();
+            for (index, (blank_before, fields)) in rows.iter_mut().enumerate() {
+                if fields[to].is_empty() {
+                    fields[to] = "0".to_owned();
+                }
+                if *blank_before {
+                    body.push_str(line_end);
+                }
+                let mut recipient = Recipient {
+                    line: 1 + body.matches('\n').count() as u64,
+                    to: String::new(),
+                    id: None,
+                    timezone: None,
+                    parameters: Vec::new(),
+                };
+                for (name, value) in header.iter().zip(fields.iter()) {
+                    let set = (!value.is_empty()).then(|| value.clone());
+                    match name.as_str() {
+                        "to" => recipient.to = value.clone(),
+                        "id" => recipient.id = set,
+                        "timezone" => recipient.timezone = set,
+                        _ => recipient.parameters.extend(set.map(|value| (name.clone(), value))),
+                    }
+                }
+                expected.push(Row::Recipient(recipient));
+                let last = index + 1 == count;
+                write_record(&mut body, fields, if last && !last_line_end { "" } else { line_end });
+            }
+            let outcome = read_in(body.as_bytes(), chunks.iter().copied().cycle(), Limits::default());
+            prop_assert_eq!(outcome.rows, expected);
+            prop_assert_eq!(outcome.end, summary(count as u64, 0));
+        }
     }
 }
