@@ -12,6 +12,7 @@ pub mod flow;
 pub mod ids;
 pub mod keys;
 pub mod net;
+pub mod recipients;
 pub mod secret;
 pub mod session;
 pub mod template;
