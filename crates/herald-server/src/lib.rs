@@ -18,6 +18,7 @@
 //! tracks the leased work a shutdown must finish or give back.
 
 pub mod api;
+pub mod campaigns;
 pub mod directory;
 pub mod leases;
 pub mod metrics;

@@ -258,8 +258,9 @@ pub trait CampaignStore: Send + Sync + 'static {
         -> Result<Option<CampaignRecord>>;
     /// The account's campaigns, newest first.
     async fn campaigns(&self, account: AccountId) -> Result<Vec<CampaignRecord>>;
-    /// Every campaign that is scheduled or running, of every account: what
-    /// the scheduler works on.
+    /// Every campaign that is scheduled, running or paused, or cancelled
+    /// with attempts still under way, of every account: what the scheduler
+    /// works on.
     async fn live_campaigns(&self) -> Result<Vec<CampaignRecord>>;
     /// Moves the campaign to `to` if it is in one of `from`; `None` when it
     /// is not (or there is no such campaign). `at` is when it started, for

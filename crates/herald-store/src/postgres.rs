@@ -1144,7 +1144,10 @@ impl CampaignStore for PostgresStore {
     async fn live_campaigns(&self) -> Result<Vec<CampaignRecord>> {
         sqlx::query(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns \
-             WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
+             WHERE state IN ('scheduled', 'running', 'paused') \
+                     OR (state = 'cancelled' AND EXISTS (SELECT 1 FROM campaign_recipients r \
+                         WHERE r.campaign_id = campaigns.id AND r.state = 'in_progress')) \
+                     ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await

@@ -780,7 +780,10 @@ impl CampaignStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {CAMPAIGN_COLUMNS} FROM campaigns \
-                     WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
+                     WHERE state IN ('scheduled', 'running', 'paused') \
+                     OR (state = 'cancelled' AND EXISTS (SELECT 1 FROM campaign_recipients r \
+                         WHERE r.campaign_id = campaigns.id AND r.state = 'in_progress')) \
+                     ORDER BY created_at, id"
                 ))
                 .db()?;
             all(&mut stmt, [], |row| rows::campaign(row))

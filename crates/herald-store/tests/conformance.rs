@@ -2250,7 +2250,11 @@ async fn a_campaign_moves_only_from_the_states_it_is_asked_to(store: Arc<dyn Sto
         .await
         .unwrap()
         .unwrap();
-    assert!(store.live_campaigns().await.unwrap().is_empty());
+    assert_eq!(
+        store.live_campaigns().await.unwrap().len(),
+        1,
+        "paused is live"
+    );
     let resumed = store
         .set_campaign_state(
             account,
@@ -2279,6 +2283,10 @@ async fn a_campaign_moves_only_from_the_states_it_is_asked_to(store: Arc<dyn Sto
         .unwrap()
         .unwrap();
     assert!(cancelled.ended_at.is_some());
+    assert!(
+        store.live_campaigns().await.unwrap().is_empty(),
+        "cancelled with nothing under way"
+    );
     assert!(store
         .set_campaign_state(
             account + 1,

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod agents;
+pub mod campaigns;
 pub mod connections;
 pub mod error;
 pub mod openapi;
@@ -59,6 +60,17 @@ pub fn router(app: AppState) -> Router {
             "/whatsapp/templates",
             post(templates::create).get(templates::list),
         )
+        .route("/campaigns", post(campaigns::create).get(campaigns::list))
+        .route("/campaigns/{campaign_id}", get(campaigns::read))
+        .route(
+            "/campaigns/{campaign_id}/recipients",
+            post(campaigns::add_recipients).get(campaigns::recipients),
+        )
+        .route("/campaigns/{campaign_id}/start", post(campaigns::start))
+        .route("/campaigns/{campaign_id}/pause", post(campaigns::pause))
+        .route("/campaigns/{campaign_id}/resume", post(campaigns::resume))
+        .route("/campaigns/{campaign_id}/cancel", post(campaigns::cancel))
+        .route("/campaigns/{campaign_id}/export", get(campaigns::export))
         .route("/opt-outs", post(opt_outs::create).get(opt_outs::list))
         .route("/opt-outs/{channel}/{to}", delete(opt_outs::delete))
         .route("/account", get(account::read))

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    account, agents, connections, ops, opt_outs, replies, sessions, templates, triggers, webhooks,
+    account, agents, campaigns, connections, ops, opt_outs, replies, sessions, templates, triggers,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +34,16 @@ use crate::api::{
         connections::check,
         templates::create,
         templates::list,
+        campaigns::create,
+        campaigns::list,
+        campaigns::read,
+        campaigns::add_recipients,
+        campaigns::recipients,
+        campaigns::start,
+        campaigns::pause,
+        campaigns::resume,
+        campaigns::cancel,
+        campaigns::export,
         opt_outs::list,
         opt_outs::create,
         opt_outs::delete,
@@ -56,6 +67,7 @@ use crate::api::{
         (name = "agents", description = "Agents and their published versions"),
         (name = "connections", description = "Connections to channel providers (CONTRACT §10)"),
         (name = "templates", description = "WhatsApp templates"),
+        (name = "campaigns", description = "Many recipients, at a pace, in their hours (CONTRACT §12)"),
         (name = "opt-outs", description = "Recipients who must not be contacted (CONTRACT §13)"),
         (name = "account", description = "The calling account"),
         (name = "sessions", description = "What happened in each session"),

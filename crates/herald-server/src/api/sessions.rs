@@ -8,7 +8,7 @@ use herald_core::session::transcript::{transcript, TranscriptEntry};
 use herald_core::session::SessionEvent;
 use herald_core::session::{Outcome, SessionParameter, SessionStatus};
 use herald_core::time::{rfc3339, session_start_time};
-use herald_core::{AccountId, AgentId, Channel, SessionId};
+use herald_core::{AccountId, AgentId, CampaignId, Channel, SessionId};
 use herald_store::{EventRecord, SessionFilter, SessionRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,6 +38,9 @@ pub struct SessionView {
     /// Voice only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hangup_on_answer_machine: Option<bool>,
+    /// The campaign the session is an attempt of, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
     /// Voice only, once the call is placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_uuid: Option<String>,
@@ -97,6 +100,7 @@ impl SessionView {
             status_url: s.status_url,
             hangup_on_answer_machine: (s.channel == Channel::Voice).then_some(s.hangup_on_machine),
             conversation_uuid: s.conversation_uuid,
+            campaign_id: s.campaign_id.map(|c| c.to_string()),
             session_start_time: session_start_time(s.created_at),
             created_at: rfc3339(s.created_at),
             ended_at: s.ended_at.map(rfc3339),
@@ -136,6 +140,7 @@ pub async fn read(
 #[utoipa::path(get, path = "/sessions", operation_id = "list_sessions", tag = "sessions",
     params(
         ("agent_id" = Option<String>, Query, description = "Only this agent's sessions"),
+        ("campaign_id" = Option<String>, Query, description = "Only the attempts of this campaign"),
         ("status" = Option<SessionStatus>, Query, description = "queued, active or ended"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
         ("cursor" = Option<String>, Query,
@@ -160,6 +165,13 @@ pub async fn list(
                 // An id that cannot exist matches nothing, like an unknown one.
                 filter.agent_id =
                     Some(value.parse::<AgentId>().unwrap_or_else(|_| {
+                        "000000000000000000000000".parse().expect("a valid id")
+                    }));
+            }
+            "campaign_id" => {
+                // As for agents: an id that cannot exist matches nothing.
+                filter.campaign_id =
+                    Some(value.parse::<CampaignId>().unwrap_or_else(|_| {
                         "000000000000000000000000".parse().expect("a valid id")
                     }));
             }

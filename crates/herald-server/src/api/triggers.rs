@@ -621,7 +621,7 @@ fn resolve_agent(
 }
 
 /// CONTRACT §3.4: the template is registered and its placeholders match.
-async fn check_template(
+pub(crate) async fn check_template(
     app: &AppState,
     account: AccountId,
     message: &TemplateMessage,

@@ -203,6 +203,10 @@ pub async fn start_with_store(
         app.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(crate::campaigns::run(
+        app.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(refresh_directory(
         app.clone(),
         shutdown.clone(),

@@ -19,7 +19,7 @@ CREATE TABLE campaigns (
     ended_at    BIGINT
 );
 CREATE INDEX campaigns_account ON campaigns(account_id, created_at);
-CREATE INDEX campaigns_live ON campaigns(state) WHERE state IN ('scheduled', 'running');
+CREATE INDEX campaigns_state ON campaigns(state);
 
 -- Each recipient of a campaign, numbered in the order it was added (`n`).
 -- `state`: pending, waiting (for its window or a retry, until `next_at`),

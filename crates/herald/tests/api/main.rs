@@ -9,6 +9,7 @@ mod helpers;
 
 mod agents;
 mod callbacks;
+mod campaigns;
 mod connections;
 mod conventions;
 mod conversations;

@@ -667,3 +667,85 @@ async fn a_call_s_turns_may_reach_either_instance() {
     assert_eq!(calls[0].said, ["Key a number.", "You keyed 4."]);
     assert_eq!(vonage.problems(), Vec::<String>::new());
 }
+
+/// CONTRACT §12.7: servers share a campaign's recipients; one killed
+/// mid-campaign and another started in its place, every recipient is
+/// contacted exactly once and the campaign completes; the pace holds for
+/// all servers together.
+#[tokio::test]
+async fn a_campaign_survives_a_killed_server_and_contacts_everyone_once() {
+    let mut cluster = Cluster::start(2, &["--dispatch-lease-secs", "1"]).await;
+    let agent = cluster.published_agent("sms").await;
+    cluster.set_rate(&agent, 10_000).await;
+    for i in 0..2 {
+        cluster.wait_until_known(i, &agent).await;
+    }
+    let created: Value = cluster
+        .post(
+            0,
+            "/campaigns",
+            json!({"name": "all", "agent_id": agent.id, "pace": {"per_second": 20}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign_id"].as_str().unwrap().to_owned();
+    let people: Vec<String> = (0..80).map(|k| format!("4477008{k:03}10")).collect();
+    let rows: Vec<Value> = people.iter().map(|to| json!({"to": to})).collect();
+    let added: Value = cluster
+        .post(1, &format!("/campaigns/{id}/recipients"), json!(rows))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(added["accepted"], 80, "{added}");
+    let started = cluster
+        .post(1, &format!("/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status(), 200);
+    for _ in 0..400 {
+        let campaign = cluster.get(1, &format!("/campaigns/{id}")).await;
+        if campaign["counts"]["attempts"].as_u64().unwrap() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.instances.remove(0).kill();
+    let mut all = vec![
+        "--database",
+        cluster.database.as_str(),
+        "--allow-private-callbacks",
+    ];
+    all.extend_from_slice(&["--dispatch-lease-secs", "1"]);
+    cluster.instances.push(ServeProcess::start(&all, &[]).await);
+    let mut campaign = Value::Null;
+    for round in 0..1200 {
+        campaign = cluster.get(round % 2, &format!("/campaigns/{id}")).await;
+        if campaign["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(campaign["state"], "completed", "{campaign}");
+    assert_eq!(campaign["counts"]["completed"], 80, "{campaign}");
+    assert_eq!(campaign["counts"]["attempts"], 80, "{campaign}");
+    let sessions = cluster
+        .get(0, &format!("/sessions?campaign_id={id}&limit=100"))
+        .await;
+    let sessions = sessions["sessions"].as_array().unwrap();
+    let reached: HashSet<&str> = sessions.iter().map(|s| s["to"].as_str().unwrap()).collect();
+    assert_eq!(sessions.len(), 80);
+    assert_eq!(reached.len(), 80, "each once");
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = sessions
+        .iter()
+        .map(|s| s["created_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    times.sort();
+    for window in times.windows(21) {
+        assert!(
+            window[20] - window[0] >= chrono::Duration::milliseconds(990),
+            "21 attempts within a second"
+        );
+    }
+}

@@ -13,6 +13,8 @@ mod helpers;
 mod agents;
 #[path = "../api/callbacks.rs"]
 mod callbacks;
+#[path = "../api/campaigns.rs"]
+mod campaigns;
 #[path = "../api/connections.rs"]
 mod connections;
 #[path = "../api/conventions.rs"]

@@ -1,0 +1,437 @@
+//! Campaigns (CONTRACT §12): what a campaign's settings say, and the
+//! scheduler that reaches its recipients.
+//!
+//! The scheduler runs on every server. Each pass looks at every live
+//! campaign: it starts a scheduled one whose time has come, settles the
+//! attempts whose sessions have ended (retrying by outcome), and starts
+//! the attempts now due, in this order of checks for each recipient
+//! (§12.5): the opt-outs, the window in the recipient's zones, the
+//! schedule, then the pace: the campaign's `max_concurrent` and
+//! `per_second`, and the agent's rate (shared with the API's triggers).
+//! It waits for room rather than drawing 429s. Each attempt's session is
+//! made in the store's transaction that counts the attempt, so servers
+//! that pick the same recipient at once contact it once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_core::campaign::{CampaignState, RecipientState};
+use herald_core::session::{Outcome, SessionParameters};
+use herald_core::window::{Tz, Window};
+use herald_core::SessionId;
+use herald_limit::Decision;
+use herald_store::{CampaignRecord, NewSession, RecipientChange, RecipientRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::startup::Shutdown;
+use crate::AppState;
+
+/// How often the scheduler looks at the live campaigns.
+const PASS: Duration = Duration::from_millis(100);
+/// The most recipients one pass reads of one campaign.
+const BATCH: usize = 500;
+/// The most outcomes a campaign may retry after: 30 days.
+pub const MAX_RETRY_SECS: u64 = 30 * 24 * 3600;
+/// The most attempts a recipient may be given.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// The fastest pace a campaign may ask for.
+pub const MAX_PER_SECOND: u32 = 10_000;
+
+/// A campaign's settings, checked (CONTRACT §12.1); stored as this JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<Pace>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// A WhatsApp agent's template: namespace, template, locale and
+    /// components, whose texts may name the recipient's parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whatsapp: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// No attempt starts before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
+    /// Recipients not reached by then expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pace {
+    /// The most attempts started in any one second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<u32>,
+    /// The most attempts under way at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retries {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The outcomes tried again, each after so many seconds.
+    #[serde(default)]
+    pub after: BTreeMap<String, u64>,
+}
+
+/// The outcomes a campaign may retry after.
+pub const RETRIED: [Outcome; 5] = [
+    Outcome::Busy,
+    Outcome::Timeout,
+    Outcome::Failed,
+    Outcome::Machine,
+    Outcome::Rejected,
+];
+
+impl Settings {
+    /// Reads what was stored.
+    pub fn of(campaign: &CampaignRecord) -> Settings {
+        serde_json::from_value(campaign.settings.clone()).unwrap_or_default()
+    }
+
+    /// What becomes of a recipient whose attempt `attempts` ended with
+    /// `outcome` (CONTRACT §12.1): completed is never tried again; an
+    /// outcome the retries name is, after its pause, while attempts are
+    /// left.
+    pub fn after_attempt(
+        &self,
+        attempts: u32,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> RecipientChange {
+        let settled = |state| RecipientChange {
+            state,
+            next_at: None,
+            last_outcome: Some(outcome),
+            skip_reason: None,
+        };
+        if outcome == Outcome::Completed {
+            return settled(RecipientState::Completed);
+        }
+        let retry = self.retries.as_ref().and_then(|r| {
+            let after = r.after.get(outcome.as_str())?;
+            (attempts < r.max_attempts).then_some(*after)
+        });
+        match retry {
+            Some(secs) => RecipientChange {
+                state: RecipientState::Waiting,
+                next_at: Some(now + chrono::Duration::seconds(secs as i64)),
+                last_outcome: Some(outcome),
+                skip_reason: None,
+            },
+            None => settled(RecipientState::Failed),
+        }
+    }
+}
+
+/// The zones a recipient's window is read in, as stored with it.
+pub fn zones_of(recipient: &RecipientRecord) -> Vec<Tz> {
+    recipient
+        .timezone
+        .as_deref()
+        .unwrap_or("UTC")
+        .split('&')
+        .filter_map(|name| name.parse().ok())
+        .collect()
+}
+
+/// The campaign's WhatsApp template with the recipient's parameters filled
+/// into its texts.
+pub fn fill_template(template: &Value, parameters: &SessionParameters) -> Value {
+    match template {
+        Value::String(text) => Value::String(
+            herald_core::template::render(text, |name| parameters.get(name)).into_owned(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| fill_template(item, parameters))
+                .collect(),
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, value)| (name.clone(), fill_template(value, parameters)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Runs the scheduler until shutdown.
+pub async fn run(app: AppState, mut shutdown: Shutdown) {
+    loop {
+        if let Err(e) = pass(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "a campaign pass failed; trying again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PASS) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// One pass over every live campaign.
+pub async fn pass(app: &AppState) -> anyhow::Result<()> {
+    for campaign in app.store.live_campaigns().await? {
+        if let Err(e) = work_on(app, &campaign).await {
+            tracing::warn!(campaign_id = %campaign.id, error = %format!("{e:#}"),
+                "could not work on a campaign");
+        }
+    }
+    Ok(())
+}
+
+async fn work_on(app: &AppState, campaign: &CampaignRecord) -> anyhow::Result<()> {
+    let mut settings = Settings::of(campaign);
+    let now = Utc::now();
+    let schedule = settings.schedule.unwrap_or_default();
+    let store = app.store.as_ref();
+    let mut state = campaign.state;
+    if state == CampaignState::Scheduled {
+        if schedule.start_at.is_some_and(|at| at > now) {
+            return Ok(());
+        }
+        let started = store
+            .set_campaign_state(
+                campaign.account_id,
+                &campaign.id,
+                &[CampaignState::Scheduled],
+                CampaignState::Running,
+                now,
+            )
+            .await?;
+        state = started.map_or(state, |c| c.state);
+    }
+    // Attempts that ended: done, or waiting for their retry; a cancelled
+    // campaign retries nothing.
+    if state == CampaignState::Cancelled {
+        settings.retries = None;
+    }
+    for ended in store.ended_attempts(&campaign.id, BATCH).await? {
+        let change = settings.after_attempt(ended.attempts, ended.outcome, now);
+        store
+            .settle_attempt(&campaign.id, ended.n, ended.session_id, change)
+            .await?;
+    }
+    if state != CampaignState::Running {
+        return Ok(());
+    }
+    if schedule.end_at.is_some_and(|at| at <= now) {
+        store
+            .close_recipients(&campaign.id, RecipientState::Expired)
+            .await?;
+    } else {
+        start_due(app, campaign, &settings, now).await?;
+    }
+    // Over once nobody is left to reach or under way.
+    let counts = store.recipient_counts(&campaign.id).await?;
+    let open = counts
+        .by_state
+        .iter()
+        .any(|(state, n)| *n > 0 && !state.is_final());
+    if !open {
+        store
+            .set_campaign_state(
+                campaign.account_id,
+                &campaign.id,
+                &[CampaignState::Running],
+                CampaignState::Completed,
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Starts the attempts due now, as far as the pace allows.
+async fn start_due(
+    app: &AppState,
+    campaign: &CampaignRecord,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let store = app.store.as_ref();
+    let pace = settings.pace.unwrap_or_default();
+    let room = match pace.max_concurrent {
+        Some(most) => {
+            let under_way = store.recipients_in_progress(&campaign.id).await?;
+            most.saturating_sub(under_way) as usize
+        }
+        None => BATCH,
+    };
+    if room == 0 {
+        return Ok(());
+    }
+    let Some(agent) = app.directory.agent(&campaign.agent_id) else {
+        return Ok(());
+    };
+    let Some((version, from)) = agent.published.clone() else {
+        return Ok(());
+    };
+    let pace_key = format!("campaign:{}", campaign.id);
+    let agent_rate = app
+        .directory
+        .rate(&agent.agent_id)
+        .unwrap_or(app.config.default_rate);
+    for recipient in store.due_recipients(&campaign.id, now, room).await? {
+        let defer = |change: RecipientChange| {
+            store.defer_recipient(&campaign.id, recipient.n, recipient.attempts, change)
+        };
+        // 1. Opt-outs.
+        if store
+            .opt_out(campaign.account_id, agent.channel, &recipient.to)
+            .await?
+            .is_some()
+        {
+            defer(RecipientChange {
+                state: RecipientState::Skipped,
+                next_at: None,
+                last_outcome: None,
+                skip_reason: Some("opted_out".into()),
+            })
+            .await?;
+            continue;
+        }
+        // 2. The window, in the recipient's zones.
+        if let Some(window) = &settings.window {
+            let zones = zones_of(&recipient);
+            if !window.is_open(&zones, now) {
+                let opens = window.next_open(&zones, now);
+                let end = settings.schedule.and_then(|s| s.end_at);
+                let change = match opens {
+                    // 3. The schedule: it would open too late.
+                    Some(at) if end.is_some_and(|end| at >= end) => RecipientChange {
+                        state: RecipientState::Expired,
+                        next_at: None,
+                        last_outcome: None,
+                        skip_reason: None,
+                    },
+                    // Not within the search's reach: looked at again then.
+                    opens => RecipientChange {
+                        state: RecipientState::Waiting,
+                        next_at: Some(opens.unwrap_or(
+                            now + chrono::Duration::days(herald_core::window::SEARCH_DAYS as i64),
+                        )),
+                        last_outcome: recipient.last_outcome,
+                        skip_reason: None,
+                    },
+                };
+                defer(change).await?;
+                continue;
+            }
+        }
+        // 4. The pace: the campaign's, then the agent's.
+        let permit = match pace.per_second {
+            Some(rate) => match app.limiter.acquire(&pace_key, rate).await? {
+                Decision::Admitted(permit) => Some(permit),
+                Decision::Limited { .. } => return Ok(()),
+            },
+            None => None,
+        };
+        if let Decision::Limited { .. } = app
+            .limiter
+            .acquire(agent.agent_id.as_str(), agent_rate)
+            .await?
+        {
+            if let Some(permit) = permit {
+                app.limiter.release(&pace_key, permit).await;
+            }
+            return Ok(());
+        }
+        let session = NewSession {
+            id: SessionId::generate(),
+            account_id: campaign.account_id,
+            agent_id: agent.agent_id.clone(),
+            agent_version: version,
+            channel: agent.channel,
+            to: recipient.to.clone(),
+            from: from.clone(),
+            status_url: campaign.status_url.clone(),
+            hangup_on_machine: false,
+            parameters: recipient.parameters.clone(),
+            whatsapp: settings
+                .whatsapp
+                .as_ref()
+                .map(|t| fill_template(t, &recipient.parameters)),
+            created_at: Utc::now(),
+            idempotency: None,
+            inbound: false,
+            first_input: None,
+            campaign_id: Some(campaign.id.clone()),
+        };
+        if store
+            .start_attempt(&campaign.id, recipient.n, recipient.attempts, session)
+            .await?
+        {
+            app.metrics
+                .sessions_accepted
+                .get_or_create(&crate::metrics::ChannelLabels {
+                    channel: agent.channel.as_str(),
+                })
+                .inc();
+            app.dispatch_wakeup.notify_one();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(retries: serde_json::Value) -> Settings {
+        serde_json::from_value(serde_json::json!({ "retries": retries })).unwrap()
+    }
+
+    #[test]
+    fn an_attempt_is_retried_by_its_outcome_while_attempts_are_left() {
+        let now = Utc::now();
+        let s = settings(serde_json::json!({"max_attempts": 3, "after": {"busy": 60}}));
+        let busy = s.after_attempt(1, Outcome::Busy, now);
+        assert_eq!(busy.state, RecipientState::Waiting);
+        assert_eq!(busy.next_at, Some(now + chrono::Duration::seconds(60)));
+        assert_eq!(busy.last_outcome, Some(Outcome::Busy));
+        assert_eq!(
+            s.after_attempt(3, Outcome::Busy, now).state,
+            RecipientState::Failed
+        );
+        assert_eq!(
+            s.after_attempt(1, Outcome::Timeout, now).state,
+            RecipientState::Failed
+        );
+        assert_eq!(
+            s.after_attempt(1, Outcome::Completed, now).state,
+            RecipientState::Completed
+        );
+        assert_eq!(
+            Settings::default()
+                .after_attempt(1, Outcome::Busy, now)
+                .state,
+            RecipientState::Failed
+        );
+    }
+
+    #[test]
+    fn a_template_s_texts_take_the_recipient_s_parameters() {
+        let parameters =
+            SessionParameters::from_json(&serde_json::json!([{"name": "NAME", "value": "Ada"}]))
+                .unwrap();
+        let template = serde_json::json!({"namespace": "acme", "template": "hello",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "$NAME"}]}]});
+        let filled = fill_template(&template, &parameters);
+        assert_eq!(filled["components"][0]["parameters"][0]["text"], "Ada");
+        assert_eq!(filled["template"], "hello");
+    }
+}
