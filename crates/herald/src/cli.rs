@@ -73,6 +73,9 @@ enum Command {
     /// messages (through the simulator): prints the conversation as it
     /// happens and sends each line you type as your answer.
     Chat(crate::chat::ChatArgs),
+    /// Campaigns: create one from a CSV file, start, pause, resume or
+    /// cancel it, and watch it run.
+    Campaign(crate::campaign::CampaignArgs),
 }
 
 #[derive(Args)]
@@ -266,6 +269,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config => print!("{}", herald_server::config::DEFAULTS),
         Command::Bench(args) => crate::bench::run(args).await?,
         Command::Chat(args) => crate::chat::run(args).await?,
+        Command::Campaign(args) => crate::campaign::run(args).await?,
     }
     Ok(())
 }

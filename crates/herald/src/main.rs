@@ -1,6 +1,7 @@
 //! The `herald` command: parses arguments and calls into the libraries.
 
 mod bench;
+mod campaign;
 mod chat;
 mod cli;
 mod demo;

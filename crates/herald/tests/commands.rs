@@ -1,7 +1,8 @@
-//! `herald chat`, as a user runs it: a real `herald serve` on a SQLite file,
-//! a key from `herald keys create`, an agent created and published over
-//! HTTP, and `herald chat` as a child process whose stdin the test types
-//! into and whose stdout it reads.
+//! The commands a user runs against a server, as a user runs them: a real
+//! `herald serve` on a SQLite file, a key from `herald keys create`, an
+//! agent created and published over HTTP, and `herald chat` (a child
+//! process whose stdin the test types into and whose stdout it reads) or
+//! `herald campaign`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
@@ -392,4 +393,87 @@ async fn chat_shows_the_servers_refusal_and_fails() {
     assert!(stderr.contains("--status-url"), "{stderr}");
     let sessions = server.get("/sessions").await;
     assert_eq!(sessions["sessions"], json!([]));
+}
+
+/// `herald campaign`: a campaign made from a CSV file (its bad rows named
+/// by their line in the file), started, and watched to its end, as text
+/// and as JSON lines.
+#[tokio::test]
+async fn campaign_creates_from_a_csv_file_starts_and_watches() {
+    let server = Server::start().await;
+    let flow = json!({"format": 1, "start": "hi", "parameters": [{"name": "NAME"}],
+        "nodes": [{"id": "hi", "type": "send_message", "text": "Hi $NAME", "next": "end"},
+                  {"id": "end", "type": "end"}]});
+    let agent = server.agent("sms", "447700900555", flow, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    std::fs::write(
+        &csv,
+        "to,NAME\n447700900601,Ada\n447700900602,\"Grace\nHopper\"\nnonsense,X\n447700900603,Alan\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(HERALD)
+            .arg("campaign")
+            .args(args)
+            .args(["--server", &server.base, "--key", &server.key])
+            .env_remove("HERALD_SERVER")
+            .env_remove("HERALD_KEY")
+            .output()
+            .unwrap()
+    };
+    let created = run(&[
+        "create",
+        "--agent",
+        &agent,
+        "--name",
+        "March",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--per-second",
+        "10",
+        "--days",
+        "mon,tue,wed,thu,fri,sat,sun",
+        "--hours",
+        "00:00-24:00",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let said = String::from_utf8(created.stderr).unwrap();
+    assert!(
+        said.contains("people.csv:5: to: bad number \"nonsense\""),
+        "{said}"
+    );
+    assert!(said.contains("3 recipients added, 1 refused"), "{said}");
+    let campaign = server.get(&format!("/campaigns/{id}")).await;
+    assert_eq!(campaign["settings"]["pace"]["per_second"], 10);
+    assert_eq!(campaign["settings"]["window"]["end"], "24:00");
+
+    let started = run(&["start", &id]);
+    assert!(started.status.success(), "{started:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&started.stdout).trim(),
+        format!("{id}: running")
+    );
+    let watched = run(&["watch", &id]);
+    assert!(watched.status.success(), "{watched:?}");
+    let text = String::from_utf8(watched.stdout).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("[##############################] 3/3 completed"),
+        "{last}"
+    );
+    assert!(last.contains("outcomes: completed 3"), "{last}");
+    let json = run(&["watch", &id, "--json"]);
+    let line: Value = serde_json::from_slice(json.stdout.trim_ascii()).unwrap();
+    assert_eq!(line["state"], "completed");
+    assert_eq!(line["done"], 3);
+    assert_eq!(line["counts"]["completed"], 3);
+
+    let again = run(&["start", &id]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("409: Campaign"),
+        "{again:?}"
+    );
 }
