@@ -44,7 +44,7 @@ pub struct CampaignArgs {
 #[derive(Subcommand)]
 enum CampaignCommand {
     /// Create a campaign, with its recipients from a CSV file; prints its id.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a campaign (scheduled, if its start_at is to come).
     Start { campaign_id: String },
     /// Pause it: conversations under way finish, no new one starts.
@@ -148,7 +148,7 @@ pub async fn run(args: CampaignArgs) -> anyhow::Result<()> {
             .build()?,
     };
     match args.command {
-        CampaignCommand::Create(create) => create_campaign(&api, create).await,
+        CampaignCommand::Create(create) => create_campaign(&api, *create).await,
         CampaignCommand::Start { campaign_id } => act(&api, &campaign_id, "start").await,
         CampaignCommand::Pause { campaign_id } => act(&api, &campaign_id, "pause").await,
         CampaignCommand::Resume { campaign_id } => act(&api, &campaign_id, "resume").await,
