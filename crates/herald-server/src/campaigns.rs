@@ -236,11 +236,7 @@ async fn work_on(app: &AppState, campaign: &CampaignRecord) -> anyhow::Result<()
         start_due(app, campaign, &settings, now).await?;
     }
     // Over once nobody is left to reach or under way.
-    let counts = store.recipient_counts(&campaign.id).await?;
-    let open = counts
-        .by_state
-        .iter()
-        .any(|(state, n)| *n > 0 && !state.is_final());
+    let open = store.has_open_recipients(&campaign.id).await?;
     if !open {
         store
             .set_campaign_state(

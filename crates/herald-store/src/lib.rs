@@ -293,8 +293,8 @@ pub trait CampaignStore: Send + Sync + 'static {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Vec<RecipientRecord>>;
-    /// Up to `limit` recipients due at `now` (pending, or waiting with
-    /// `next_at` come), the longest due first.
+    /// Up to `limit` recipients due at `now`: those waiting whose `next_at`
+    /// has come, the longest due first, then those pending, in order.
     async fn due_recipients(
         &self,
         campaign: &CampaignId,
@@ -303,6 +303,9 @@ pub trait CampaignStore: Send + Sync + 'static {
     ) -> Result<Vec<RecipientRecord>>;
     /// How many of its recipients are in progress.
     async fn recipients_in_progress(&self, campaign: &CampaignId) -> Result<u32>;
+    /// Whether any of its recipients is pending, waiting or in progress:
+    /// whether the campaign has anything left to do.
+    async fn has_open_recipients(&self, campaign: &CampaignId) -> Result<bool>;
     /// Starts attempt `attempts + 1` of the `n`th recipient, which must
     /// still be due with `attempts` made: in one transaction, the
     /// recipient is counted in progress with the session, and the session

@@ -30,7 +30,7 @@ use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
 use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
-use crate::rows::{CAMPAIGN_COLUMNS, RECIPIENT_COLUMNS};
+use crate::rows::{CAMPAIGN_COLUMNS, OPEN_RECIPIENTS, RECIPIENT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -1364,10 +1364,10 @@ impl CampaignStore for PostgresStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<RecipientRecord>> {
-        sqlx::query(&format!(
+        let mut due: Vec<RecipientRecord> = sqlx::query(&format!(
             "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
-             WHERE campaign_id = $1 AND state IN {DUE} AND COALESCE(next_at, 0) <= $2 \
-             ORDER BY COALESCE(next_at, 0), n LIMIT $3"
+             WHERE campaign_id = $1 AND state = 'waiting' AND next_at <= $2 \
+             ORDER BY next_at, n LIMIT $3"
         ))
         .bind(campaign.as_str())
         .bind(to_micros(now))
@@ -1377,7 +1377,32 @@ impl CampaignStore for PostgresStore {
         .db()?
         .iter()
         .map(rows::recipient)
-        .collect()
+        .collect::<Result<_>>()?;
+        if due.len() < limit {
+            let pending = sqlx::query(&format!(
+                "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+                 WHERE campaign_id = $1 AND state = 'pending' ORDER BY n LIMIT $2"
+            ))
+            .bind(campaign.as_str())
+            .bind((limit - due.len()) as i64)
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            for row in &pending {
+                due.push(rows::recipient(row)?);
+            }
+        }
+        Ok(due)
+    }
+
+    async fn has_open_recipients(&self, campaign: &CampaignId) -> Result<bool> {
+        // One probe of each state's own index, however many are done.
+        let open: bool = sqlx::query_scalar(&OPEN_RECIPIENTS.replace("?1", "$1"))
+            .bind(campaign.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .db()?;
+        Ok(open)
     }
 
     async fn recipients_in_progress(&self, campaign: &CampaignId) -> Result<u32> {

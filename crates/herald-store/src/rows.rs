@@ -253,6 +253,13 @@ pub(crate) fn campaign(row: &impl Columns) -> Result<CampaignRecord> {
     })
 }
 
+/// Whether a campaign (`?1`) has recipients pending, waiting or in
+/// progress: a probe of each state's partial index.
+pub(crate) const OPEN_RECIPIENTS: &str = "SELECT \
+     EXISTS (SELECT 1 FROM campaign_recipients WHERE campaign_id = ?1 AND state = 'pending') \
+     OR EXISTS (SELECT 1 FROM campaign_recipients WHERE campaign_id = ?1 AND state = 'waiting') \
+     OR EXISTS (SELECT 1 FROM campaign_recipients WHERE campaign_id = ?1 AND state = 'in_progress')";
+
 /// The columns [`recipient`] reads, in its order.
 pub(crate) const RECIPIENT_COLUMNS: &str = "campaign_id, n, recipient, external_id, timezone, \
      zone_source, parameters, state, attempts, next_at, session_id, last_outcome, skip_reason, \

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::rows::{self, AGENT_COLUMNS, SESSION_COLUMNS, TEMPLATE_COLUMNS, VERSION_COLUMNS};
 use crate::rows::{now_micros, to_json, CONNECTION_COLUMNS, OPT_OUT_COLUMNS};
-use crate::rows::{CAMPAIGN_COLUMNS, RECIPIENT_COLUMNS};
+use crate::rows::{CAMPAIGN_COLUMNS, OPEN_RECIPIENTS, RECIPIENT_COLUMNS};
 use crate::*;
 
 const MIGRATIONS: &[&str] = &[
@@ -992,18 +992,44 @@ impl CampaignStore for SqliteStore {
     ) -> Result<Vec<RecipientRecord>> {
         let campaign = campaign.clone();
         self.read(move |conn| {
-            let mut stmt = conn
+            let mut waiting = conn
                 .prepare_cached(&format!(
                     "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
-                     WHERE campaign_id = ?1 AND state IN {DUE} AND COALESCE(next_at, 0) <= ?2 \
-                     ORDER BY COALESCE(next_at, 0), n LIMIT ?3"
+                     WHERE campaign_id = ?1 AND state = 'waiting' AND next_at <= ?2 \
+                     ORDER BY next_at, n LIMIT ?3"
                 ))
                 .db()?;
-            all(
-                &mut stmt,
+            let mut due = all(
+                &mut waiting,
                 params![campaign.as_str(), to_micros(now), limit as i64],
                 |row| rows::recipient(row),
-            )
+            )?;
+            if due.len() < limit {
+                let mut pending = conn
+                    .prepare_cached(&format!(
+                        "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients \
+                         WHERE campaign_id = ?1 AND state = 'pending' ORDER BY n LIMIT ?2"
+                    ))
+                    .db()?;
+                due.extend(all(
+                    &mut pending,
+                    params![campaign.as_str(), (limit - due.len()) as i64],
+                    |row| rows::recipient(row),
+                )?);
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn has_open_recipients(&self, campaign: &CampaignId) -> Result<bool> {
+        let campaign = campaign.clone();
+        self.read_point(move |conn| {
+            // One probe of each state's own index, however many are done.
+            conn.prepare_cached(OPEN_RECIPIENTS)
+                .db()?
+                .query_row([campaign.as_str()], |row| row.get::<_, bool>(0))
+                .db()
         })
         .await
     }

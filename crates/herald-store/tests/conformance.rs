@@ -2308,6 +2308,7 @@ async fn a_campaign_moves_only_from_the_states_it_is_asked_to(store: Arc<dyn Sto
 async fn a_campaign_s_recipients_are_added_once_and_attempted_once(store: Arc<dyn Store>) {
     let (account, agent, campaign) = new_campaign(store.as_ref()).await;
     let id = &campaign.id;
+    assert!(!store.has_open_recipients(id).await.unwrap(), "nobody yet");
     let added = store
         .add_recipients(
             id,
@@ -2496,4 +2497,20 @@ async fn a_campaign_s_recipients_are_added_once_and_attempted_once(store: Arc<dy
         .await
         .unwrap();
     assert_eq!(cancelled[0].n, 2);
+    assert!(
+        store.has_open_recipients(id).await.unwrap(),
+        "one under way"
+    );
+    let second = store.recipients(id, None, Some(0), 1).await.unwrap()[0].clone();
+    let done = RecipientChange {
+        state: RecipientState::Completed,
+        next_at: None,
+        last_outcome: Some(Outcome::Completed),
+        skip_reason: None,
+    };
+    assert!(store
+        .settle_attempt(id, 1, second.session_id.unwrap(), done)
+        .await
+        .unwrap());
+    assert!(!store.has_open_recipients(id).await.unwrap(), "all done");
 }

@@ -47,8 +47,13 @@ CREATE TABLE campaign_recipients (
 CREATE UNIQUE INDEX campaign_recipients_to ON campaign_recipients(campaign_id, recipient);
 CREATE UNIQUE INDEX campaign_recipients_id ON campaign_recipients(campaign_id, external_id)
     WHERE external_id IS NOT NULL;
-CREATE INDEX campaign_recipients_due ON campaign_recipients(campaign_id, next_at)
-    WHERE state IN ('pending', 'waiting');
+-- What the scheduler reads on every pass, however many recipients are done:
+-- those not yet tried in their order, those waiting by when they are due,
+-- and those under way.
+CREATE INDEX campaign_recipients_pending ON campaign_recipients(campaign_id, n)
+    WHERE state = 'pending';
+CREATE INDEX campaign_recipients_waiting ON campaign_recipients(campaign_id, next_at)
+    WHERE state = 'waiting';
 CREATE INDEX campaign_recipients_under_way ON campaign_recipients(campaign_id)
     WHERE state = 'in_progress';
 
