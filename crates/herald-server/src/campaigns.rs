@@ -12,14 +12,15 @@
 //! made in the store's transaction that counts the attempt, so servers
 //! that pick the same recipient at once contact it once.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use herald_core::campaign::{CampaignState, RecipientState};
 use herald_core::session::{Outcome, SessionParameters};
 use herald_core::window::{Tz, Window};
-use herald_core::SessionId;
+use herald_core::{CampaignId, SessionId};
 use herald_limit::Decision;
 use herald_store::{CampaignRecord, NewSession, RecipientChange, RecipientRecord};
 use serde::{Deserialize, Serialize};
@@ -169,6 +170,50 @@ pub fn fill_template(template: &Value, parameters: &SessionParameters) -> Value 
     }
 }
 
+/// Each campaign's pace on this server: attempts are spread evenly over
+/// each second, a pass's share at a time, rather than started in a burst
+/// as a second's room opens. (The shared rate limiter still admits at most
+/// `per_second` in any one second, from all servers together.)
+#[derive(Default)]
+pub struct Paces(Mutex<HashMap<CampaignId, Credit>>);
+
+struct Credit {
+    at: Instant,
+    /// Attempts this server may start, and the fraction of one.
+    attempts: f64,
+}
+
+impl Paces {
+    /// How many attempts a campaign paced at `rate` may start now: what
+    /// accrued since its last pass, at most a second's worth (a pass that
+    /// came late makes up for it; the shared limiter still holds any one
+    /// second to `rate`).
+    fn take(&self, id: &CampaignId, rate: u32) -> usize {
+        let mut credits = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let rate = f64::from(rate);
+        let most = rate.max(1.0);
+        let credit = credits.entry(id.clone()).or_insert(Credit {
+            at: now,
+            attempts: 1.0,
+        });
+        let attempts =
+            (credit.attempts + rate * now.duration_since(credit.at).as_secs_f64()).min(most);
+        credit.at = now;
+        let whole = attempts.floor();
+        credit.attempts = attempts - whole;
+        whole as usize
+    }
+
+    /// Gives back attempts taken and not started.
+    fn give_back(&self, id: &CampaignId, unused: usize) {
+        let mut credits = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(credit) = credits.get_mut(id) {
+            credit.attempts += unused as f64;
+        }
+    }
+}
+
 /// Runs the scheduler until shutdown.
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
     loop {
@@ -281,6 +326,16 @@ async fn start_due(
         .directory
         .rate(&agent.agent_id)
         .unwrap_or(app.config.default_rate);
+    // This server's even share of the pace, first: no more are read.
+    let mut allowed = match pace.per_second {
+        Some(rate) => app.campaign_paces.take(&campaign.id, rate),
+        None => room,
+    };
+    let room = room.min(allowed);
+    if room == 0 {
+        return Ok(());
+    }
+    let mut starts = tokio::task::JoinSet::new();
     for recipient in store.due_recipients(&campaign.id, now, room).await? {
         let defer = |change: RecipientChange| {
             store.defer_recipient(&campaign.id, recipient.n, recipient.attempts, change)
@@ -332,7 +387,7 @@ async fn start_due(
         let permit = match pace.per_second {
             Some(rate) => match app.limiter.acquire(&pace_key, rate).await? {
                 Decision::Admitted(permit) => Some(permit),
-                Decision::Limited { .. } => return Ok(()),
+                Decision::Limited { .. } => break,
             },
             None => None,
         };
@@ -344,7 +399,7 @@ async fn start_due(
             if let Some(permit) = permit {
                 app.limiter.release(&pace_key, permit).await;
             }
-            return Ok(());
+            break;
         }
         let session = NewSession {
             id: SessionId::generate(),
@@ -367,18 +422,34 @@ async fn start_due(
             first_input: None,
             campaign_id: Some(campaign.id.clone()),
         };
-        if store
-            .start_attempt(&campaign.id, recipient.n, recipient.attempts, session)
-            .await?
-        {
-            app.metrics
-                .sessions_accepted
-                .get_or_create(&crate::metrics::ChannelLabels {
-                    channel: agent.channel.as_str(),
-                })
-                .inc();
-            app.dispatch_wakeup.notify_one();
+        allowed -= 1;
+        // Started together, so that the store commits them together.
+        let (app, id) = (app.clone(), campaign.id.clone());
+        let (n, attempts) = (recipient.n, recipient.attempts);
+        starts.spawn(async move {
+            let started = app.store.start_attempt(&id, n, attempts, session).await?;
+            if started {
+                app.metrics
+                    .sessions_accepted
+                    .get_or_create(&crate::metrics::ChannelLabels {
+                        channel: agent.channel.as_str(),
+                    })
+                    .inc();
+                app.dispatch_wakeup.notify_one();
+            }
+            anyhow::Ok(started)
+        });
+    }
+    // What was not started (the pace's room, or a recipient another
+    // server started first) is this server's to start next time.
+    let mut unused = allowed;
+    while let Some(started) = starts.join_next().await {
+        if !started?? {
+            unused += 1;
         }
+    }
+    if pace.per_second.is_some() {
+        app.campaign_paces.give_back(&campaign.id, unused);
     }
     Ok(())
 }

@@ -15,6 +15,14 @@ fn a_short_benchmark_run_reports_every_scenario() {
             "2",
         ])
         .args(["--callback-sessions", "20", "--waiting-sessions", "40"])
+        .args([
+            "--campaign-recipients",
+            "3000",
+            "--campaign-pace",
+            "50",
+            "--campaign-seconds",
+            "2",
+        ])
         .env("HERALD_LOG", "warn")
         .output()
         .expect("herald bench runs");
@@ -44,6 +52,8 @@ fn a_short_benchmark_run_reports_every_scenario() {
         "on the fake Twilio:",
         "on the fake WhatsApp Cloud:",
         "voice webhook p99 under 50 ms at load",
+        "campaign: 3000 recipients uploaded as CSV and stored in",
+        "  dispatched at 50/s: ",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }

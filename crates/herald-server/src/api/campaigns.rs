@@ -589,6 +589,40 @@ impl RowCheck {
     }
 }
 
+/// Whether `request` adds a campaign's recipients, whose body its handler
+/// reads as it arrives rather than whole beforehand.
+pub(crate) fn streams_its_body(request: &axum::extract::Request) -> bool {
+    let path = request.uri().path();
+    request.method() == axum::http::Method::POST
+        && path.starts_with("/campaigns/")
+        && path.ends_with("/recipients")
+}
+
+/// The next part of a body, waiting at most `patience` for it.
+async fn next_part(
+    body: &mut Body,
+    patience: std::time::Duration,
+) -> Result<Option<axum::body::Bytes>, ApiError> {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = match tokio::time::timeout(patience, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body did not arrive in time",
+                ))
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(frame)) => {
+                frame.map_err(|e| bad(format!("Could not read the request body: {e}")))?
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+}
+
 fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -602,8 +636,7 @@ fn too_large() -> ApiError {
 /// Reads CSV recipients as the body arrives (CONTRACT §12.2): a refused
 /// upload is refused before anything is stored, and a body over the
 /// limits is refused without being read to its end.
-async fn csv_rows(body: Body) -> Result<Vec<ReadRow>, ApiError> {
-    use http_body_util::BodyExt;
+async fn csv_rows(mut body: Body, patience: std::time::Duration) -> Result<Vec<ReadRow>, ApiError> {
     let mut reader = CsvReader::new(Limits::default());
     let mut rows = Vec::new();
     let mut take = |row: CsvRow| {
@@ -618,13 +651,8 @@ async fn csv_rows(body: Body) -> Result<Vec<ReadRow>, ApiError> {
             CsvRow::Rejected { line, reason } => Err((line, reason)),
         })
     };
-    let mut body = body;
     let mut read = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| bad(format!("Could not read the request body: {e}")))?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
+    while let Some(chunk) = next_part(&mut body, patience).await? {
         read += chunk.len();
         if read > MAX_RECIPIENTS_BODY {
             return Err(too_large());
@@ -742,12 +770,18 @@ pub async fn add_recipients(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/csv"));
+    let patience = app.config.body_timeout;
     let rows = if csv {
-        csv_rows(body).await?
+        csv_rows(body, patience).await?
     } else {
-        let bytes = axum::body::to_bytes(body, MAX_RECIPIENTS_BODY)
-            .await
-            .map_err(|_| too_large())?;
+        let mut body = body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = next_part(&mut body, patience).await? {
+            if bytes.len() + chunk.len() > MAX_RECIPIENTS_BODY {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         json_rows(&bytes)?
     };
     let agent = app

@@ -131,8 +131,13 @@ pub fn reserve_router(app: AppState) -> Router {
 /// deadline (`--body-timeout-secs`), so that a client sending a body
 /// slowly holds a connection for that long at most, and no handler waits
 /// on one. Bodies are small (64 KiB at most), so holding one whole costs
-/// little; the handler then reads it from memory.
+/// little; the handler then reads it from memory. A campaign's recipients
+/// are the one exception: up to 100 000 rows, read by their handler as
+/// they arrive, each part within the same deadline.
 async fn buffer_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if campaigns::streams_its_body(&request) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(app.config.body_timeout, read_body(body)).await {
         Ok(Ok(bytes)) => bytes,

@@ -49,6 +49,8 @@ pub struct App {
     pub local_addr: SocketAddr,
     /// Connections opened so far.
     pub providers: crate::providers::Providers,
+    /// This server's even spacing of each campaign's attempts.
+    pub campaign_paces: crate::campaigns::Paces,
 }
 
 pub type AppState = Arc<App>;
@@ -178,6 +180,7 @@ pub async fn start_with_store(
         callback_wakeup: Notify::new(),
         local_addr: addr,
         providers: Default::default(),
+        campaign_paces: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let shutdown = Shutdown(stop_rx);

@@ -20,6 +20,7 @@
 //! be read on its own; the load generator ([`load`]) shares the machine
 //! with it, which is what the ratios to the baseline allow for.
 
+mod campaign;
 mod load;
 mod providers;
 mod twilio;
@@ -65,6 +66,18 @@ pub struct BenchArgs {
     /// Run the providers' scenarios only.
     #[arg(long, alias = "vonage-only")]
     providers_only: bool,
+    /// Recipients of the campaign scenario, uploaded as CSV.
+    #[arg(long, default_value_t = 1_000_000)]
+    campaign_recipients: usize,
+    /// The pace the campaign is dispatched at, a second.
+    #[arg(long, default_value_t = 200)]
+    campaign_pace: u32,
+    /// Seconds the campaign is dispatched for.
+    #[arg(long, default_value_t = 10.0)]
+    campaign_seconds: f64,
+    /// Run the campaign scenario only.
+    #[arg(long)]
+    campaign_only: bool,
 }
 
 /// A `herald serve` child process, killed when dropped.
@@ -319,6 +332,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.campaign_only {
+        print_campaign(&measure_campaign(dir.path(), &args).await?);
+        return Ok(());
+    }
 
     let server = Server::start(dir.path(), "bench", &["--allow-private-callbacks"]).await?;
     eprintln!("setting up {} agents...", args.agents + 2);
@@ -383,11 +400,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("memory with waiting sessions...");
     let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
     let providers = measure_providers(dir.path(), &args, seconds).await?;
+    let campaign = measure_campaign(dir.path(), &args).await?;
 
     print_report(&rows, drained, &callbacks, &backlog, &memory);
     for figures in &providers {
         print_provider(figures);
     }
+    print_campaign(&campaign);
     Ok(())
 }
 
@@ -409,6 +428,52 @@ async fn measure_providers(
     eprintln!("WhatsApp Cloud scenario...");
     let on_cloud = whatsapp_cloud::measure(dir, messages, c).await?;
     Ok(vec![on_vonage, on_twilio, on_cloud])
+}
+
+async fn measure_campaign(
+    dir: &Path,
+    args: &BenchArgs,
+) -> anyhow::Result<campaign::CampaignFigures> {
+    eprintln!("campaign of {} recipients...", args.campaign_recipients);
+    campaign::measure(
+        dir,
+        args.campaign_recipients,
+        args.campaign_pace,
+        Duration::from_secs_f64(args.campaign_seconds),
+    )
+    .await
+}
+
+fn print_campaign(f: &campaign::CampaignFigures) {
+    println!();
+    println!(
+        "campaign: {} recipients uploaded as CSV and stored in {:.2} s ({:.0}/s); server memory {:.0} MiB before, peak {:.0} MiB after",
+        f.recipients,
+        f.upload.as_secs_f64(),
+        f.recipients as f64 / f.upload.as_secs_f64(),
+        f.rss_before_mib,
+        f.peak_after_mib,
+    );
+    let off = (f.mean_per_second / f64::from(f.pace) - 1.0) * 100.0;
+    println!(
+        "  dispatched at {}/s: {} sessions, {:.1}/s on average ({off:+.2}%), at most {} in any one second",
+        f.pace, f.dispatched, f.mean_per_second, f.most_in_a_second,
+    );
+    let upload_met = f.upload < Duration::from_secs(20) || f.recipients < 1_000_000;
+    println!(
+        "  {} 1 000 000 recipients stored in under 20 s{}",
+        if upload_met { "met   " } else { "MISSED" },
+        if f.recipients < 1_000_000 {
+            " (not measured: fewer recipients)"
+        } else {
+            ""
+        },
+    );
+    let pace_met = off.abs() <= 1.0 && f.most_in_a_second as u32 <= f.pace;
+    println!(
+        "  {} pace within 1% of the set one and never above it in any second",
+        if pace_met { "met   " } else { "MISSED" },
+    );
 }
 
 async fn set_rate(server: &Server, dir: &Path, agent: &str, rate: u32) -> anyhow::Result<()> {
