@@ -17,6 +17,16 @@ fn number(k: u32, ending: u32) -> String {
     format!("44770081{:02}{ending:02}", k % 100)
 }
 
+/// A call that asks for keys and waits a second for them: it stays under
+/// way that long.
+fn asking_call() -> Value {
+    json!({"format": 1, "start": "ask", "nodes": [
+        {"id": "ask", "type": "collect_input", "prompt": "Key a number.", "entity": "number",
+         "parameter": "N", "timeout_secs": 1, "success": "end", "invalid": "end", "no_input": "end"},
+        {"id": "end", "type": "end"}
+    ]})
+}
+
 struct Campaigns {
     app: TestApp,
     key: String,
@@ -266,11 +276,7 @@ async fn attempts_keep_the_campaign_s_pace() {
     }
 
     // Calls that wait for an answer stay under way; two at most at once.
-    let asking = json!({"format": 1, "start": "ask", "nodes": [
-        {"id": "ask", "type": "collect_input", "prompt": "Key a number.", "entity": "number",
-         "parameter": "N", "timeout_secs": 1, "success": "end", "invalid": "end", "no_input": "end"},
-        {"id": "end", "type": "end"}
-    ]});
+    let asking = asking_call();
     let on = Campaigns::start(Channel::Voice, Some(asking)).await;
     let id = on.create(json!({"pace": {"max_concurrent": 2}})).await;
     let rows: Vec<Value> = (0..6).map(|k| json!({"to": number(40 + k, 40)})).collect();
@@ -294,11 +300,7 @@ async fn attempts_keep_the_campaign_s_pace() {
 /// way finish.
 #[tokio::test]
 async fn pause_resume_and_cancel() {
-    let asking = json!({"format": 1, "start": "ask", "nodes": [
-        {"id": "ask", "type": "collect_input", "prompt": "Key a number.", "entity": "number",
-         "parameter": "N", "timeout_secs": 1, "success": "end", "invalid": "end", "no_input": "end"},
-        {"id": "end", "type": "end"}
-    ]});
+    let asking = asking_call();
     let on = Campaigns::start(Channel::Voice, Some(asking)).await;
     let id = on.create(json!({"pace": {"max_concurrent": 2}})).await;
     let rows: Vec<Value> = (0..8).map(|k| json!({"to": number(50 + k, 50)})).collect();

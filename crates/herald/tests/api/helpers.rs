@@ -998,3 +998,19 @@ pub async fn whatsapp_connection(
     meta.deliver_to(&format!("{}{path}", app.base));
     connection
 }
+
+/// A messaging flow that asks whether the person can come on Friday and
+/// answers their yes or no.
+pub fn friday_question_flow(timeout_secs: u64) -> Value {
+    json!({"format": 1, "start": "ask", "nodes": [
+        {"id": "ask", "type": "collect_input", "prompt": "Can you come on Friday?",
+         "entity": "yes_no", "parameter": "ANSWER", "timeout_secs": timeout_secs,
+         "success": "check", "invalid": "end", "no_input": "end"},
+        {"id": "check", "type": "conditions",
+         "branches": [{"rules": [{"parameter": "ANSWER", "op": "eq", "value": "yes"}], "next": "great"}],
+         "default": "sorry"},
+        {"id": "great", "type": "send_message", "text": "Great, see you Friday.", "next": "end"},
+        {"id": "sorry", "type": "send_message", "text": "Sorry to hear that.", "next": "end"},
+        {"id": "end", "type": "end"}
+    ]})
+}

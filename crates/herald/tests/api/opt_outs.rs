@@ -11,17 +11,7 @@ use crate::helpers::*;
 
 /// A question whose answers are yes or no, then a word for each.
 fn yes_no_flow() -> Value {
-    json!({"format": 1, "start": "ask", "nodes": [
-        {"id": "ask", "type": "collect_input", "prompt": "Can you come on Friday?",
-         "entity": "yes_no", "parameter": "ANSWER", "timeout_secs": 300,
-         "success": "check", "invalid": "end", "no_input": "end"},
-        {"id": "check", "type": "conditions",
-         "branches": [{"rules": [{"parameter": "ANSWER", "op": "eq", "value": "yes"}], "next": "great"}],
-         "default": "sorry"},
-        {"id": "great", "type": "send_message", "text": "Great, see you Friday.", "next": "end"},
-        {"id": "sorry", "type": "send_message", "text": "Sorry to hear that.", "next": "end"},
-        {"id": "end", "type": "end"}
-    ]})
+    friday_question_flow(300)
 }
 
 /// A server whose agents start up to 100 sessions a second.

@@ -137,17 +137,7 @@ fn statuses_of(session: &Value) -> Vec<String> {
 
 /// A flow that asks a question and answers the reply.
 fn asking_flow() -> Value {
-    json!({"format": 1, "start": "ask", "nodes": [
-        {"id": "ask", "type": "collect_input", "prompt": "Can you come on Friday?",
-         "entity": "yes_no", "parameter": "ANSWER", "timeout_secs": 30,
-         "success": "check", "invalid": "end", "no_input": "end"},
-        {"id": "check", "type": "conditions",
-         "branches": [{"rules": [{"parameter": "ANSWER", "op": "eq", "value": "yes"}], "next": "great"}],
-         "default": "sorry"},
-        {"id": "great", "type": "send_message", "text": "Great, see you Friday.", "next": "end"},
-        {"id": "sorry", "type": "send_message", "text": "Sorry to hear that.", "next": "end"},
-        {"id": "end", "type": "end"}
-    ]})
+    friday_question_flow(30)
 }
 
 #[tokio::test]
