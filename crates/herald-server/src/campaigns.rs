@@ -39,6 +39,9 @@ pub const MAX_RETRY_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_ATTEMPTS: u32 = 10;
 /// The fastest pace a campaign may ask for.
 pub const MAX_PER_SECOND: u32 = 10_000;
+/// Why the recipients not yet reached when the campaign's agent was
+/// deleted are skipped.
+pub const AGENT_DELETED: &str = "agent_deleted";
 
 /// A campaign's settings, checked (CONTRACT §12.1); stored as this JSON.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -240,7 +243,7 @@ pub async fn pass(app: &AppState) -> anyhow::Result<()> {
 
 async fn work_on(app: &AppState, campaign: &CampaignRecord) -> anyhow::Result<()> {
     let mut settings = Settings::of(campaign);
-    let now = Utc::now();
+    let now = app.config.clock.now();
     let schedule = settings.schedule.unwrap_or_default();
     let store = app.store.as_ref();
     let mut state = campaign.state;
@@ -275,7 +278,7 @@ async fn work_on(app: &AppState, campaign: &CampaignRecord) -> anyhow::Result<()
     }
     if schedule.end_at.is_some_and(|at| at <= now) {
         store
-            .close_recipients(&campaign.id, RecipientState::Expired)
+            .close_recipients(&campaign.id, RecipientState::Expired, None)
             .await?;
     } else {
         start_due(app, campaign, &settings, now).await?;
@@ -316,6 +319,18 @@ async fn start_due(
         return Ok(());
     }
     let Some(agent) = app.directory.agent(&campaign.agent_id) else {
+        // Deleted (the store says so: this server's directory may not
+        // have heard yet of an agent made a moment ago): nobody more can
+        // be reached through it.
+        if store
+            .agent(campaign.account_id, &campaign.agent_id)
+            .await?
+            .is_none()
+        {
+            store
+                .close_recipients(&campaign.id, RecipientState::Skipped, Some(AGENT_DELETED))
+                .await?;
+        }
         return Ok(());
     };
     let Some((version, from)) = agent.published.clone() else {
@@ -410,7 +425,13 @@ async fn start_due(
             to: recipient.to.clone(),
             from: from.clone(),
             status_url: campaign.status_url.clone(),
-            hangup_on_machine: false,
+            // A campaign that tries machines again wants a person: it
+            // hangs up on a machine, as `hangup_on_answer_machine` does.
+            hangup_on_machine: agent.channel == herald_core::Channel::Voice
+                && settings
+                    .retries
+                    .as_ref()
+                    .is_some_and(|r| r.after.contains_key(Outcome::Machine.as_str())),
             parameters: recipient.parameters.clone(),
             whatsapp: settings
                 .whatsapp

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod campaigns;
+pub mod clock;
 pub mod directory;
 pub mod leases;
 pub mod metrics;

@@ -345,8 +345,13 @@ pub trait CampaignStore: Send + Sync + 'static {
         change: RecipientChange,
     ) -> Result<bool>;
     /// Moves every recipient still pending or waiting to `to` (expired,
-    /// cancelled); how many.
-    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64>;
+    /// cancelled, or skipped for `skip_reason`); how many.
+    async fn close_recipients(
+        &self,
+        campaign: &CampaignId,
+        to: RecipientState,
+        skip_reason: Option<&str>,
+    ) -> Result<u64>;
 }
 
 /// The recipients each account must not contact, per channel (CONTRACT

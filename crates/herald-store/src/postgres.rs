@@ -1526,14 +1526,21 @@ impl CampaignStore for PostgresStore {
         .await
     }
 
-    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64> {
+    async fn close_recipients(
+        &self,
+        campaign: &CampaignId,
+        to: RecipientState,
+        skip_reason: Option<&str>,
+    ) -> Result<u64> {
         let closed = sqlx::query(&format!(
-            "UPDATE campaign_recipients SET state = $2, next_at = NULL, updated_at = $3 \
+            "UPDATE campaign_recipients \
+             SET state = $2, next_at = NULL, skip_reason = $4, updated_at = $3 \
              WHERE campaign_id = $1 AND state IN {DUE}"
         ))
         .bind(campaign.as_str())
         .bind(to.as_str())
         .bind(now_micros())
+        .bind(skip_reason)
         .execute(&self.pool)
         .await
         .db()?;

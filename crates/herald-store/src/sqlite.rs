@@ -1176,16 +1176,28 @@ impl CampaignStore for SqliteStore {
         .await
     }
 
-    async fn close_recipients(&self, campaign: &CampaignId, to: RecipientState) -> Result<u64> {
+    async fn close_recipients(
+        &self,
+        campaign: &CampaignId,
+        to: RecipientState,
+        skip_reason: Option<&str>,
+    ) -> Result<u64> {
         let campaign = campaign.clone();
+        let skip_reason = skip_reason.map(str::to_owned);
         self.write(move |conn| {
             let closed = conn
                 .prepare_cached(&format!(
-                    "UPDATE campaign_recipients SET state = ?2, next_at = NULL, updated_at = ?3 \
+                    "UPDATE campaign_recipients \
+                     SET state = ?2, next_at = NULL, skip_reason = ?4, updated_at = ?3 \
                      WHERE campaign_id = ?1 AND state IN {DUE}"
                 ))
                 .db()?
-                .execute(params![campaign.as_str(), to.as_str(), now_micros()])
+                .execute(params![
+                    campaign.as_str(),
+                    to.as_str(),
+                    now_micros(),
+                    skip_reason
+                ])
                 .db()?;
             Ok(closed as u64)
         })

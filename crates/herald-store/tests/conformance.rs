@@ -2487,7 +2487,7 @@ async fn a_campaign_s_recipients_are_added_once_and_attempted_once(store: Arc<dy
     assert_eq!(last.accepted, 1);
     assert_eq!(
         store
-            .close_recipients(id, RecipientState::Cancelled)
+            .close_recipients(id, RecipientState::Cancelled, None)
             .await
             .unwrap(),
         1

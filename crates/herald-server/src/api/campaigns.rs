@@ -860,7 +860,7 @@ async fn act(
     action: &str,
 ) -> Result<CampaignView, ApiError> {
     let campaign = owned(app, account, raw).await?;
-    let now = Utc::now();
+    let now = app.config.clock.now();
     let later_start = Settings::of(&campaign)
         .schedule
         .and_then(|s| s.start_at)
@@ -906,7 +906,7 @@ async fn act(
     };
     if to == Cancelled {
         app.store
-            .close_recipients(&campaign.id, RecipientState::Cancelled)
+            .close_recipients(&campaign.id, RecipientState::Cancelled, None)
             .await?;
     }
     let counts = app.store.recipient_counts(&campaign.id).await?;

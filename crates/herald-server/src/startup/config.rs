@@ -95,6 +95,8 @@ pub struct Config {
     /// The base URL of Meta's Graph API, for WhatsApp Cloud (CONTRACT
     /// §10.1b).
     pub whatsapp_api_url: String,
+    /// The clock campaigns are scheduled by: the system's, but for tests.
+    pub clock: crate::clock::Clock,
 }
 
 /// Where flows' emails go (`HERALD_SMTP_URL`, `HERALD_SMTP_FROM`); checked
@@ -582,6 +584,7 @@ impl Settings {
             vonage_api_url,
             twilio_api_url,
             whatsapp_api_url,
+            clock: crate::clock::Clock::system(),
         })
     }
 }

@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// A number of the test's own whose last two digits pick the simulator's
+/// The `k`th number of a test, whose last two digits pick the simulator's
 /// fate of a call (90 busy, 91 rejected, 92 timeout, …; others answer).
 fn number(k: u32, ending: u32) -> String {
-    format!("44770081{:02}{ending:02}", k % 100)
+    format!("447700{k:04}{ending:02}")
 }
 
 /// A call that asks for keys and waits a second for them: it stays under
@@ -35,12 +35,29 @@ struct Campaigns {
 
 impl Campaigns {
     async fn start(channel: Channel, flow: Option<Value>) -> Campaigns {
-        let app = TestApp::spawn_with(|c| c.default_rate = 100).await;
+        Self::start_with(channel, flow, |_| {}).await
+    }
+
+    async fn start_with(
+        channel: Channel,
+        flow: Option<Value>,
+        configure: impl FnOnce(&mut herald_server::Config),
+    ) -> Campaigns {
+        let app = TestApp::spawn_with(|c| {
+            c.default_rate = 100;
+            configure(c);
+        })
+        .await;
         let key = app.new_key(&format!("campaigns-{}", unique_number())).await;
         let mut body = json!({"name": "c", "type": channel, "number": unique_number()});
         if let Some(flow) = flow {
             body["flow"] = flow;
         }
+        Self::with_agent(app, key, body).await
+    }
+
+    /// A campaign's agent made of `body` and published.
+    async fn with_agent(app: TestApp, key: String, body: Value) -> Campaigns {
         let created = app.post("/agents", &key, body).await;
         let status = created.status();
         let created: Value = created.json().await.unwrap();
@@ -115,24 +132,58 @@ impl Campaigns {
         );
     }
 
+    /// Every recipient `query` selects, page by page.
     async fn recipients(&self, id: &str, query: &str) -> Vec<Value> {
-        let response = self
-            .app
-            .get(&format!("/campaigns/{id}/recipients{query}"), &self.key)
-            .await;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        body["recipients"].as_array().unwrap().clone()
+        let query = query.trim_start_matches('?');
+        self.every(
+            &format!("/campaigns/{id}/recipients?{query}&limit=100"),
+            "recipients",
+        )
+        .await
     }
 
+    /// Every session of the campaign, page by page.
     async fn sessions(&self, id: &str) -> Vec<Value> {
-        let response = self
-            .app
-            .get(&format!("/sessions?campaign_id={id}&limit=100"), &self.key)
-            .await;
-        let body: Value = response.json().await.unwrap();
-        body["sessions"].as_array().unwrap().clone()
+        self.every(&format!("/sessions?campaign_id={id}&limit=100"), "sessions")
+            .await
+    }
+
+    async fn every(&self, path: &str, field: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let response = self.app.get(&format!("{path}{cursor}"), &self.key).await;
+            let status = response.status();
+            let page: Value = response.json().await.unwrap();
+            assert_eq!(status, 200, "{page}");
+            all.extend(page[field].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return all,
+            }
+        }
+    }
+
+    /// Waits until the campaign's counts are `expected` (those it names).
+    async fn until_counts(&self, id: &str, expected: Value) -> Value {
+        let matches = |campaign: &Value| {
+            expected
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(field, n)| campaign["counts"][field] == *n)
+        };
+        for _ in 0..1200 {
+            let campaign = self.read(id).await;
+            if matches(&campaign) {
+                return campaign;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "campaign {id} never counted {expected}: {}",
+            self.read(id).await
+        );
     }
 }
 
@@ -140,29 +191,79 @@ fn counts(campaign: &Value, field: &str) -> u64 {
     campaign["counts"][field].as_u64().unwrap()
 }
 
-/// Every recipient ends in its own state: the answered ones completed; a
-/// busy one retried until its attempts ran out; a rejected one not
-/// retried; one that opted out after it was added skipped. Each attempt is
-/// one session, to that recipient, with the campaign's id.
+/// Wednesday 10 June 2026, 12:00 UTC: 13:00 in London, 05:00 in Los
+/// Angeles, midnight in Auckland.
+fn june_noon() -> DateTime<Utc> {
+    "2026-06-10T12:00:00Z".parse().unwrap()
+}
+
+/// A few hundred recipients, each ending in its own state: the answered
+/// ones completed; each way a call fails, retried while attempts are left
+/// where the retries name it and failed at once where they do not; those
+/// whose window opens later waiting for it, and those whose window opens
+/// only after the end expired; one that opted out after it was added
+/// skipped; rows that cannot be taken refused by their place. Each attempt
+/// is one session, to that recipient, with the campaign's id.
 #[tokio::test]
-async fn every_recipient_ends_in_its_state_each_attempt_one_session() {
-    let on = Campaigns::start(Channel::Voice, None).await;
+async fn a_few_hundred_recipients_each_end_in_their_state_each_attempt_one_session() {
+    let clock = herald_server::clock::Clock::starting_at(june_noon());
+    let set = clock.clone();
+    let on = Campaigns::start_with(Channel::Voice, None, |c| c.clock = set).await;
+    let every_day = json!(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]);
     let id = on
-        .create(json!({"retries": {"max_attempts": 3, "after": {"busy": 1, "timeout": 1}}}))
+        .create(json!({
+            "window": {"days": every_day, "start": "08:00", "end": "20:00"},
+            "schedule": {"end_at": "2026-06-10T18:00:00Z"},
+            "retries": {"max_attempts": 3, "after": {"busy": 1, "timeout": 1, "machine": 1}}}))
         .await;
-    let mut rows: Vec<Value> = (0..6).map(|k| json!({"to": number(k, 10 + k)})).collect();
-    rows.push(json!({"to": number(6, 90), "id": "busy"}));
-    rows.push(json!({"to": number(7, 91), "id": "rejects"}));
-    rows.push(json!({"to": number(8, 92)}));
-    rows.push(json!({"to": number(9, 11), "id": "leaves"}));
+    let mut rows = Vec::new();
+    let mut k = 0;
+    let mut add = |ending: u32, n: u32, extra: Value| {
+        for _ in 0..n {
+            let mut row = json!({"to": number(k, ending), "id": format!("r{k}")});
+            for (field, value) in extra.as_object().unwrap() {
+                row[field] = value.clone();
+            }
+            rows.push(row);
+            k += 1;
+        }
+    };
+    // Answered, in London's afternoon.
+    for ending in 0..50 {
+        add(ending, 5, json!({}));
+    }
+    add(90, 10, json!({})); // busy: retried until the attempts run out
+    add(91, 10, json!({})); // rejected: not retried
+    add(92, 10, json!({})); // timeout: retried
+    add(93, 10, json!({})); // failed: not retried
+    add(94, 5, json!({})); // cancelled: not retried
+    add(95, 5, json!({})); // a machine: hung up on, and retried
+    add(10, 5, json!({"timezone": "America/Los_Angeles"})); // at 08:00 there
+    add(11, 5, json!({"timezone": "Pacific/Auckland"})); // after the end
+    add(12, 3, json!({})); // opt out once added
+    let accepted = rows.len();
+    let opted = number(9000, 13);
     // Rows that cannot be taken, each with its place and reason.
-    rows.push(json!({"to": "not a number"}));
-    rows.push(json!({"to": number(0, 10)}));
-    rows.push(json!({"to": number(10, 12), "id": "busy"}));
-    rows.push(json!({"to": number(11, 12), "parameters": {"NAME": "Ada"}}));
-    rows.push(json!({"to": number(12, 12), "timezone": "Mars/Base"}));
+    let bad = [
+        json!({"to": opted}),
+        json!({"to": "not a number"}),
+        json!({"to": number(0, 0)}),
+        json!({"to": number(9001, 12), "id": "r0"}),
+        json!({"to": number(9002, 12), "parameters": {"NAME": "Ada"}}),
+        json!({"to": number(9003, 12), "timezone": "Mars/Base"}),
+    ];
+    rows.extend(bad);
+    let on = &on;
+    let optout = |to: String| async move {
+        let response = on
+            .app
+            .post("/opt-outs", &on.key, json!({"channel": "voice", "to": to}))
+            .await;
+        assert_eq!(response.status(), 201);
+    };
+    optout(opted.clone()).await;
     let added = on.add(&id, json!(rows)).await;
-    assert_eq!(added["accepted"], 10, "{added}");
+    assert_eq!(added["accepted"], accepted, "{added}");
     let rejected: Vec<(u64, String)> = added["rejected"]
         .as_array()
         .unwrap()
@@ -174,63 +275,103 @@ async fn every_recipient_ends_in_its_state_each_attempt_one_session() {
             )
         })
         .collect();
+    let line = |i: usize| (accepted + i + 1) as u64;
     assert_eq!(
         rejected,
         [
-            (11, "to: bad number \"not a number\"".to_owned()),
-            (12, "duplicate to".into()),
-            (13, "duplicate id".into()),
+            (line(0), format!("{opted} has opted out of voice")),
+            (line(1), "to: bad number \"not a number\"".to_owned()),
+            (line(2), "duplicate to".into()),
+            (line(3), "duplicate id".into()),
             (
-                14,
+                line(4),
                 "parameter NAME is not one the agent's flow declares".into()
             ),
-            (15, "timezone \"Mars/Base\" is not an IANA time zone".into()),
+            (
+                line(5),
+                "timezone \"Mars/Base\" is not an IANA time zone".into()
+            ),
         ]
     );
-    let leaves = number(9, 11);
-    let opted = on
-        .app
-        .post(
-            "/opt-outs",
-            &on.key,
-            json!({"channel": "voice", "to": leaves}),
+    let leaving: Vec<String> = (accepted - 3..accepted)
+        .map(|k| number(k as u32, 12))
+        .collect();
+    for to in &leaving {
+        optout(to.clone()).await;
+    }
+
+    assert_eq!(on.act(&id, "start").await.status(), 200);
+    // All but Los Angeles are settled; Los Angeles waits for its morning.
+    let settled = on
+        .until_counts(
+            &id,
+            json!({"completed": 250, "failed": 50, "skipped": 3, "expired": 5, "waiting": 5,
+                   "in_progress": 0, "pending": 0}),
         )
         .await;
-    assert_eq!(opted.status(), 201);
-
-    let started = on.act(&id, "start").await;
-    assert_eq!(started.status(), 200);
+    assert_eq!(settled["state"], "running");
+    let waiting = on.recipients(&id, "?state=waiting").await;
+    for recipient in &waiting {
+        assert_eq!(recipient["timezone"], "America/Los_Angeles");
+        assert_eq!(
+            recipient["next_at"], "2026-06-10T15:00:00.000Z",
+            "{recipient}"
+        );
+        assert_eq!(recipient["attempts"], 0);
+    }
+    clock.set("2026-06-10T15:00:00Z".parse().unwrap());
     let done = on.until(&id, "completed").await;
-    assert_eq!(counts(&done, "recipients"), 10);
-    assert_eq!(counts(&done, "completed"), 6, "{done}");
-    assert_eq!(counts(&done, "failed"), 3, "{done}");
-    assert_eq!(counts(&done, "skipped"), 1, "{done}");
-    assert_eq!(counts(&done, "attempts"), 6 + 3 + 1 + 3, "{done}");
+    assert_eq!(counts(&done, "recipients"), accepted as u64);
+    assert_eq!(counts(&done, "completed"), 255, "{done}");
+    assert_eq!(counts(&done, "failed"), 50, "{done}");
+    assert_eq!(counts(&done, "skipped"), 3, "{done}");
+    assert_eq!(counts(&done, "expired"), 5, "{done}");
     assert_eq!(
         done["counts"]["by_outcome"],
-        json!({"completed": 6, "busy": 1, "rejected": 1, "timeout": 1})
+        json!({"completed": 255, "busy": 10, "rejected": 10, "timeout": 10, "failed": 10,
+               "cancelled": 5, "machine": 5})
     );
-    assert_eq!(done["counts"]["by_skip_reason"], json!({"opted_out": 1}));
+    assert_eq!(done["counts"]["by_skip_reason"], json!({"opted_out": 3}));
+    let attempts = 255 + 10 * 3 + 10 + 10 * 3 + 10 + 5 + 5 * 3;
+    assert_eq!(counts(&done, "attempts"), attempts, "{done}");
     assert!(done["ended_at"].is_string());
 
+    // Each recipient's attempts are its sessions, no more and no fewer.
     let sessions = on.sessions(&id).await;
-    assert_eq!(sessions.len(), 13);
+    assert_eq!(sessions.len() as u64, attempts);
     assert!(sessions.iter().all(|s| s["campaign_id"] == id.as_str()));
-    let calls_to = |to: &str| sessions.iter().filter(|s| s["to"] == to).count();
-    assert_eq!(calls_to(&number(6, 90)), 3, "busy: every attempt");
-    assert_eq!(calls_to(&number(7, 91)), 1, "rejected: never retried");
-    assert_eq!(calls_to(&leaves), 0);
-    for k in 0..6 {
-        assert_eq!(calls_to(&number(k, 10 + k)), 1);
+    let mut calls = std::collections::HashMap::<String, u64>::new();
+    for session in &sessions {
+        *calls
+            .entry(session["to"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
-    let failed = on.recipients(&id, "?state=failed").await;
-    assert_eq!(failed.len(), 3);
-    let busy = failed.iter().find(|r| r["id"] == "busy").unwrap();
-    assert_eq!(busy["attempts"], 3);
+    let recipients = on.recipients(&id, "").await;
+    assert_eq!(recipients.len(), accepted);
+    for recipient in &recipients {
+        let to = recipient["to"].as_str().unwrap();
+        let made = calls.get(to).copied().unwrap_or(0);
+        assert_eq!(recipient["attempts"], made, "{recipient}");
+        let expected = match (&to[to.len() - 2..], recipient["state"].as_str().unwrap()) {
+            ("90" | "92" | "95", "failed") => 3,
+            ("91" | "93" | "94", "failed") => 1,
+            ("11" | "12", "expired" | "skipped") => 0,
+            (_, "completed") => 1,
+            other => panic!("{other:?}: {recipient}"),
+        };
+        assert_eq!(made, expected, "{recipient}");
+    }
+    for to in &leaving {
+        assert!(!calls.contains_key(to));
+    }
+    let busy = recipients
+        .iter()
+        .find(|r| r["to"] == number(250, 90))
+        .unwrap();
     assert_eq!(busy["last_outcome"], "busy");
     let skipped = on.recipients(&id, "?state=skipped").await;
-    assert_eq!(skipped[0]["to"], leaves.as_str());
-    assert_eq!(skipped[0]["skip_reason"], "opted_out");
+    assert_eq!(skipped.len(), 3);
+    assert!(skipped.iter().all(|r| r["skip_reason"] == "opted_out"));
 
     let export = on
         .app
@@ -243,11 +384,135 @@ async fn every_recipient_ends_in_its_state_each_attempt_one_session() {
         .starts_with("text/csv"));
     let csv = export.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines.len(), 11);
+    assert_eq!(lines.len(), accepted + 1);
     assert!(lines[0].starts_with("to,id,state,attempts,last_outcome,skip_reason"));
-    assert!(csv.contains(&format!("{leaves},leaves,skipped,0,,opted_out,")));
+    assert!(csv.contains(&format!(
+        "{},r{},skipped,0,,opted_out,",
+        leaving[0],
+        accepted - 3
+    )));
     // A campaign that is over cannot be started again.
     assert_eq!(on.act(&id, "start").await.status(), 409);
+}
+
+/// A recipient who was busy is called again and answers: it ends
+/// completed after two attempts, each a call the provider placed.
+#[tokio::test]
+async fn a_busy_recipient_called_again_answers_and_completes() {
+    use herald_server::testing::vonage::{CallFate, FakeVonage};
+    let vonage = FakeVonage::start(VONAGE_APPLICATION).await;
+    let url = vonage.url.clone();
+    let app = TestApp::spawn_with(|c| talk_to(c, &url)).await;
+    let key = app.new_key("retries").await;
+    let connection = vonage_connection(&app, &key, &vonage).await;
+    let body = json!({"name": "c", "type": "voice", "number": unique_number(),
+                      "connection_id": connection["connection_id"]});
+    let on = Campaigns::with_agent(app, key, body).await;
+    let id = on
+        .create(json!({"retries": {"max_attempts": 3, "after": {"busy": 1}}}))
+        .await;
+    let (busy, answers) = (number(1, 1), number(2, 2));
+    vonage.call_fate(&busy, CallFate::Unanswered("busy"));
+    on.add(&id, json!([{"to": busy}, {"to": answers}])).await;
+    assert_eq!(on.act(&id, "start").await.status(), 200);
+    let first = on
+        .until_counts(&id, json!({"waiting": 1, "completed": 1}))
+        .await;
+    assert_eq!(first["counts"]["by_outcome"]["busy"], 1, "{first}");
+    // The person is free by the next attempt.
+    vonage.call_fate(&busy, CallFate::Answer);
+    let done = on.until(&id, "completed").await;
+    assert_eq!(counts(&done, "completed"), 2, "{done}");
+    assert_eq!(counts(&done, "attempts"), 3, "{done}");
+    assert_eq!(done["counts"]["by_outcome"], json!({"completed": 2}));
+    let recipient = on
+        .recipients(&id, "")
+        .await
+        .into_iter()
+        .find(|r| r["to"] == busy.as_str())
+        .unwrap();
+    assert_eq!(recipient["state"], "completed");
+    assert_eq!(recipient["attempts"], 2);
+    let placed = vonage.calls();
+    assert_eq!(placed.iter().filter(|c| c.to == busy).count(), 2);
+    assert_eq!(placed.iter().filter(|c| c.to == answers).count(), 1);
+    assert_eq!(vonage.problems(), Vec::<String>::new());
+}
+
+/// Windows in the recipients' zones by a clock the test moves, over the
+/// weekend Britain's clocks go forward: weekday mornings open in Tokyo
+/// first, then in London an hour earlier in UTC than before the change,
+/// and an Idaho number whose prefix is in two zones waits until the window
+/// is open in both.
+#[tokio::test]
+async fn windows_open_in_each_recipient_s_zones_across_a_clock_change() {
+    // Saturday 28 March 2026, 12:00 UTC; Britain goes to BST at 01:00 UTC
+    // on Sunday.
+    let clock = herald_server::clock::Clock::starting_at("2026-03-28T12:00:00Z".parse().unwrap());
+    let set = clock.clone();
+    let on = Campaigns::start_with(Channel::Sms, None, |c| c.clock = set).await;
+    let id = on
+        .create(
+            json!({"window": {"days": ["mon", "tue", "wed", "thu", "fri"],
+                                  "start": "09:00", "end": "17:00"}}),
+        )
+        .await;
+    let (tokyo, london, idaho) = (number(1, 1), number(2, 2), "12082000042".to_owned());
+    on.add(
+        &id,
+        json!([{"to": tokyo, "timezone": "Asia/Tokyo"},
+               {"to": london, "timezone": "Europe/London"},
+               {"to": idaho}]),
+    )
+    .await;
+    assert_eq!(on.act(&id, "start").await.status(), 200);
+    on.until_counts(&id, json!({"waiting": 3})).await;
+    let next_at = |recipients: &[Value], to: &str| {
+        let recipient = recipients.iter().find(|r| r["to"] == to).unwrap();
+        recipient["next_at"].as_str().unwrap().to_owned()
+    };
+    let waiting = on.recipients(&id, "?state=waiting").await;
+    // Monday 09:00 in Tokyo is Sunday 24:00 UTC.
+    assert_eq!(next_at(&waiting, &tokyo), "2026-03-30T00:00:00.000Z");
+    // Monday 09:00 in London is 08:00 UTC, in summer time since Sunday.
+    assert_eq!(next_at(&waiting, &london), "2026-03-30T08:00:00.000Z");
+    // Boise 09:00-17:00 is 15:00-23:00 UTC, Los Angeles 16:00-24:00: both
+    // from 16:00.
+    let boise = waiting.iter().find(|r| r["to"] == idaho.as_str()).unwrap();
+    assert_eq!(boise["timezone"], "America/Boise&America/Los_Angeles");
+    assert_eq!(boise["timezone_source"], "number");
+    assert_eq!(next_at(&waiting, &idaho), "2026-03-30T16:00:00.000Z");
+
+    let contacted = |at: &str, n: u64| {
+        clock.set(at.parse().unwrap());
+        on.until_counts(&id, json!({"attempts": n}))
+    };
+    let quiet = || tokio::time::sleep(Duration::from_millis(400));
+    // A minute before each opening, nothing; at it, that one.
+    contacted("2026-03-29T23:59:00Z", 0).await;
+    quiet().await;
+    assert_eq!(counts(&on.read(&id).await, "attempts"), 0);
+    contacted("2026-03-30T00:00:00Z", 1).await;
+    contacted("2026-03-30T07:59:00Z", 1).await;
+    quiet().await;
+    assert_eq!(counts(&on.read(&id).await, "attempts"), 1);
+    contacted("2026-03-30T08:00:00Z", 2).await;
+    // Open in Boise, not yet in Los Angeles.
+    contacted("2026-03-30T15:30:00Z", 2).await;
+    quiet().await;
+    assert_eq!(counts(&on.read(&id).await, "attempts"), 2);
+    contacted("2026-03-30T16:00:00Z", 3).await;
+    let done = on.until(&id, "completed").await;
+    assert_eq!(counts(&done, "completed"), 3, "{done}");
+    let order: Vec<String> = {
+        let mut sessions = on.sessions(&id).await;
+        sessions.sort_by_key(|s| s["created_at"].as_str().unwrap().to_owned());
+        sessions
+            .iter()
+            .map(|s| s["to"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(order, [tokyo, london, idaho]);
 }
 
 /// The pace holds: no more than `per_second` attempts start in any one
@@ -358,6 +623,37 @@ async fn pause_resume_and_cancel() {
     for action in ["start", "resume", "pause", "cancel"] {
         assert_eq!(on.act(&id, action).await.status(), 409, "{action}");
     }
+}
+
+/// A campaign whose agent is deleted reaches nobody more: those not yet
+/// reached are skipped, and it completes.
+#[tokio::test]
+async fn a_campaign_whose_agent_is_deleted_skips_the_rest_and_completes() {
+    let on = Campaigns::start(Channel::Sms, None).await;
+    let id = on.create(json!({"pace": {"per_second": 2}})).await;
+    let rows: Vec<Value> = (0..20).map(|k| json!({"to": number(80 + k, 80)})).collect();
+    on.add(&id, json!(rows)).await;
+    assert_eq!(on.act(&id, "start").await.status(), 200);
+    for _ in 0..400 {
+        if counts(&on.read(&id).await, "attempts") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deleted = on
+        .app
+        .delete(&format!("/agents/{}", on.agent), &on.key)
+        .await;
+    assert_eq!(deleted.status(), 204);
+    let done = on.until(&id, "completed").await;
+    let (reached, skipped) = (counts(&done, "completed"), counts(&done, "skipped"));
+    assert!((1..20).contains(&reached), "{done}");
+    assert_eq!(reached + skipped, 20, "{done}");
+    assert_eq!(
+        done["counts"]["by_skip_reason"],
+        json!({"agent_deleted": skipped})
+    );
+    assert_eq!(on.sessions(&id).await.len() as u64, reached);
 }
 
 /// A window closed in the recipient's zone makes it wait for the next
