@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use herald_core::campaign::{CampaignState, RecipientState};
-use herald_core::recipients::{CsvReader, Limits, Row as CsvRow};
+use herald_core::recipients::{CsvError, CsvReader, Limits, Row as CsvRow};
 use herald_core::session::SessionParameters;
 use herald_core::trigger::{StatusUrl, TemplateMessage};
 use herald_core::window::{Tz, Window};
@@ -657,12 +657,20 @@ async fn csv_rows(mut body: Body, patience: std::time::Duration) -> Result<Vec<R
         if read > MAX_RECIPIENTS_BODY {
             return Err(too_large());
         }
-        reader
-            .push(&chunk, &mut take)
-            .map_err(|e| bad(e.to_string()))?;
+        reader.push(&chunk, &mut take).map_err(refused)?;
     }
-    reader.finish(&mut take).map_err(|e| bad(e.to_string()))?;
+    reader.finish(&mut take).map_err(refused)?;
     Ok(rows)
+}
+
+/// A CSV body refused whole: 413 for one with too many rows, as for JSON;
+/// 400 for one that is not CSV herald can read.
+fn refused(e: CsvError) -> ApiError {
+    let status = match e {
+        CsvError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.to_string())
 }
 
 /// Reads the JSON array of recipients.
@@ -770,6 +778,14 @@ pub async fn add_recipients(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/csv"));
+    // A body that says it is too large is refused before it is read.
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|length| length > MAX_RECIPIENTS_BODY as u64)
+    {
+        return Err(too_large());
+    }
     let patience = app.config.body_timeout;
     let rows = if csv {
         csv_rows(body, patience).await?

@@ -779,6 +779,144 @@ async fn recipients_by_csv_report_their_bad_rows_by_line() {
     assert_eq!(counts(&on.read(&id).await, "recipients"), 3);
 }
 
+/// Posts `body` as CSV recipients over a connection of its own, written as
+/// it goes (as a chunked body, or with `length` declared), reading the
+/// answer while it writes: the server may answer before the body's end.
+/// The status and body of the answer.
+async fn post_streamed(
+    on: &Campaigns,
+    id: &str,
+    length: Option<u64>,
+    mut body: impl FnMut(usize) -> Option<Vec<u8>> + Send + 'static,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = on.app.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let framing = match length {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
+    let head = format!(
+        "POST /campaigns/{id}/recipients HTTP/1.1\r\nHost: {address}\r\nX-Vgai-Key: {}\r\n\
+         Content-Type: text/csv\r\n{framing}\r\n\r\n",
+        on.key
+    );
+    let chunked = length.is_none();
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let mut part = 0;
+        while let Some(bytes) = body(part) {
+            if chunked {
+                write
+                    .write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
+                    .await?;
+                write.write_all(&bytes).await?;
+                write.write_all(b"\r\n").await?;
+            } else {
+                write.write_all(&bytes).await?;
+            }
+            part += 1;
+        }
+        if chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        // Held open until the answer is read: the server takes a client
+        // that closes its side as gone.
+        std::future::pending::<()>().await;
+        std::io::Result::Ok(())
+    });
+    let mut answer = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    let read_answer = async {
+        loop {
+            let n = match read.read(&mut buffer).await {
+                Ok(n) => n,
+                Err(e) => panic!(
+                    "reading: {e}; so far {:?}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            };
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.parse::<usize>().unwrap())
+                });
+                if length.is_some_and(|n| rest.len() >= n) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_answer)
+        .await
+        .expect("an answer within a minute");
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer, not {text:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, rest.to_owned())
+}
+
+/// Bodies past the limits are refused with 413 and nothing of them is
+/// stored: one that declares 2 GB at once, unread; a stream of 2 GB once it
+/// passes 100 000 rows, or 64 MiB of fat rows; neither is read to its end.
+#[tokio::test]
+async fn a_body_past_the_limits_gets_413_and_stores_nothing() {
+    let on = Campaigns::start(Channel::Sms, None).await;
+    let id = on.create(json!({})).await;
+    const TWO_GB: usize = 2 << 30;
+    // `part` of a CSV body in 1 MiB parts, each row `width` bytes.
+    let rows = |width: usize| {
+        move |part: usize| {
+            let mut bytes = Vec::with_capacity(1 << 20);
+            if part == 0 {
+                bytes.extend_from_slice(b"to,NOTE\n");
+            }
+            let mut n = part * (1 << 20) / width;
+            while bytes.len() + width <= 1 << 20 {
+                let row = format!("4477{n:08},");
+                bytes.extend_from_slice(row.as_bytes());
+                bytes.resize(bytes.len() + width - row.len() - 1, b'x');
+                bytes.push(b'\n');
+                n += 1;
+            }
+            (part < TWO_GB >> 20).then_some(bytes)
+        }
+    };
+    let (status, body) = post_streamed(&on, &id, Some(TWO_GB as u64), rows(13)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("A body of recipients is at most 64 MiB"),
+        "{body}"
+    );
+    let (status, body) = post_streamed(&on, &id, None, rows(13)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("more than 100000 rows"), "{body}");
+    let (status, body) = post_streamed(&on, &id, None, rows(2000)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("A body of recipients is at most 64 MiB"),
+        "{body}"
+    );
+    assert_eq!(counts(&on.read(&id).await, "recipients"), 0);
+    // The same server goes on taking bodies within the limits.
+    let (status, body) = post_streamed(&on, &id, None, |part| {
+        (part == 0).then(|| b"to\n447700900001\n".to_vec())
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&on.read(&id).await, "recipients"), 1);
+}
+
 /// A campaign's body is checked field by field, and its agent must be the
 /// account's.
 #[tokio::test]
