@@ -1284,54 +1284,14 @@ impl CampaignStore for PostgresStore {
     }
 
     async fn recipient_counts(&self, campaign: &CampaignId) -> Result<RecipientCounts> {
-        let grouped = |sql: &'static str| async move {
-            sqlx::query_as::<_, (String, i64)>(sql)
-                .bind(campaign.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .db()
-        };
-        let mut counts = RecipientCounts::default();
-        for (state, count) in grouped(
-            "SELECT state, COUNT(*) FROM campaign_recipients WHERE campaign_id = $1 \
-             GROUP BY state",
-        )
-        .await?
-        {
-            let state = state
-                .parse()
-                .map_err(|_| rows::bad_value("state", &state))?;
-            counts.by_state.push((state, count as u64));
-        }
-        for (outcome, count) in grouped(
-            "SELECT last_outcome, COUNT(*) FROM campaign_recipients \
-             WHERE campaign_id = $1 AND last_outcome IS NOT NULL GROUP BY last_outcome",
-        )
-        .await?
-        {
-            let outcome = outcome
-                .parse()
-                .map_err(|_| rows::bad_value("last_outcome", &outcome))?;
-            counts.by_outcome.push((outcome, count as u64));
-        }
-        counts.by_skip_reason = grouped(
-            "SELECT skip_reason, COUNT(*) FROM campaign_recipients \
-             WHERE campaign_id = $1 AND skip_reason IS NOT NULL GROUP BY skip_reason",
-        )
-        .await?
-        .into_iter()
-        .map(|(reason, count)| (reason, count as u64))
-        .collect();
-        let attempts: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(attempts), 0)::BIGINT FROM campaign_recipients \
-             WHERE campaign_id = $1",
+        let groups = sqlx::query_as::<_, rows::RecipientGroup>(
+            &rows::RECIPIENT_GROUPS.replace("SUM(attempts)", "SUM(attempts)::BIGINT"),
         )
         .bind(campaign.as_str())
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .db()?;
-        counts.attempts = attempts as u64;
-        Ok(counts)
+        rows::recipient_counts(groups)
     }
 
     async fn recipients(

@@ -419,3 +419,48 @@ impl Settlement {
         }
     }
 }
+
+/// The one query that counts a campaign's recipients: one pass over its
+/// rows, grouped by everything the counts tell apart.
+pub(crate) const RECIPIENT_GROUPS: &str =
+    "SELECT state, last_outcome, skip_reason, COUNT(*), SUM(attempts) \
+     FROM campaign_recipients WHERE campaign_id = $1 \
+     GROUP BY state, last_outcome, skip_reason";
+
+/// One row of [`RECIPIENT_GROUPS`]: state, last outcome, skip reason, how
+/// many recipients, their attempts.
+pub(crate) type RecipientGroup = (String, Option<String>, Option<String>, i64, i64);
+
+/// The counts of a campaign's recipients, from its groups.
+pub(crate) fn recipient_counts(
+    groups: impl IntoIterator<Item = RecipientGroup>,
+) -> Result<RecipientCounts> {
+    use std::collections::BTreeMap;
+    let mut by_state =
+        BTreeMap::<&'static str, (herald_core::campaign::RecipientState, u64)>::new();
+    let mut by_outcome = BTreeMap::<&'static str, (Outcome, u64)>::new();
+    let mut by_skip_reason = BTreeMap::<String, u64>::new();
+    let mut attempts = 0;
+    for (state, outcome, reason, count, tried) in groups {
+        let count = count as u64;
+        let state: herald_core::campaign::RecipientState =
+            state.parse().map_err(|_| bad_value("state", &state))?;
+        by_state.entry(state.as_str()).or_insert((state, 0)).1 += count;
+        if let Some(outcome) = outcome {
+            let outcome: Outcome = outcome
+                .parse()
+                .map_err(|_| bad_value("last_outcome", &outcome))?;
+            by_outcome.entry(outcome.as_str()).or_insert((outcome, 0)).1 += count;
+        }
+        if let Some(reason) = reason {
+            *by_skip_reason.entry(reason).or_default() += count;
+        }
+        attempts += tried as u64;
+    }
+    Ok(RecipientCounts {
+        by_state: by_state.into_values().collect(),
+        by_outcome: by_outcome.into_values().collect(),
+        by_skip_reason: by_skip_reason.into_iter().collect(),
+        attempts,
+    })
+}

@@ -910,46 +910,23 @@ impl CampaignStore for SqliteStore {
     async fn recipient_counts(&self, campaign: &CampaignId) -> Result<RecipientCounts> {
         let campaign = campaign.clone();
         self.read(move |conn| {
-            let mut counts = RecipientCounts::default();
-            let grouped = |sql: &str| -> Result<Vec<(String, u64)>> {
-                let mut stmt = conn.prepare_cached(sql).db()?;
-                let rows = stmt
-                    .query_map([campaign.as_str()], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
-                    })
-                    .db()?;
-                rows.map(|r| r.db()).collect()
-            };
-            for (state, count) in grouped(
-                "SELECT state, COUNT(*) FROM campaign_recipients WHERE campaign_id = ?1 \
-                 GROUP BY state",
-            )? {
-                let state = state
-                    .parse()
-                    .map_err(|_| rows::bad_value("state", &state))?;
-                counts.by_state.push((state, count));
-            }
-            for (outcome, count) in grouped(
-                "SELECT last_outcome, COUNT(*) FROM campaign_recipients \
-                 WHERE campaign_id = ?1 AND last_outcome IS NOT NULL GROUP BY last_outcome",
-            )? {
-                let outcome = outcome
-                    .parse()
-                    .map_err(|_| rows::bad_value("last_outcome", &outcome))?;
-                counts.by_outcome.push((outcome, count));
-            }
-            counts.by_skip_reason = grouped(
-                "SELECT skip_reason, COUNT(*) FROM campaign_recipients \
-                 WHERE campaign_id = ?1 AND skip_reason IS NOT NULL GROUP BY skip_reason",
-            )?;
-            counts.attempts = conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(attempts), 0) FROM campaign_recipients WHERE campaign_id = ?1",
-                )
+            let mut stmt = conn
+                .prepare_cached(&rows::RECIPIENT_GROUPS.replace("$1", "?1"))
+                .db()?;
+            let groups = stmt
+                .query_map([campaign.as_str()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
                 .db()?
-                .query_row([campaign.as_str()], |row| row.get::<_, i64>(0))
-                .db()? as u64;
-            Ok(counts)
+                .collect::<rusqlite::Result<Vec<rows::RecipientGroup>>>()
+                .db()?;
+            rows::recipient_counts(groups)
         })
         .await
     }
