@@ -29,6 +29,11 @@ pub struct CampaignFigures {
     pub mean_per_second: f64,
     /// The most sessions started in any one second (sliding).
     pub most_in_a_second: usize,
+    /// Sessions started in each whole second from the first.
+    pub each_second: Vec<usize>,
+    /// The median time `GET /campaigns/{id}` took with every recipient
+    /// stored, counts and all.
+    pub counts_read: Duration,
 }
 
 /// The server's peak resident memory so far, in MiB.
@@ -100,6 +105,19 @@ pub async fn measure(
         bail!("{stored} of {recipients} recipients stored");
     }
     let peak_after_mib = peak_mib(&server)?;
+    let mut reads = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _) = server
+            .call("GET", &format!("/campaigns/{id}"), None)
+            .await?;
+        reads.push(started.elapsed());
+        if status != 200 {
+            bail!("reading the campaign: {status}");
+        }
+    }
+    reads.sort();
+    let counts_read = reads[reads.len() / 2];
 
     let (status, body) = server
         .call("POST", &format!("/campaigns/{id}/start"), None)
@@ -144,6 +162,17 @@ pub async fn measure(
     }
     times.sort();
     let (mean_per_second, most_in_a_second) = pace_of(&times);
+    let each_second = times.first().map_or_else(Vec::new, |first| {
+        let mut counts = Vec::new();
+        for t in &times {
+            let second = (*t - *first).num_seconds() as usize;
+            if counts.len() <= second {
+                counts.resize(second + 1, 0);
+            }
+            counts[second] += 1;
+        }
+        counts
+    });
     Ok(CampaignFigures {
         recipients,
         upload,
@@ -153,6 +182,8 @@ pub async fn measure(
         dispatched: times.len(),
         mean_per_second,
         most_in_a_second,
+        each_second,
+        counts_read,
     })
 }
 

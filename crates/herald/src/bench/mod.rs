@@ -454,11 +454,16 @@ fn print_campaign(f: &campaign::CampaignFigures) {
         f.rss_before_mib,
         f.peak_after_mib,
     );
+    println!(
+        "  the campaign read with its counts in {:.1} ms (median of 5)",
+        f.counts_read.as_secs_f64() * 1000.0
+    );
     let off = (f.mean_per_second / f64::from(f.pace) - 1.0) * 100.0;
     println!(
-        "  dispatched at {}/s: {} sessions, {:.1}/s on average ({off:+.2}%), at most {} in any one second",
+        "  dispatched at {}/s: {} sessions, {:.1}/s on average over whole seconds ({off:+.2}%), at most {} in any one second",
         f.pace, f.dispatched, f.mean_per_second, f.most_in_a_second,
     );
+    println!("  each second: {:?}", f.each_second);
     let upload_met = f.upload < Duration::from_secs(20) || f.recipients < 1_000_000;
     println!(
         "  {} 1 000 000 recipients stored in under 20 s{}",
