@@ -94,7 +94,12 @@ impl SmppSettings {
     /// The settings of a checked connection; what is absent or out of
     /// range takes its default.
     pub fn from_settings(settings: &Map<String, Value>) -> SmppSettings {
-        let text = |name: &str| settings.get(name).and_then(Value::as_str).map(str::to_owned);
+        let text = |name: &str| {
+            settings
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let count = |name: &str| settings.get(name).and_then(Value::as_u64);
         SmppSettings {
             host: text("host"),
@@ -103,7 +108,10 @@ impl SmppSettings {
                 .filter(|p| *p > 0)
                 .unwrap_or(DEFAULT_PORT),
             system_type: text("system_type").unwrap_or_default(),
-            tls: settings.get("tls").and_then(Value::as_bool).unwrap_or(false),
+            tls: settings
+                .get("tls")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             source_ton: count("source_ton").and_then(|n| u8::try_from(n).ok()),
             source_npi: count("source_npi").and_then(|n| u8::try_from(n).ok()),
             window: count("window")
@@ -204,6 +212,8 @@ impl Shared {
 pub struct Smpp {
     shared: Arc<Shared>,
     started: AtomicBool,
+    /// The bind's task, once started.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     reports: Mutex<Option<mpsc::Receiver<Report>>>,
     /// Set when the bind is no longer wanted: its task unbinds and ends.
     stop: watch::Sender<bool>,
@@ -244,6 +254,7 @@ impl Smpp {
                 reference: AtomicU8::new(0),
             }),
             started: AtomicBool::new(false),
+            task: Mutex::new(None),
             reports: Mutex::new(Some(receiver)),
             stop: watch::channel(false).0,
         }
@@ -254,7 +265,23 @@ impl Smpp {
         if self.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        tokio::spawn(hold(self.shared.clone(), self.stop.subscribe()));
+        let task = tokio::spawn(hold(self.shared.clone(), self.stop.subscribe()));
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Unbinds (cleanly, if the SMSC answers in time) and stops binding:
+    /// for a server that shuts down.
+    pub async fn close(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(UNBIND_WAIT * 2, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
     }
 
     /// What the SMSC delivers over the bind: for whoever keeps it, once.
@@ -548,14 +575,20 @@ async fn connect(shared: &Shared) -> Result<TcpStream, NotBound> {
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, read_pdu(&mut stream)).await {
         Ok(Ok(Ok(answer))) => answer,
         Ok(Ok(Err(malformed))) => {
-            return Err(down(format!("the SMSC at {at} answered the bind with {malformed}")))
+            return Err(down(format!(
+                "the SMSC at {at} answered the bind with {malformed}"
+            )))
         }
         Ok(Err(_)) => {
             return Err(down(format!(
                 "the SMSC at {at} closed the connection before answering the bind"
             )))
         }
-        Err(_) => return Err(down(format!("the SMSC at {at} did not answer the bind in time"))),
+        Err(_) => {
+            return Err(down(format!(
+                "the SMSC at {at} did not answer the bind in time"
+            )))
+        }
     };
     match (answer.status, &answer.body) {
         (pdu::ESME_ROK, Body::BindTransceiverResp { .. }) => Ok(stream),
@@ -732,7 +765,10 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
     // What was written last (an unbind, its answer) goes out; answers of
     // reports still being kept are not waited for on a lost bind.
     let mut writing = writing;
-    if tokio::time::timeout(UNBIND_WAIT, &mut writing).await.is_err() {
+    if tokio::time::timeout(UNBIND_WAIT, &mut writing)
+        .await
+        .is_err()
+    {
         writing.abort();
     }
     ended

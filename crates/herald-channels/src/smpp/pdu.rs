@@ -528,7 +528,10 @@ mod tests {
         let other = Pdu::new(3, Body::Other(0x0000_0077));
         let read = Pdu::decode(&other.encode()).unwrap();
         assert_eq!(read.body, Body::Other(0x77));
-        assert_eq!(read.response(ESME_RINVCMDID).unwrap().body, Body::GenericNack);
+        assert_eq!(
+            read.response(ESME_RINVCMDID).unwrap().body,
+            Body::GenericNack
+        );
         // A failed submit_sm_resp may have no body.
         let mut failed = Pdu::new(4, Body::EnquireLinkResp).encode();
         failed[4..8].copy_from_slice(&SUBMIT_SM_RESP.to_be_bytes());

@@ -12,7 +12,11 @@ use super::text;
 pub enum Delivered {
     Receipt(Receipt),
     /// A message from a person (mobile-originated).
-    Message { from: String, to: String, text: String },
+    Message {
+        from: String,
+        to: String,
+        text: String,
+    },
 }
 
 /// A delivery receipt.

@@ -177,7 +177,10 @@ mod tests {
 
     #[test]
     fn gsm_where_it_fits_else_ucs_2() {
-        assert_eq!(encode("Hi @ 5€"), (Coding::Gsm7, b"Hi \x00 5\x1b\x65".to_vec()));
+        assert_eq!(
+            encode("Hi @ 5€"),
+            (Coding::Gsm7, b"Hi \x00 5\x1b\x65".to_vec())
+        );
         assert_eq!(encode("{x}").1, [0x1b, 0x28, b'x', 0x1b, 0x29]);
         assert_eq!(encode("Привет").0, Coding::Ucs2);
         assert_eq!(encode("a😀").1, [0, b'a', 0xd8, 0x3d, 0xde, 0x00]);
