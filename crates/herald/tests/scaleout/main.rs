@@ -53,6 +53,8 @@ mod rate_limits;
 mod secrets;
 #[path = "../api/sessions.rs"]
 mod sessions;
+#[path = "../api/smpp.rs"]
+mod smpp;
 #[path = "../api/tenancy.rs"]
 mod tenancy;
 #[path = "../api/twilio.rs"]
