@@ -144,22 +144,12 @@ impl SmppCredentials {
                 .map(|v| Secret::new(v.to_owned()))
                 .ok_or_else(|| BadConnection(format!("credentials.{name} is missing")))
         };
-        let credentials = SmppCredentials {
+        // SMPP 3.4 bounds them (15 and 8 characters), but SMSCs that take
+        // longer ones exist: the SMSC is the judge, at the bind.
+        Ok(SmppCredentials {
             system_id: get("system_id")?,
             password: get("password")?,
-        };
-        // SMPP 3.4 §4.1: C-octet strings of at most 16 and 9 bytes.
-        if credentials.system_id.expose().len() > 15 {
-            return Err(BadConnection(
-                "credentials.system_id must be at most 15 characters (SMPP 3.4)".into(),
-            ));
-        }
-        if credentials.password.expose().len() > 8 {
-            return Err(BadConnection(
-                "credentials.password must be at most 8 characters (SMPP 3.4)".into(),
-            ));
-        }
-        Ok(credentials)
+        })
     }
 }
 
