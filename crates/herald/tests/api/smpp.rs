@@ -632,3 +632,73 @@ async fn smpp_a_malformed_pdu_is_answered_with_generic_nack() {
         1
     );
 }
+
+/// The password of an SMPP connection reaches no log line, even at debug
+/// level, whether the SMSC takes it or refuses it.
+#[tokio::test]
+async fn smpp_the_password_reaches_no_log_line() {
+    let smsc = Smsc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::BACKEND.fresh_database(dir.path()).await;
+    let log = dir.path().join("herald.log");
+    let key = create_key(&database);
+    let secret_key = herald_core::secret::Sealer::generate_key();
+    let server = ServeProcess::start_with(ServeOptions {
+        args: &["--database", &database],
+        envs: &[
+            ("HERALD_LOG", "debug,sqlx=warn,hyper=info"),
+            ("HERALD_SECRET_KEY", &secret_key),
+        ],
+        log: Some(&log),
+        ..ServeOptions::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let wrong = "nOt-it9";
+    for password in [wrong, PASSWORD] {
+        let connection: Value = client
+            .post(format!("{}/connections", server.base))
+            .header("X-Vgai-Key", &key)
+            .json(&json!({"name": "SMSC", "provider": "smpp",
+                "credentials": {"system_id": SYSTEM_ID, "password": password},
+                "settings": {"host": "127.0.0.1", "port": smsc.port}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!connection.to_string().contains(password), "{connection}");
+        let check = client
+            .post(format!(
+                "{}/connections/{}/check",
+                server.base,
+                connection["connection_id"].as_str().unwrap()
+            ))
+            .header("X-Vgai-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            check.contains("\"ok\":true"),
+            password == PASSWORD,
+            "{check}"
+        );
+        assert!(!check.contains(password), "{check}");
+    }
+    // Both binds tried, again and again for the wrong one.
+    smsc.wait_for(3, |e| e["command"] == "bind_transceiver")
+        .await;
+    drop(server);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("ESME_RINVPASWD"), "{logged}");
+    for password in [wrong, PASSWORD] {
+        assert!(
+            !logged.contains(password),
+            "a password in the log: {logged}"
+        );
+    }
+}
