@@ -5,8 +5,8 @@
 //! UCS-2; long messages in parts and in `message_payload`; a receipt for
 //! every `stat`, by TLVs and by text (the id in decimal there, in hex in
 //! `submit_sm_resp`); throttling then success; a person's message starting
-//! a session; a bind dropped and made again; a malformed PDU; a wrong
-//! password.
+//! a session; a bind dropped and made again, and unbound at shutdown; a
+//! malformed PDU; a wrong password, which reaches no log line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ fn smsc_dir() -> PathBuf {
 }
 
 /// The SMSC, running: its port, what it logged, and its stdin.
-struct Smsc {
+pub(crate) struct Smsc {
     port: u16,
     child: Child,
     stdin: Mutex<ChildStdin>,
@@ -116,7 +116,7 @@ impl Smsc {
     }
 
     /// Tells the SMSC `command` and waits until it has done it.
-    async fn tell(&self, command: Value) {
+    pub(crate) async fn tell(&self, command: Value) {
         let done = |e: &Value| e["event"] == "done";
         let before = self.events().iter().filter(|e| done(e)).count();
         {
@@ -127,7 +127,7 @@ impl Smsc {
         self.wait_for(before + 1, done).await;
     }
 
-    fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         self.log.lock().unwrap().clone()
     }
 
@@ -140,7 +140,7 @@ impl Smsc {
     }
 
     /// Waits until `n` events match `matches`; them.
-    async fn wait_for(&self, n: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub(crate) async fn wait_for(&self, n: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
         for _ in 0..400 {
             let found: Vec<Value> = self.events().into_iter().filter(&matches).collect();
             if found.len() >= n {
@@ -159,9 +159,9 @@ impl Smsc {
 
 /// A server with an account, an SMPP connection to the SMSC and a
 /// published SMS agent on it.
-struct OnSmpp {
-    app: TestApp,
-    smsc: Smsc,
+pub(crate) struct OnSmpp {
+    pub(crate) app: TestApp,
+    pub(crate) smsc: Smsc,
     key: String,
     agent: String,
     number: String,
@@ -233,7 +233,7 @@ impl OnSmpp {
         }
     }
 
-    async fn texting(settings: Value) -> OnSmpp {
+    pub(crate) async fn texting(settings: Value) -> OnSmpp {
         let agent = json!({"name": "a", "type": "sms", "flow": text_flow()});
         OnSmpp::start(agent, settings, PASSWORD).await
     }
@@ -255,7 +255,7 @@ impl OnSmpp {
         body["session_id"].as_str().unwrap().to_owned()
     }
 
-    async fn text(&self, to: &str, text: &str) -> String {
+    pub(crate) async fn text(&self, to: &str, text: &str) -> String {
         self.trigger(to, json!([{"name": "TEXT", "value": text}]))
             .await
     }
@@ -270,7 +270,7 @@ impl OnSmpp {
     }
 
     /// The statuses the session recorded once `n` have come.
-    async fn statuses(&self, id: &str, n: usize) -> Vec<String> {
+    pub(crate) async fn statuses(&self, id: &str, n: usize) -> Vec<String> {
         for _ in 0..400 {
             let got = events_of(&self.session(id).await, "message_status", "status");
             if got.len() >= n {
@@ -285,7 +285,7 @@ impl OnSmpp {
     }
 
     /// The submit_sm PDUs to `to`.
-    fn submits_to(&self, to: &str) -> Vec<Value> {
+    pub(crate) fn submits_to(&self, to: &str) -> Vec<Value> {
         self.smsc
             .pdus("submit_sm")
             .into_iter()
@@ -583,7 +583,7 @@ async fn smpp_a_stranger_s_message_starts_a_session_of_the_number_s_agent() {
 
 #[tokio::test]
 async fn smpp_a_dropped_bind_is_made_again_and_nothing_is_lost_or_doubled() {
-    let on = OnSmpp::texting(json!({"enquire_link_secs": 1})).await;
+    let mut on = OnSmpp::texting(json!({"enquire_link_secs": 1})).await;
     let first = unique_number();
     let id = on.text(&first, "Before").await;
     assert_eq!(on.statuses(&id, 1).await, ["delivered"]);
@@ -605,6 +605,9 @@ async fn smpp_a_dropped_bind_is_made_again_and_nothing_is_lost_or_doubled() {
     on.smsc.wait_for(2, |e| e["event"] == "bound").await;
     // The bind is kept alive with enquire_link.
     on.smsc.wait_for_pdus("enquire_link", 1).await;
+    // A server that stops unbinds.
+    on.app.stop().await;
+    on.smsc.wait_for_pdus("unbind", 1).await;
 }
 
 #[tokio::test]

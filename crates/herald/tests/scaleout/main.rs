@@ -65,5 +65,6 @@ mod vonage;
 mod whatsapp_cloud;
 
 mod instances;
+mod smpp_servers;
 
 const BACKEND: helpers::Backend = helpers::Backend::ScaleOut;

@@ -14,6 +14,8 @@
 //   {"cmd":"stat","to":"4477…","stat":"REJECTD"}  receipts of messages to
 //       that number say this stat (DELIVRD otherwise); "NONE": no receipt
 //   {"cmd":"receipts","style":"tlv"|"text"}  how receipts are given
+//   {"cmd":"receipts_on","where":"other"|"same"}  send each receipt over
+//       another bound connection than the message came on, if there is one
 //   {"cmd":"throttle","n":2}  answer the next n submit_sm ESME_RTHROTTLED
 //   {"cmd":"mo","from":"…","to":"…","text":"…"}  a person's message
 //   {"cmd":"drop"}  close every bound connection
@@ -31,6 +33,7 @@ let nextId = 0x1000;
 let throttle = 0;
 let refuseBinds = 0;
 let style = 'tlv';
+let receiptsOn = 'same';
 const stats = new Map();
 const bound = new Set();
 
@@ -92,8 +95,13 @@ function receipt(session, pdu, id) {
         fields.receipted_message_id = id;
         fields.message_state = states[stat];
     }
-    session.deliver_sm(fields, (resp) => {
-        log({event: 'receipt_answered', id, command_status: resp.command_status});
+    let over = session;
+    if (receiptsOn === 'other') {
+        over = [...bound].find((s) => s !== session) || session;
+    }
+    over.deliver_sm(fields, (resp) => {
+        log({event: 'receipt_answered', id, command_status: resp.command_status,
+            other: over !== session});
     });
 }
 
@@ -152,6 +160,9 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
         break;
     case 'receipts':
         style = command.style;
+        break;
+    case 'receipts_on':
+        receiptsOn = command.where;
         break;
     case 'throttle':
         throttle = command.n;
