@@ -66,6 +66,9 @@ const REPORT_QUEUE: usize = 1024;
 /// again while the SMSC throttles it or the bind is down: the message
 /// cannot be sent again whole without doubling what went.
 const PART_TRIES: u32 = 20;
+/// The ids of long messages' later parts remembered, so that their
+/// receipts are answered at once rather than looked up in vain.
+const LATER_PARTS_KEPT: usize = 4096;
 
 /// How a text longer than a message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +188,36 @@ struct Shared {
     reports: mpsc::Sender<Report>,
     /// The reference of the next long message's parts.
     reference: AtomicU8,
+    /// The SMSC's ids of the parts of long messages after their first
+    /// (the first's id is the message's), most recent last: their
+    /// receipts are answered at once and go no further.
+    later_parts: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Shared {
     fn next_sequence(&self) -> u32 {
         // 0x00000001 to 0x7FFFFFFF (SMPP 3.4 §5.1.4).
         (self.sequence.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF) + 1
+    }
+
+    /// Remembers the id of a long message's later part.
+    fn later_part(&self, id: String) {
+        let mut parts = self.later_parts.lock().unwrap_or_else(|e| e.into_inner());
+        if parts.len() >= LATER_PARTS_KEPT {
+            parts.pop_front();
+        }
+        parts.push_back(receipt::canonical(&id));
+    }
+
+    /// Whether a receipt is of a long message's later part.
+    fn is_later_part(&self, delivered: &Delivered) -> bool {
+        let Delivered::Receipt(receipt) = delivered else {
+            return false;
+        };
+        let parts = self.later_parts.lock().unwrap_or_else(|e| e.into_inner());
+        receipt::id_forms(&receipt.id)
+            .iter()
+            .any(|form| parts.contains(form))
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Pdu>>> {
@@ -242,6 +269,7 @@ impl Smpp {
                 window,
                 reports,
                 reference: AtomicU8::new(0),
+                later_parts: Mutex::new(std::collections::VecDeque::new()),
             }),
             started: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -339,7 +367,10 @@ impl Smpp {
             loop {
                 tries += 1;
                 match self.submit(sm.clone()).await {
-                    Ok(_) => break,
+                    Ok(id) => {
+                        self.shared.later_part(id);
+                        break;
+                    }
                     Err(SendOutcome::Refused { status, reason }) => {
                         return SendOutcome::Refused {
                             status,
@@ -780,6 +811,10 @@ fn deliver(shared: &Shared, out: &mpsc::UnboundedSender<Vec<u8>>, sequence: u32,
         }
         .encode()
     };
+    if shared.is_later_part(&report.delivered) {
+        let _ = out.send(answer(pdu::ESME_ROK));
+        return;
+    }
     if shared.reports.try_send(report).is_err() {
         let _ = out.send(answer(pdu::ESME_RMSGQFUL));
         return;

@@ -424,6 +424,19 @@ async fn smpp_a_long_message_goes_in_three_parts_or_in_one_payload() {
     }
     assert_eq!(whole, text);
     assert_eq!(message_of(&parts[0]).chars().count(), 153);
+    // Each part's receipt is answered; those of the later parts at once,
+    // none of them looked up as a message herald does not know.
+    let answered = on
+        .smsc
+        .wait_for(3, |e| e["event"] == "receipt_answered")
+        .await;
+    assert!(answered.iter().all(|e| e["command_status"] == 0));
+    assert_eq!(
+        on.app
+            .provider_metric(&["provider=\"smpp\"", "result=\"unmatched\""])
+            .await,
+        0.0
+    );
 
     let on = OnSmpp::texting(json!({"long_messages": "payload"})).await;
     let to = unique_number();
