@@ -551,8 +551,20 @@ async fn smpp_a_wrong_password_is_reported_without_the_password() {
     }
     assert!(on.smsc.pdus("submit_sm").is_empty());
 
-    // With the right password, the check binds.
-    let on = OnSmpp::texting(json!({})).await;
+    // Mended, the connection binds afresh and its sessions go out.
+    let patched = on
+        .app
+        .patch(
+            &format!("/connections/{}", on.connection),
+            &on.key,
+            json!({"credentials": {"system_id": SYSTEM_ID, "password": PASSWORD}}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let to = unique_number();
+    let id = on.text(&to, "Hello again").await;
+    assert_eq!(on.statuses(&id, 1).await, ["delivered"]);
+    assert_eq!(on.submits_to(&to).len(), 1);
     let check: Value = on
         .app
         .post(
