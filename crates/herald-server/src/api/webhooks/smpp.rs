@@ -151,6 +151,10 @@ async fn apply_receipt(
     receipt: &Receipt,
     at: DateTime<Utc>,
 ) -> Result<Fate, ApiError> {
+    if receipt.status().is_none() {
+        // A stat herald does not act on: nothing to look up.
+        return Ok(Fate::Ignored);
+    }
     let forms = receipt::id_forms(&receipt.id);
     let reason = receipt.status().filter(|s| {
         matches!(
