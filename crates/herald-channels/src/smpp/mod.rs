@@ -706,6 +706,10 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
     let mut ticker = tokio::time::interval(shared.settings.enquire_link);
     ticker.tick().await;
     let mut unanswered_links = 0u32;
+    let mut parts = Parts::default();
+    // Often enough to hand on a person's message whose parts stopped
+    // coming.
+    let mut overdue = tokio::time::interval(PARTS_WAIT / 4);
     let write = |pdu: Pdu| {
         let _ = out.send(pdu.encode());
     };
@@ -727,7 +731,7 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
                     Some(Err(_)) | None => break lost("the SMSC closed the bind"),
                 };
                 match pdu.body {
-                    Body::DeliverSm(ref sm) => deliver(shared, &out, pdu.sequence, sm),
+                    Body::DeliverSm(ref sm) => deliver(shared, &mut parts, &out, pdu.sequence, sm),
                     Body::EnquireLink => write(pdu.response(pdu::ESME_ROK).expect("a request")),
                     Body::Unbind => {
                         write(pdu.response(pdu::ESME_ROK).expect("a request"));
@@ -743,6 +747,11 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
                             let _ = waiting.send(pdu);
                         }
                     }
+                }
+            }
+            _ = overdue.tick() => {
+                for (whole, sequences) in parts.overdue() {
+                    hand_on(shared, &out, whole, sequences);
                 }
             }
             _ = ticker.tick() => {
@@ -795,21 +804,130 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
     ended
 }
 
-/// Hands a `deliver_sm` on and answers it once it is kept: `ESME_ROK`,
-/// or an error the SMSC sends it again after.
-fn deliver(shared: &Shared, out: &mpsc::UnboundedSender<Vec<u8>>, sequence: u32, sm: &Sm) {
-    let (kept, was_kept) = oneshot::channel();
-    let report = Report {
-        delivered: receipt::read(sm),
-        kept,
-    };
-    let answer = move |status| {
-        Pdu {
-            status,
-            sequence,
-            body: Body::DeliverSmResp,
+/// The parts of people's long messages come so far on one bind, by
+/// sender, recipient, reference and count: each part's sequence number
+/// and text, and when the first came. Their `deliver_sm`s are answered
+/// once the whole message is kept (a bind lost first has the SMSC send
+/// them all again).
+#[derive(Default)]
+struct Parts {
+    partial: HashMap<(String, String, u16, u8), Partial>,
+}
+
+/// What came of a `deliver_sm` taken.
+enum Taken {
+    /// Not a part: the report as it is.
+    Whole(Delivered),
+    /// A part, held for the others.
+    Held,
+    /// The last part: the whole message, and every part's sequence.
+    Complete(Delivered, Vec<u32>),
+}
+
+struct Partial {
+    texts: std::collections::BTreeMap<u8, String>,
+    sequences: Vec<u32>,
+    since: tokio::time::Instant,
+}
+
+/// How long the parts of a person's message are waited for before what
+/// came is handed on as it is.
+const PARTS_WAIT: Duration = Duration::from_secs(10);
+
+impl Parts {
+    /// Takes a `deliver_sm`: a part of a person's message is held until
+    /// every part is in.
+    fn take(&mut self, sm: &Sm, sequence: u32) -> Taken {
+        let delivered = receipt::read(sm);
+        let Some((reference, total, seq)) = text::concatenation(sm.esm_class, &sm.short_message)
+        else {
+            return Taken::Whole(delivered);
+        };
+        let Delivered::Message { from, to, text } = delivered else {
+            return Taken::Whole(delivered);
+        };
+        let key = (from, to, reference, total);
+        let partial = self.partial.entry(key.clone()).or_insert_with(|| Partial {
+            texts: Default::default(),
+            sequences: vec![],
+            since: tokio::time::Instant::now(),
+        });
+        partial.texts.insert(seq, text);
+        partial.sequences.push(sequence);
+        if partial.texts.len() < total as usize {
+            return Taken::Held;
         }
-        .encode()
+        let (whole, sequences) = self
+            .partial
+            .remove(&key)
+            .expect("just seen")
+            .into_message(key);
+        Taken::Complete(whole, sequences)
+    }
+
+    /// The messages whose parts have been waited for long enough, each
+    /// with what came of it.
+    fn overdue(&mut self) -> Vec<(Delivered, Vec<u32>)> {
+        let due: Vec<_> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= PARTS_WAIT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|key| {
+                let partial = self.partial.remove(&key)?;
+                Some(partial.into_message(key))
+            })
+            .collect()
+    }
+}
+
+impl Partial {
+    fn into_message(self, (from, to, _, _): (String, String, u16, u8)) -> (Delivered, Vec<u32>) {
+        let text = self.texts.into_values().collect::<String>();
+        (Delivered::Message { from, to, text }, self.sequences)
+    }
+}
+
+/// Hands a `deliver_sm` on and answers it once it is kept: `ESME_ROK`,
+/// or an error the SMSC sends it again after. A part of a person's long
+/// message waits for the others.
+fn deliver(
+    shared: &Shared,
+    parts: &mut Parts,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    sequence: u32,
+    sm: &Sm,
+) {
+    match parts.take(sm, sequence) {
+        Taken::Whole(delivered) => hand_on(shared, out, delivered, vec![sequence]),
+        Taken::Held => {}
+        Taken::Complete(whole, sequences) => hand_on(shared, out, whole, sequences),
+    }
+}
+
+/// Hands a report on and answers the `deliver_sm`s it came in.
+fn hand_on(
+    shared: &Shared,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    delivered: Delivered,
+    sequences: Vec<u32>,
+) {
+    let (kept, was_kept) = oneshot::channel();
+    let report = Report { delivered, kept };
+    let answer = move |status| {
+        sequences
+            .iter()
+            .flat_map(|&sequence| {
+                Pdu {
+                    status,
+                    sequence,
+                    body: Body::DeliverSmResp,
+                }
+                .encode()
+            })
+            .collect::<Vec<u8>>()
     };
     if shared.is_later_part(&report.delivered) {
         let _ = out.send(answer(pdu::ESME_ROK));

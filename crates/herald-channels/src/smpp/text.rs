@@ -126,6 +126,32 @@ pub fn udh(reference: u8, total: u8, seq: u8) -> [u8; 6] {
     [0x05, 0x00, 0x03, reference, total, seq]
 }
 
+/// Where a part of a long message sits, from its user data header: the
+/// message's reference, its parts and this part's number (from 1); `None`
+/// for a message whole.
+pub fn concatenation(esm_class: u8, octets: &[u8]) -> Option<(u16, u8, u8)> {
+    if esm_class & 0x40 == 0 {
+        return None;
+    }
+    let header = octets.get(1..=*octets.first()? as usize)?;
+    let mut at = 0;
+    while at + 2 <= header.len() {
+        let (id, length) = (header[at], header[at + 1] as usize);
+        let element = header.get(at + 2..at + 2 + length)?;
+        match (id, element) {
+            (0x00, &[reference, total, seq]) if total > 1 && seq >= 1 && seq <= total => {
+                return Some((reference as u16, total, seq))
+            }
+            (0x08, &[high, low, total, seq]) if total > 1 && seq >= 1 && seq <= total => {
+                return Some((u16::from_be_bytes([high, low]), total, seq))
+            }
+            _ => {}
+        }
+        at += 2 + length;
+    }
+    None
+}
+
 /// A person's message as text: by its `data_coding` (GSM 7-bit, ASCII,
 /// Latin-1 or UCS-2; anything else read as Latin-1), without its user data
 /// header when `esm_class` says it has one.
@@ -210,5 +236,12 @@ mod tests {
         assert_eq!(udh(7, 3, 1), [5, 0, 3, 7, 3, 1]);
         let with_udh = [&udh(7, 2, 1)[..], b"Hi"].concat();
         assert_eq!(decode(0, 0x40, &with_udh), "Hi");
+        assert_eq!(concatenation(0x40, &with_udh), Some((7, 2, 1)));
+        assert_eq!(concatenation(0, &with_udh), None);
+        let sixteen = [6, 0x08, 4, 1, 2, 3, 3, b'x'];
+        assert_eq!(concatenation(0x40, &sixteen), Some((0x0102, 3, 3)));
+        for broken in [&[5, 0, 3, 7, 2][..], &[5, 0, 3, 7, 2, 3], &[], &[9, 0, 3]] {
+            assert_eq!(concatenation(0x40, broken), None, "{broken:?}");
+        }
     }
 }

@@ -604,6 +604,24 @@ async fn smpp_a_stranger_s_message_starts_a_session_of_the_number_s_agent() {
     assert_eq!(sent[0]["destination_addr"], person.as_str());
     let answered = on.smsc.wait_for(1, |e| e["event"] == "mo_answered").await;
     assert_eq!(answered[0]["command_status"], 0);
+
+    // A long message comes in parts, in any order: the flow reads it
+    // whole, once, and every part is answered.
+    let person = unique_number();
+    let parts = ["The first part, ", "then the second, ", "and the last."];
+    on.smsc
+        .tell(json!({"cmd": "mo", "from": person, "to": on.number,
+                     "parts": parts, "order": [2, 0, 1]}))
+        .await;
+    let sent = on.smsc.wait_for_pdus("submit_sm", 2).await;
+    assert_eq!(
+        message_of(&sent[1]),
+        format!("You said: {}", parts.concat())
+    );
+    let answered = on.smsc.wait_for(4, |e| e["event"] == "mo_answered").await;
+    assert!(answered.iter().all(|e| e["command_status"] == 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(on.submits_to(&person).len(), 1);
 }
 
 #[tokio::test]

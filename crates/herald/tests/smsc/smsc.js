@@ -18,6 +18,8 @@
 //       another bound connection than the message came on, if there is one
 //   {"cmd":"throttle","n":2}  answer the next n submit_sm ESME_RTHROTTLED
 //   {"cmd":"mo","from":"…","to":"…","text":"…"}  a person's message
+//   {"cmd":"mo","from":"…","to":"…","parts":["…","…"],"order":[1,0]}  one in
+//       parts with a concatenation header, sent in `order` (by index)
 //   {"cmd":"drop"}  close every bound connection
 //   {"cmd":"refuse_binds","n":1}  refuse the next n binds (ESME_RBINDFAIL)
 //   {"cmd":"raw","hex":"…"}  write these bytes to the bound connection
@@ -172,11 +174,26 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
         break;
     case 'mo':
         for (const session of bound) {
-            session.deliver_sm({
+            const address = {
                 source_addr_ton: 1, source_addr_npi: 1, source_addr: command.from,
                 dest_addr_ton: 1, dest_addr_npi: 1, destination_addr: command.to,
-                short_message: command.text,
-            }, (resp) => log({event: 'mo_answered', command_status: resp.command_status}));
+            };
+            const answered = (resp) =>
+                log({event: 'mo_answered', command_status: resp.command_status});
+            if (!command.parts) {
+                session.deliver_sm(Object.assign({short_message: command.text}, address),
+                    answered);
+                break;
+            }
+            const total = command.parts.length;
+            const order = command.order || command.parts.map((_, i) => i);
+            for (const i of order) {
+                const udh = Buffer.from([5, 0, 3, 0x42, total, i + 1]);
+                session.deliver_sm(Object.assign({
+                    esm_class: 0x40,
+                    short_message: {udh, message: command.parts[i]},
+                }, address), answered);
+            }
             break;
         }
         break;
