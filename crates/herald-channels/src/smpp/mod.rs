@@ -310,11 +310,6 @@ impl Smpp {
             .take()
     }
 
-    /// Whether the bind is up now.
-    pub fn is_bound(&self) -> bool {
-        matches!(*self.shared.bound.borrow(), Bound::Up(_))
-    }
-
     /// Binds once, apart from the bind sends use, and unbinds: whether the
     /// SMSC takes the credentials (CONTRACT §10.2). The detail never
     /// quotes them.
