@@ -54,6 +54,12 @@ const BIND_WAIT: Duration = Duration::from_secs(5);
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The pause after the SMSC refused the bind itself (a wrong password),
+/// doubled each time up to [`MAX_REFUSED_BACKOFF`]: an SMSC may lock an
+/// account that keeps binding with a wrong password, and mending the
+/// connection makes a bind of its own at once.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_secs(600);
 /// How long the SMSC has to answer `unbind` before the socket is closed.
 const UNBIND_WAIT: Duration = Duration::from_secs(2);
 /// How long a report handed on may take to be kept before the
@@ -82,6 +88,8 @@ pub enum LongMessages {
 /// A connection's settings (CONTRACT §10.1a), read.
 #[derive(Debug, Clone)]
 pub struct SmppSettings {
+    /// What the bind's log lines name it by (its connection's id).
+    pub label: String,
     pub host: Option<String>,
     pub port: u16,
     pub system_type: String,
@@ -105,6 +113,7 @@ impl SmppSettings {
         };
         let count = |name: &str| settings.get(name).and_then(Value::as_u64);
         SmppSettings {
+            label: String::new(),
             host: text("host"),
             port: count("port")
                 .and_then(|p| u16::try_from(p).ok())
@@ -643,14 +652,16 @@ async fn hold(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let lost = match connect(&shared).await {
             Ok(stream) => {
                 backoff = FIRST_BACKOFF;
-                tracing::info!("bound to the SMSC");
+                tracing::info!(connection = %shared.settings.label, "bound to the SMSC");
                 serve(&shared, stream, &mut stop).await
             }
             Err(not) => not,
         };
+        let refused = lost.refused;
         let stopping = *stop.borrow();
         if !stopping {
-            tracing::warn!(reason = %lost.reason, "the bind to the SMSC is down");
+            tracing::warn!(connection = %shared.settings.label, reason = %lost.reason,
+                "the bind to the SMSC is down");
         }
         shared.bound.send_replace(Bound::Down {
             reason: lost.reason,
@@ -661,11 +672,20 @@ async fn hold(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if stopping {
             return;
         }
+        let pause = if refused {
+            backoff.max(REFUSED_BACKOFF)
+        } else {
+            backoff
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = if refused {
+            (pause * 2).min(MAX_REFUSED_BACKOFF)
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
     }
 }
 
@@ -714,12 +734,14 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
                 let pdu = match next {
                     Some(Ok(Ok(pdu))) => pdu,
                     Some(Ok(Err(Malformed::Body { command, sequence, why }))) => {
-                        tracing::warn!(command, why, "the SMSC sent a PDU herald cannot read");
+                        tracing::warn!(connection = %shared.settings.label, command, why,
+                            "the SMSC sent a PDU herald cannot read");
                         write(Pdu { status: pdu::ESME_RINVCMDLEN, sequence, body: Body::GenericNack });
                         continue;
                     }
                     Some(Ok(Err(malformed @ Malformed::Length(_)))) => {
-                        tracing::warn!(%malformed, "the SMSC sent what is not SMPP");
+                        tracing::warn!(connection = %shared.settings.label, %malformed,
+                            "the SMSC sent what is not SMPP");
                         write(Pdu { status: pdu::ESME_RINVCMDLEN, sequence: 0, body: Body::GenericNack });
                         break lost("the SMSC sent what is not SMPP");
                     }

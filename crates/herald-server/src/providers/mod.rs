@@ -496,7 +496,10 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
         ProviderKind::Smpp => {
             let credentials = SmppCredentials::from_credentials(&credentials)
                 .map_err(|e| unreadable(e.to_string()))?;
-            let settings = SmppSettings::from_settings(&record.settings);
+            let settings = SmppSettings {
+                label: record.id.to_string(),
+                ..SmppSettings::from_settings(&record.settings)
+            };
             (
                 Link::Smpp(Arc::new(Smpp::new(settings, credentials))),
                 Pace::per_second(

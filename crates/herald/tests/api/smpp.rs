@@ -735,7 +735,7 @@ async fn smpp_the_password_reaches_no_log_line() {
         );
         assert!(!check.contains(password), "{check}");
     }
-    // Both binds tried, again and again for the wrong one.
+    // Both binds tried: by the checks, and by the server on its own.
     smsc.wait_for(3, |e| e["command"] == "bind_transceiver")
         .await;
     drop(server);
