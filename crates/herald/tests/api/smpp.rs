@@ -748,3 +748,30 @@ async fn smpp_the_password_reaches_no_log_line() {
         );
     }
 }
+
+/// At most `window` submit_sm await their answer at once, however many
+/// sessions send together.
+#[tokio::test]
+async fn smpp_at_most_a_window_of_messages_awaits_its_answer() {
+    let on = OnSmpp::texting(json!({"window": 2, "per_second": 1000})).await;
+    on.smsc.tell(json!({"cmd": "slow", "ms": 300})).await;
+    let people: Vec<String> = (0..6).map(|_| unique_number()).collect();
+    let mut ids = vec![];
+    for person in &people {
+        ids.push(on.text(person, "Together").await);
+    }
+    for id in &ids {
+        assert_eq!(on.statuses(id, 1).await, ["delivered"]);
+    }
+    let most = on
+        .smsc
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "submit_unanswered")
+        .filter_map(|e| e["unanswered"].as_u64())
+        .max();
+    assert_eq!(most, Some(2));
+    for person in &people {
+        assert_eq!(on.submits_to(person).len(), 1);
+    }
+}

@@ -17,6 +17,8 @@
 //   {"cmd":"receipts_on","where":"other"|"same"}  send each receipt over
 //       another bound connection than the message came on, if there is one
 //   {"cmd":"throttle","n":2}  answer the next n submit_sm ESME_RTHROTTLED
+//   {"cmd":"slow","ms":300}  answer each submit_sm after this long; each
+//       submit_sm's log line then says how many were unanswered with it
 //   {"cmd":"mo","from":"…","to":"…","text":"…"}  a person's message
 //   {"cmd":"mo","from":"…","to":"…","parts":["…","…"],"order":[1,0]}  one in
 //       parts with a concatenation header, sent in `order` (by index)
@@ -36,6 +38,8 @@ let throttle = 0;
 let refuseBinds = 0;
 let style = 'tlv';
 let receiptsOn = 'same';
+let slow = 0;
+let unanswered = 0;
 const stats = new Map();
 const bound = new Set();
 
@@ -137,8 +141,13 @@ const server = smpp.createServer((session) => {
             return;
         }
         const id = (nextId++).toString(16).toUpperCase();
-        session.send(pdu.response({message_id: id}));
-        setTimeout(() => receipt(session, pdu, id), 20);
+        unanswered += 1;
+        log({event: 'submit_unanswered', unanswered});
+        setTimeout(() => {
+            unanswered -= 1;
+            session.send(pdu.response({message_id: id}));
+            setTimeout(() => receipt(session, pdu, id), 20);
+        }, slow);
     });
     session.on('enquire_link', (pdu) => session.send(pdu.response()));
     session.on('unbind', (pdu) => {
@@ -165,6 +174,9 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
         break;
     case 'receipts_on':
         receiptsOn = command.where;
+        break;
+    case 'slow':
+        slow = command.ms;
         break;
     case 'throttle':
         throttle = command.n;
