@@ -171,7 +171,8 @@ impl ProviderKind {
                 &[Channel::Voice, Channel::Sms, Channel::Whatsapp]
             }
             ProviderKind::WhatsappCloud => &[Channel::Whatsapp],
-            ProviderKind::Smpp | ProviderKind::Sip => &[],
+            ProviderKind::Smpp => &[Channel::Sms],
+            ProviderKind::Sip => &[],
         }
     }
 }
@@ -292,6 +293,9 @@ pub fn check_credentials(
         }
         ProviderKind::WhatsappCloud => {
             crate::whatsapp_cloud::WhatsappCredentials::from_credentials(&credentials)?;
+        }
+        ProviderKind::Smpp => {
+            crate::smpp::SmppCredentials::from_credentials(&credentials)?;
         }
         _ => {}
     }

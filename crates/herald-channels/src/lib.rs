@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod connection;
 mod simulator;
+pub mod smpp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod twilio;

@@ -15,6 +15,7 @@ use herald_channels::adapter::{
     CallOutcome, CallTurn, MachineDetection, NewCall, OutboundMessage, SendOutcome,
 };
 use herald_channels::connection::Credentials;
+use herald_channels::smpp::{Smpp, SmppCredentials, SmppSettings};
 use herald_channels::twilio::{self, Twilio, TwilioCredentials, TwilioSettings};
 use herald_channels::vonage::voice::Voice;
 use herald_channels::vonage::{self, Vonage, VonageCredentials};
@@ -52,6 +53,8 @@ pub enum Link {
     Vonage(Box<Vonage>),
     Twilio(Box<Twilio>),
     WhatsappCloud(Box<WhatsappCloud>),
+    /// An SMSC's bind, held while the connection is open.
+    Smpp(Arc<Smpp>),
     /// A provider whose adapter this build does not have yet.
     NotYet,
 }
@@ -69,6 +72,7 @@ impl Link {
             Link::Vonage(vonage) => vonage.send(message).await,
             Link::Twilio(twilio) => twilio.send(message).await,
             Link::WhatsappCloud(whatsapp) => whatsapp.send(message).await,
+            Link::Smpp(smpp) => smpp.send(message).await,
             Link::NotYet => SendOutcome::Refused {
                 status: herald_core::session::MessageStatus::Failed,
                 reason: CANNOT_SEND.into(),
@@ -81,7 +85,9 @@ impl Link {
     pub fn call_webhooks(&self) -> (&'static str, &'static str) {
         match self {
             Link::Twilio(_) => ("voice", "voice_status"),
-            Link::Vonage(_) | Link::WhatsappCloud(_) | Link::NotYet => ("answer", "event"),
+            Link::Vonage(_) | Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => {
+                ("answer", "event")
+            }
         }
     }
 
@@ -90,7 +96,7 @@ impl Link {
         match self {
             Link::Vonage(vonage) => vonage.create_call(call).await,
             Link::Twilio(twilio) => twilio.create_call(call).await,
-            Link::WhatsappCloud(_) | Link::NotYet => CallOutcome::Refused {
+            Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
             },
         }
@@ -105,7 +111,7 @@ impl Link {
             Link::Twilio(twilio) => {
                 Value::String(twilio::voice::twiml(turn, &twilio.settings.voice))
             }
-            Link::WhatsappCloud(_) | Link::NotYet => Value::Null,
+            Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => Value::Null,
         }
     }
 
@@ -116,7 +122,7 @@ impl Link {
             Link::Vonage(_) => serde_json::to_value(vonage::voice::Ncco::hold_on(next_url))
                 .expect("NCCO serialises"),
             Link::Twilio(_) => Value::String(twilio::voice::hold_on(&next_url)),
-            Link::WhatsappCloud(_) | Link::NotYet => Value::Null,
+            Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => Value::Null,
         }
     }
 
@@ -145,7 +151,7 @@ impl Link {
                 }
                 _ => ("hang_up", self.hang_up(call_id).await),
             },
-            Link::WhatsappCloud(_) | Link::NotYet => (
+            Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => (
                 "transfer",
                 CallOutcome::Refused {
                     reason: CANNOT_CALL.into(),
@@ -166,7 +172,7 @@ impl Link {
                 let form = vec![("Status".to_owned(), "completed".to_owned())];
                 twilio.update_call(call_id, &form).await
             }
-            Link::WhatsappCloud(_) | Link::NotYet => CallOutcome::Refused {
+            Link::WhatsappCloud(_) | Link::Smpp(_) | Link::NotYet => CallOutcome::Refused {
                 reason: CANNOT_CALL.into(),
             },
         }
@@ -251,6 +257,9 @@ const VONAGE_MESSAGES_PER_SECOND: f64 = 15.0;
 /// default limit on call creation (CHANNELS §3).
 const VONAGE_CALLS_PER_SECOND: f64 = 3.0;
 
+/// A bind kept, and when its connection last changed.
+type KeptBind = (chrono::DateTime<chrono::Utc>, Arc<Smpp>);
+
 /// The connections opened so far, kept while they do not change: a
 /// webhook or a send must not unseal credentials and parse a key each
 /// time. A change through this server's API forgets its connection at
@@ -259,6 +268,10 @@ const VONAGE_CALLS_PER_SECOND: f64 = 3.0;
 pub struct Providers {
     opened: Mutex<HashMap<ConnectionId, Arc<Opened>>>,
     seen: AtomicI64,
+    /// The binds to SMSCs, kept while their connection does not change
+    /// (by when it last changed): forgetting an opened connection must
+    /// not drop a bind, and the receipts an SMSC is about to send on it.
+    binds: Mutex<HashMap<ConnectionId, KeptBind>>,
 }
 
 impl Providers {
@@ -280,12 +293,49 @@ impl Providers {
         let Some(record) = store.connection_for_work(id).await? else {
             return Ok(None);
         };
-        let opened = Arc::new(open(config, &record)?);
+        let mut opened = open(config, &record)?;
+        if let Link::Smpp(smpp) = &mut opened.link {
+            *smpp = self.bind_of(&record, smpp.clone());
+        }
+        let opened = Arc::new(opened);
         self.opened
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), opened.clone());
         Ok(Some(opened))
+    }
+
+    /// The bind kept for the connection as `record` has it; `fresh` (not
+    /// yet started) if there is none, or the connection changed since.
+    fn bind_of(&self, record: &ConnectionRecord, fresh: Arc<Smpp>) -> Arc<Smpp> {
+        let mut binds = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        match binds.get(&record.id) {
+            Some((at, kept)) if *at == record.updated_at => kept.clone(),
+            _ => {
+                // A bind made with what the connection held before goes
+                // (unbinding once the sessions using it let it go).
+                binds.insert(record.id.clone(), (record.updated_at, fresh.clone()));
+                fresh
+            }
+        }
+    }
+
+    /// Lets the bind of a deleted connection go.
+    pub fn drop_bind(&self, id: &ConnectionId) {
+        self.binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Every bind kept, to unbind them at shutdown.
+    pub fn binds(&self) -> Vec<Arc<Smpp>> {
+        self.binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(_, smpp)| smpp.clone())
+            .collect()
     }
 
     pub fn forget(&self, id: &ConnectionId) {
@@ -314,6 +364,7 @@ impl Opened {
             Link::Vonage(vonage) => vonage.check().await,
             Link::Twilio(twilio) => twilio.check().await,
             Link::WhatsappCloud(whatsapp) => whatsapp.check().await,
+            Link::Smpp(smpp) => smpp.check().await,
             Link::NotYet => (
                 false,
                 format!("this version of herald cannot reach {} yet", self.provider),
@@ -342,6 +393,12 @@ const TWILIO_CALLS_PER_SECOND: f64 = 1.0;
 /// default throughput of a business number (Meta raises it to 1 000 for
 /// numbers that qualify).
 const WHATSAPP_MESSAGES_PER_SECOND: f64 = 80.0;
+
+/// The messages a second an SMPP connection sends at most (from all
+/// servers together), unless its `per_second` setting says otherwise:
+/// SMSCs' throughput is agreed account by account; this is a rate most
+/// take without throttling, and `per_second` raises it.
+const SMPP_MESSAGES_PER_SECOND: f64 = 50.0;
 
 /// The rate limiter's key of a connection's requests of one kind: apart
 /// from every agent's key.
@@ -432,6 +489,22 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                 Pace::per_second(
                     pace_key(&record.id, "messages"),
                     rate("messages_per_second", WHATSAPP_MESSAGES_PER_SECOND),
+                ),
+                Pace::per_second(pace_key(&record.id, "calls"), 1.0),
+            )
+        }
+        ProviderKind::Smpp => {
+            let credentials = SmppCredentials::from_credentials(&credentials)
+                .map_err(|e| unreadable(e.to_string()))?;
+            let settings = SmppSettings {
+                label: record.id.to_string(),
+                ..SmppSettings::from_settings(&record.settings)
+            };
+            (
+                Link::Smpp(Arc::new(Smpp::new(settings, credentials))),
+                Pace::per_second(
+                    pace_key(&record.id, "messages"),
+                    rate("per_second", SMPP_MESSAGES_PER_SECOND),
                 ),
                 Pace::per_second(pace_key(&record.id, "calls"), 1.0),
             )

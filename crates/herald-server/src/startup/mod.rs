@@ -214,6 +214,10 @@ pub async fn start_with_store(
         app.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(api::webhooks::smpp::run(
+        app.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(purge_expired(app.clone(), shutdown)));
     tracing::info!(%addr, region = %app.config.region, "herald is serving");
     Ok(Server {

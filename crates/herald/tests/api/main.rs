@@ -29,6 +29,7 @@ mod provider_connections;
 mod rate_limits;
 mod secrets;
 mod sessions;
+mod smpp;
 mod tenancy;
 mod twilio;
 mod vonage;

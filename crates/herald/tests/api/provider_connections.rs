@@ -527,28 +527,36 @@ async fn a_check_asks_vonage_whether_the_credentials_work() {
         checked(&app, &path, &key).await,
         json!({"ok": false, "detail": "Vonage could not be reached"})
     );
-    // A provider this build cannot reach yet says so.
-    let smpp = create(
-        &app,
-        &key,
-        json!({"name": "smsc", "provider": "smpp",
-               "credentials": {"system_id": "herald", "password": "s3cret-smpp"}}),
-    )
-    .await;
-    let response = app
-        .post(
-            &format!(
-                "/connections/{}/check",
-                smpp["connection_id"].as_str().unwrap()
-            ),
-            &key,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"ok": false, "detail": "this version of herald cannot reach smpp yet"})
-    );
+    // A provider this build cannot reach yet says so; an SMPP connection
+    // that names no SMSC says what to set (tests/api/smpp.rs binds).
+    for (connection, detail) in [
+        (
+            json!({"name": "pbx", "provider": "sip",
+                   "credentials": {"username": "herald", "password": "s3cret-sip"}}),
+            "this version of herald cannot reach sip yet",
+        ),
+        (
+            json!({"name": "smsc", "provider": "smpp",
+                   "credentials": {"system_id": "herald", "password": "s3cret-smpp"}}),
+            "settings.host must name the SMSC",
+        ),
+    ] {
+        let created = create(&app, &key, connection).await;
+        let response = app
+            .post(
+                &format!(
+                    "/connections/{}/check",
+                    created["connection_id"].as_str().unwrap()
+                ),
+                &key,
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"ok": false, "detail": detail})
+        );
+    }
 }
 
 /// A Twilio connection's check reads the account, with the auth token or

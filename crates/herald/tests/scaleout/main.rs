@@ -53,6 +53,8 @@ mod rate_limits;
 mod secrets;
 #[path = "../api/sessions.rs"]
 mod sessions;
+#[path = "../api/smpp.rs"]
+mod smpp;
 #[path = "../api/tenancy.rs"]
 mod tenancy;
 #[path = "../api/twilio.rs"]
@@ -63,5 +65,6 @@ mod vonage;
 mod whatsapp_cloud;
 
 mod instances;
+mod smpp_servers;
 
 const BACKEND: helpers::Backend = helpers::Backend::ScaleOut;

@@ -24,6 +24,7 @@ use crate::providers::{Link, Opened};
 use crate::session::driver::parse_client_ref;
 use crate::AppState;
 
+pub mod smpp;
 mod twilio;
 mod voice;
 mod vonage;
