@@ -228,14 +228,14 @@ impl Paces {
 
 /// Runs the scheduler until shutdown.
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
-    // Passes keep to a fixed beat (a pass that overruns skips beats rather
-    // than shifting the rest). Each second then holds the same number of
+    // Passes keep to a fixed beat (one that overruns is followed at once,
+    // and the beat goes on). Each second then holds the same number of
     // passes, and a pace spread over them fills each second's quota: with
     // a pause after each pass instead, passes 118 ms apart put nine in
     // some seconds, the limiter refused the ninth's share, and the pace
     // fell 6% short.
     let mut beat = tokio::time::interval(PASS);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     loop {
         tokio::select! {
             _ = beat.tick() => {}
@@ -295,31 +295,29 @@ async fn work_on(app: &AppState, campaign: &CampaignRecord, until: Instant) -> a
     if state == CampaignState::Cancelled {
         settings.retries = None;
     }
-    // Settled together, so that the store commits them together: one by
-    // one, a durable commit each, they would take the whole of a pass at a
-    // few hundred attempts a second, and the pace would fall behind.
-    let mut settles = tokio::task::JoinSet::new();
-    for ended in store.ended_attempts(&campaign.id, BATCH).await? {
-        let change = settings.after_attempt(ended.attempts, ended.outcome, now);
-        let (app, id) = (app.clone(), campaign.id.clone());
-        settles.spawn(async move {
-            app.store
-                .settle_attempt(&id, ended.n, ended.session_id, change)
-                .await
-        });
-    }
-    while let Some(settled) = settles.join_next().await {
-        settled??;
-    }
+    // Attempts that ended are settled while new ones start: a settled
+    // recipient is waiting for a retry or done, never due at once, so the
+    // two never meet, and the pace's slots are not left to free unused
+    // while the settling commits.
+    let settling = settle_ended(app, campaign, &settings, now);
+    let starting = async {
+        if state != CampaignState::Running {
+            return Ok(());
+        }
+        if schedule.end_at.is_some_and(|at| at <= now) {
+            store
+                .close_recipients(&campaign.id, RecipientState::Expired, None)
+                .await?;
+            Ok(())
+        } else {
+            start_due(app, campaign, &settings, now, until).await
+        }
+    };
+    let (settled, started) = tokio::join!(settling, starting);
+    settled?;
+    started?;
     if state != CampaignState::Running {
         return Ok(());
-    }
-    if schedule.end_at.is_some_and(|at| at <= now) {
-        store
-            .close_recipients(&campaign.id, RecipientState::Expired, None)
-            .await?;
-    } else {
-        start_due(app, campaign, &settings, now, until).await?;
     }
     // Over once nobody is left to reach or under way.
     let open = store.has_open_recipients(&campaign.id).await?;
@@ -333,6 +331,32 @@ async fn work_on(app: &AppState, campaign: &CampaignRecord, until: Instant) -> a
                 now,
             )
             .await?;
+    }
+    Ok(())
+}
+
+/// Settles the attempts whose sessions ended: done, or waiting for a
+/// retry. Together, so that the store commits them together: one by one,
+/// a durable commit each, they would take the whole of a pass at a few
+/// hundred attempts a second.
+async fn settle_ended(
+    app: &AppState,
+    campaign: &CampaignRecord,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let mut settles = tokio::task::JoinSet::new();
+    for ended in app.store.ended_attempts(&campaign.id, BATCH).await? {
+        let change = settings.after_attempt(ended.attempts, ended.outcome, now);
+        let (app, id) = (app.clone(), campaign.id.clone());
+        settles.spawn(async move {
+            app.store
+                .settle_attempt(&id, ended.n, ended.session_id, change)
+                .await
+        });
+    }
+    while let Some(settled) = settles.join_next().await {
+        settled??;
     }
     Ok(())
 }
@@ -457,16 +481,19 @@ async fn start_due(
         if pace.per_second.is_some() && permit.is_none() {
             break;
         }
-        if let Decision::Limited { .. } = app
+        let agent_permit = match app
             .limiter
             .acquire(agent.agent_id.as_str(), agent_rate)
             .await?
         {
-            if let Some(permit) = permit {
-                app.limiter.release(&pace_key, permit).await;
+            Decision::Admitted(permit) => permit,
+            Decision::Limited { .. } => {
+                if let Some(permit) = permit {
+                    app.limiter.release(&pace_key, permit).await;
+                }
+                break;
             }
-            break;
-        }
+        };
         let session = NewSession {
             id: SessionId::generate(),
             account_id: campaign.account_id,
@@ -496,15 +523,23 @@ async fn start_due(
         };
         allowed -= 1;
         // Started together, so that the store commits them together.
-        let (app, id) = (app.clone(), campaign.id.clone());
+        let (app, id, pace_key) = (app.clone(), campaign.id.clone(), pace_key.clone());
+        let (agent_id, channel) = (agent.agent_id.clone(), agent.channel);
         let (n, attempts) = (recipient.n, recipient.attempts);
         starts.spawn(async move {
             let started = app.store.start_attempt(&id, n, attempts, session).await?;
-            if started {
+            if !started {
+                // Another server started it first: the slots were not
+                // used, and go back to the pace and the agent's rate.
+                if let Some(permit) = permit {
+                    app.limiter.release(&pace_key, permit).await;
+                }
+                app.limiter.release(agent_id.as_str(), agent_permit).await;
+            } else {
                 app.metrics
                     .sessions_accepted
                     .get_or_create(&crate::metrics::ChannelLabels {
-                        channel: agent.channel.as_str(),
+                        channel: channel.as_str(),
                     })
                     .inc();
                 app.dispatch_wakeup.notify_one();
@@ -567,7 +602,10 @@ mod tests {
         let paces = Paces::default();
         let id = CampaignId::generate();
         let first = paces.take(&id, 100);
-        assert!((10..=11).contains(&first), "a pass's worth to begin with: {first}");
+        assert!(
+            (10..=11).contains(&first),
+            "a pass's worth to begin with: {first}"
+        );
         std::thread::sleep(Duration::from_millis(50));
         let accrued = paces.take(&id, 100);
         assert!((5..=100).contains(&accrued), "{accrued}");
