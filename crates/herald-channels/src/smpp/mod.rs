@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_core::net::is_internal;
 use herald_core::secret::Secret;
 use herald_core::session::MessageStatus;
 use herald_core::Channel;
@@ -99,6 +100,9 @@ pub struct SmppSettings {
     pub window: usize,
     pub enquire_link: Duration,
     pub long_messages: LongMessages,
+    /// Bind to an SMSC at a loopback or private address (the operator's
+    /// choice, never an account's).
+    pub allow_private: bool,
 }
 
 impl SmppSettings {
@@ -114,6 +118,7 @@ impl SmppSettings {
         let count = |name: &str| settings.get(name).and_then(Value::as_u64);
         SmppSettings {
             label: String::new(),
+            allow_private: false,
             host: text("host"),
             port: count("port")
                 .and_then(|p| u16::try_from(p).ok())
@@ -581,11 +586,42 @@ async fn connect(shared: &Shared) -> Result<TcpStream, NotBound> {
         });
     }
     let at = format!("{host}:{}", settings.port);
-    let mut stream = match tokio::time::timeout(ANSWER_TIMEOUT, TcpStream::connect(&at)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(down(format!("the SMSC at {at} could not be reached: {e}"))),
-        Err(_) => return Err(down(format!("the SMSC at {at} did not answer in time"))),
-    };
+    // The account chose the host: unless the operator allows it, herald
+    // connects to no address inside its own network, whatever the name
+    // resolves to, and connects to the addresses it checked.
+    let addresses: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(ANSWER_TIMEOUT, tokio::net::lookup_host(&at)).await {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(e)) => {
+                return Err(down(format!(
+                    "the SMSC's host {host} could not be resolved: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(down(format!(
+                    "the SMSC's host {host} could not be resolved in time"
+                )))
+            }
+        };
+    if !settings.allow_private {
+        if let Some(internal) = addresses.iter().find(|a| is_internal(a.ip())) {
+            return Err(NotBound {
+                reason: format!(
+                    "the SMSC's host {host} is at {}, an internal address: herald binds to SMSCs \
+                     inside its own network only when its operator allows it \
+                     (HERALD_ALLOW_PRIVATE_SMSC)",
+                    internal.ip()
+                ),
+                refused: true,
+            });
+        }
+    }
+    let mut stream =
+        match tokio::time::timeout(ANSWER_TIMEOUT, TcpStream::connect(&addresses[..])).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(down(format!("the SMSC at {at} could not be reached: {e}"))),
+            Err(_) => return Err(down(format!("the SMSC at {at} did not answer in time"))),
+        };
     let _ = stream.set_nodelay(true);
     let sequence = shared.next_sequence();
     let bind = Pdu::bind(

@@ -498,6 +498,7 @@ pub fn open(config: &Config, record: &ConnectionRecord) -> Result<Opened, OpenEr
                 .map_err(|e| unreadable(e.to_string()))?;
             let settings = SmppSettings {
                 label: record.id.to_string(),
+                allow_private: config.allow_private_smsc,
                 ..SmppSettings::from_settings(&record.settings)
             };
             (

@@ -27,6 +27,9 @@ pub struct Config {
     /// Let callbacks go to loopback and private addresses (tests, demos, and
     /// receivers on the same network).
     pub allow_private_callbacks: bool,
+    /// Let SMPP connections bind to SMSCs at loopback and private addresses
+    /// (an operator's own SMSC on its network; tests).
+    pub allow_private_smsc: bool,
     /// The rate of an agent with no limit of its own (CONTRACT §6.2).
     pub default_rate: u32,
     /// The highest rate `herald limits set` accepts.
@@ -226,6 +229,11 @@ pub struct Settings {
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_CALLBACKS", num_args = 0..=1, default_missing_value = "true",
         value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_callbacks: Option<bool>,
+    /// Allow SMPP connections to bind to SMSCs at loopback and private
+    /// addresses [default: false].
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_SMSC", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_private_smsc: Option<bool>,
     /// Send those calls through this HTTP proxy (http://HOST:PORT); herald
     /// still checks each target's address itself.
     #[arg(long, env = "HERALD_OUTBOUND_PROXY", hide_env_values = true)]
@@ -513,6 +521,7 @@ impl Settings {
                 .region
                 .ok_or_else(|| invalid("region", "must be eu or us"))?,
             allow_private_callbacks: self.allow_private_callbacks.unwrap_or(false),
+            allow_private_smsc: self.allow_private_smsc.unwrap_or(false),
             default_rate,
             max_rate,
             callback_retry_schedule,
@@ -628,6 +637,7 @@ mod tests {
         assert_eq!(config.dispatch_lease, Duration::from_secs(60));
         assert!(config.durable_commits);
         assert!(!config.allow_private_callbacks);
+        assert!(!config.allow_private_smsc);
         assert_eq!(config.inbound_token, None);
         assert_eq!(config.smtp, None);
         assert!(config.secret_key.is_none());

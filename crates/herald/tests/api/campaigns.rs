@@ -31,6 +31,8 @@ struct Campaigns {
     app: TestApp,
     key: String,
     agent: String,
+    /// The agent's number.
+    number: String,
 }
 
 impl Campaigns {
@@ -58,6 +60,7 @@ impl Campaigns {
 
     /// A campaign's agent made of `body` and published.
     async fn with_agent(app: TestApp, key: String, body: Value) -> Campaigns {
+        let number = body["number"].as_str().unwrap().to_owned();
         let created = app.post("/agents", &key, body).await;
         let status = created.status();
         let created: Value = created.json().await.unwrap();
@@ -67,7 +70,12 @@ impl Campaigns {
             .post(&format!("/agents/{agent}/publish"), &key, json!({}))
             .await;
         assert_eq!(published.status(), 200);
-        Campaigns { app, key, agent }
+        Campaigns {
+            app,
+            key,
+            agent,
+            number,
+        }
     }
 
     async fn create(&self, mut body: Value) -> String {
@@ -653,6 +661,69 @@ async fn a_campaign_whose_agent_is_deleted_skips_the_rest_and_completes() {
         json!({"agent_deleted": skipped})
     );
     assert_eq!(on.sessions(&id).await.len() as u64, reached);
+}
+
+/// STOP in the middle of a campaign's conversation opts the recipient
+/// out: the attempt ends completed, the opt-out names its session, and a
+/// later campaign refuses the recipient when it is added.
+#[tokio::test]
+async fn stop_in_a_campaign_s_conversation_opts_the_recipient_out() {
+    use crate::conversations::{said_by_agent, transcript, Person};
+    let on = Campaigns::start(Channel::Sms, Some(friday_question_flow(300))).await;
+    let id = on.create(json!({})).await;
+    let (leaves, stays) = (number(1, 1), number(2, 2));
+    on.add(&id, json!([{"to": leaves}, {"to": stays}])).await;
+    assert_eq!(on.act(&id, "start").await.status(), 200);
+    // Both are asked their question.
+    let mut sessions = Vec::new();
+    for _ in 0..400 {
+        sessions = on.sessions(&id).await;
+        let mut asked = 0;
+        for session in &sessions {
+            let id = session["session_id"].as_str().unwrap();
+            asked +=
+                usize::from(!said_by_agent(&transcript(&on.app, &on.key, id).await).is_empty());
+        }
+        if asked == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let session_of = |to: &str| {
+        sessions.iter().find(|s| s["to"] == to).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    Person::new(&on.app, &on.key, "sms", &leaves, &on.number)
+        .says("STOP")
+        .await;
+    Person::new(&on.app, &on.key, "sms", &stays, &on.number)
+        .says("yes")
+        .await;
+    let done = on.until(&id, "completed").await;
+    assert_eq!(counts(&done, "completed"), 2, "{done}");
+    assert_eq!(counts(&done, "attempts"), 2, "{done}");
+    let listed: Value = on
+        .app
+        .get("/opt-outs?channel=sms", &on.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let opt_outs = listed["opt_outs"].as_array().unwrap();
+    assert_eq!(opt_outs.len(), 1, "{listed}");
+    assert_eq!(opt_outs[0]["to"], leaves.as_str());
+    assert_eq!(opt_outs[0]["source"], "keyword");
+    assert_eq!(opt_outs[0]["session_id"], session_of(&leaves).as_str());
+
+    let again = on.create(json!({})).await;
+    let added = on.add(&again, json!([{"to": leaves}, {"to": stays}])).await;
+    assert_eq!(added["accepted"], 1, "{added}");
+    assert_eq!(
+        added["rejected"],
+        json!([{"line": 1, "reason": format!("{leaves} has opted out of sms")}])
+    );
 }
 
 /// A window closed in the recipient's zone makes it wait for the next

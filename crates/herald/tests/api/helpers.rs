@@ -67,6 +67,8 @@ impl TestApp {
             redis_url: crate::BACKEND.redis_url().map(Into::into),
             // The test receiver is on loopback.
             allow_private_callbacks: true,
+            // The tests' SMSC is on loopback too.
+            allow_private_smsc: true,
             callback_retry_schedule: vec![Duration::from_millis(200); 3],
             simulator_delay: Duration::from_millis(5),
             ..Config::default()

@@ -690,7 +690,7 @@ async fn smpp_the_password_reaches_no_log_line() {
     let key = create_key(&database);
     let secret_key = herald_core::secret::Sealer::generate_key();
     let server = ServeProcess::start_with(ServeOptions {
-        args: &["--database", &database],
+        args: &["--database", &database, "--allow-private-smsc"],
         envs: &[
             ("HERALD_LOG", "debug,sqlx=warn,hyper=info"),
             ("HERALD_SECRET_KEY", &secret_key),
@@ -774,4 +774,52 @@ async fn smpp_at_most_a_window_of_messages_awaits_its_answer() {
     for person in &people {
         assert_eq!(on.submits_to(person).len(), 1);
     }
+}
+
+/// An account chooses its SMSC's host: unless the operator allows it,
+/// herald binds to no address inside its own network, and says so.
+#[tokio::test]
+async fn smpp_an_smsc_at_an_internal_address_is_refused_unless_the_operator_allows_it() {
+    let smsc = Smsc::start();
+    let app = TestApp::spawn_with(|c| {
+        talk_to(c, "http://127.0.0.1:9");
+        c.allow_private_smsc = false;
+    })
+    .await;
+    let key = app.new_key("acme").await;
+    let response = app
+        .post(
+            "/connections",
+            &key,
+            json!({"name": "SMSC", "provider": "smpp",
+                   "credentials": {"system_id": SYSTEM_ID, "password": PASSWORD},
+                   "settings": {"host": "localhost", "port": smsc.port}}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let connection: Value = response.json().await.unwrap();
+    let check: Value = app
+        .post(
+            &format!(
+                "/connections/{}/check",
+                connection["connection_id"].as_str().unwrap()
+            ),
+            &key,
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["ok"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the SMSC's host localhost is at")
+            && detail.contains("an internal address")
+            && detail.contains("HERALD_ALLOW_PRIVATE_SMSC"),
+        "{detail}"
+    );
+    // Nothing reached the SMSC, from the check or from the server's bind.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(smsc.pdus("bind_transceiver").is_empty());
 }
