@@ -61,15 +61,7 @@ impl Campaigns {
     /// A campaign's agent made of `body` and published.
     async fn with_agent(app: TestApp, key: String, body: Value) -> Campaigns {
         let number = body["number"].as_str().unwrap().to_owned();
-        let created = app.post("/agents", &key, body).await;
-        let status = created.status();
-        let created: Value = created.json().await.unwrap();
-        assert_eq!(status, 201, "{created}");
-        let agent = created["agent_id"].as_str().unwrap().to_owned();
-        let published = app
-            .post(&format!("/agents/{agent}/publish"), &key, json!({}))
-            .await;
-        assert_eq!(published.status(), 200);
+        let agent = app.publish_agent(&key, body).await;
         Campaigns {
             app,
             key,

@@ -127,6 +127,22 @@ impl TestApp {
         key
     }
 
+    /// Creates the agent `body` describes and publishes it, through the
+    /// API; returns its id.
+    pub async fn publish_agent(&self, key: &str, body: Value) -> String {
+        let created = self.post("/agents", key, body).await;
+        let status = created.status();
+        let created: Value = created.json().await.unwrap();
+        assert_eq!(status, 201, "{created}");
+        let id = created["agent_id"].as_str().unwrap().to_owned();
+        let published = self
+            .post(&format!("/agents/{id}/publish"), key, json!({}))
+            .await;
+        let status = published.status();
+        assert_eq!(status, 200, "{}", published.text().await.unwrap());
+        id
+    }
+
     /// Creates and publishes an agent through the API; returns its id.
     pub async fn published_agent(&self, key: &str, channel: Channel, number: &str) -> String {
         let id = self.draft_agent(key, channel, number).await;

@@ -207,21 +207,7 @@ impl OnSmpp {
         let mut agent = agent;
         agent["number"] = json!(number);
         agent["connection_id"] = json!(connection);
-        let created = app.post("/agents", &key, agent).await;
-        assert_eq!(created.status(), 201);
-        let agent = created.json::<Value>().await.unwrap()["agent_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let published = app
-            .post(&format!("/agents/{agent}/publish"), &key, json!({}))
-            .await;
-        assert_eq!(
-            published.status(),
-            200,
-            "{}",
-            published.text().await.unwrap()
-        );
+        let agent = app.publish_agent(&key, agent).await;
         OnSmpp {
             app,
             smsc,

@@ -49,16 +49,7 @@ impl OnTwilio {
         if let Some(flow) = flow {
             agent["flow"] = flow;
         }
-        let created = app.post("/agents", &key, agent).await;
-        assert_eq!(created.status(), 201);
-        let agent = created.json::<Value>().await.unwrap()["agent_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let published = app
-            .post(&format!("/agents/{agent}/publish"), &key, json!({}))
-            .await;
-        assert_eq!(published.status(), 200);
+        let agent = app.publish_agent(&key, agent).await;
         OnTwilio {
             app,
             twilio,

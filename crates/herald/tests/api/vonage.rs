@@ -51,21 +51,7 @@ impl OnVonage {
         if let Some(flow) = flow {
             agent["flow"] = flow;
         }
-        let created = app.post("/agents", &key, agent).await;
-        assert_eq!(created.status(), 201);
-        let agent = created.json::<Value>().await.unwrap()["agent_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let published = app
-            .post(&format!("/agents/{agent}/publish"), &key, json!({}))
-            .await;
-        assert_eq!(
-            published.status(),
-            200,
-            "{}",
-            published.text().await.unwrap()
-        );
+        let agent = app.publish_agent(&key, agent).await;
         OnVonage {
             app,
             vonage,
