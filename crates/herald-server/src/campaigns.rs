@@ -567,7 +567,10 @@ mod tests {
         let paces = Paces::default();
         let id = CampaignId::generate();
         let first = paces.take(&id, 100);
-        assert!((10..=11).contains(&first), "a pass's worth to begin with: {first}");
+        assert!(
+            (10..=11).contains(&first),
+            "a pass's worth to begin with: {first}"
+        );
         std::thread::sleep(Duration::from_millis(50));
         let accrued = paces.take(&id, 100);
         assert!((5..=100).contains(&accrued), "{accrued}");
