@@ -76,6 +76,10 @@ const PART_TRIES: u32 = 20;
 /// The ids of long messages' later parts remembered, so that their
 /// receipts are answered at once rather than looked up in vain.
 const LATER_PARTS_KEPT: usize = 4096;
+/// The ids the SMSC gave messages on this bind remembered, most recent
+/// last, so that a receipt's id is matched to the form it was given in
+/// rather than to another message's id in the other base.
+const GIVEN_KEPT: usize = 1 << 17;
 
 /// How a text longer than a message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +210,12 @@ struct Shared {
     /// (the first's id is the message's), most recent last: their
     /// receipts are answered at once and go no further.
     later_parts: Mutex<std::collections::VecDeque<String>>,
+    /// The ids the SMSC gave this bind's messages (canonical), in order
+    /// and for lookup.
+    given: Mutex<(
+        std::collections::VecDeque<String>,
+        std::collections::HashSet<String>,
+    )>,
 }
 
 impl Shared {
@@ -221,6 +231,21 @@ impl Shared {
             parts.pop_front();
         }
         parts.push_back(receipt::canonical(&id));
+    }
+
+    /// Remembers an id the SMSC gave a message.
+    fn given(&self, id: &str) {
+        let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+        let (order, set) = &mut *given;
+        if order.len() >= GIVEN_KEPT {
+            if let Some(oldest) = order.pop_front() {
+                set.remove(&oldest);
+            }
+        }
+        let id = receipt::canonical(id);
+        if set.insert(id.clone()) {
+            order.push_back(id);
+        }
     }
 
     /// Whether a receipt is of a long message's later part.
@@ -284,6 +309,7 @@ impl Smpp {
                 reports,
                 reference: AtomicU8::new(0),
                 later_parts: Mutex::new(std::collections::VecDeque::new()),
+                given: Mutex::default(),
             }),
             started: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -314,6 +340,19 @@ impl Smpp {
                 task.abort();
             }
         }
+    }
+
+    /// The form, of those a receipt's id may have had ([`receipt::id_forms`]),
+    /// in which the SMSC gave the id to a message sent on this bind
+    /// (canonical); `None` for an id it gave none of them recently (sent
+    /// by another server, or before this one started). A receipt that
+    /// comes before its message's id is stored must not be matched to
+    /// another message whose id is the same number in the other base.
+    pub fn given_form(&self, id: &str) -> Option<String> {
+        let given = self.shared.given.lock().unwrap_or_else(|e| e.into_inner());
+        receipt::id_forms(id)
+            .into_iter()
+            .find(|form| given.1.contains(form))
     }
 
     /// What the SMSC delivers over the bind: for whoever keeps it, once.
@@ -795,6 +834,13 @@ async fn serve(shared: &Shared, stream: TcpStream, stop: &mut watch::Receiver<bo
                         write(pdu.response(pdu::ESME_RINVCMDID).expect("a request"));
                     }
                     _ => {
+                        // An id is remembered before any receipt read
+                        // after it is handed on.
+                        if let (pdu::ESME_ROK, Body::SubmitSmResp { message_id }) = (pdu.status, &pdu.body) {
+                            if !message_id.is_empty() {
+                                shared.given(message_id);
+                            }
+                        }
                         // An answer: to whichever request has its number.
                         if let Some(waiting) = shared.pending().remove(&pdu.sequence) {
                             let _ = waiting.send(pdu);
@@ -998,4 +1044,26 @@ fn hand_on(
         };
         let _ = out.send(answer(status));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_id_is_matched_to_the_form_the_smsc_gave() {
+        let credentials = SmppCredentials {
+            system_id: Secret::new("herald".to_owned()),
+            password: Secret::new("pw".to_owned()),
+        };
+        let smpp = Smpp::new(SmppSettings::from_settings(&Map::new()), credentials);
+        // 0x1A2B is 6699, and 0x6699 could be another message's id.
+        smpp.shared.given("1A2B");
+        assert_eq!(smpp.given_form("1a2b").as_deref(), Some("1a2b"));
+        assert_eq!(smpp.given_form("6699").as_deref(), Some("1a2b"));
+        assert_eq!(smpp.given_form("0001A2B").as_deref(), Some("1a2b"));
+        assert_eq!(smpp.given_form("4351"), None);
+        smpp.shared.given("4351");
+        assert_eq!(smpp.given_form("4351").as_deref(), Some("4351"));
+    }
 }

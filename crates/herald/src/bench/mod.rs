@@ -14,7 +14,10 @@
 //!    them the tests use ([`vonage`], [`twilio`]): how long voice webhooks
 //!    take to answer with the call's next turn under load, and messages a
 //!    second with their statuses coming back; and the messages on a
-//!    WhatsApp Cloud connection ([`whatsapp_cloud`]).
+//!    WhatsApp Cloud connection ([`whatsapp_cloud`]);
+//! 8. on an SMPP connection bound to a loopback SMSC ([`smpp`], [`smsc`]):
+//!    SMS a second from trigger to `submit_sm`, and from the SMSC's
+//!    receipts to the `delivered` callbacks.
 //!
 //! The server is a separate process, as in production, so its memory can
 //! be read on its own; the load generator ([`load`]) shares the machine
@@ -23,6 +26,8 @@
 mod campaign;
 mod load;
 mod providers;
+mod smpp;
+mod smsc;
 mod twilio;
 mod vonage;
 mod whatsapp_cloud;
@@ -63,9 +68,18 @@ pub struct BenchArgs {
     /// SMS sessions sent through each provider's fake messages API.
     #[arg(long, alias = "vonage-messages", default_value_t = 2_000)]
     provider_messages: usize,
-    /// Run the providers' scenarios only.
+    /// Run the providers' scenarios only (the SMPP one among them).
     #[arg(long, alias = "vonage-only")]
     providers_only: bool,
+    /// SMS sent through the loopback SMSC, each with its receipt back.
+    #[arg(long, default_value_t = 20_000)]
+    smpp_messages: usize,
+    /// The SMPP connection's window: requests awaiting their answer at once.
+    #[arg(long, default_value_t = 1000)]
+    smpp_window: usize,
+    /// Run the SMPP scenario only.
+    #[arg(long)]
+    smpp_only: bool,
     /// Recipients of the campaign scenario, uploaded as CSV.
     #[arg(long, default_value_t = 1_000_000)]
     campaign_recipients: usize,
@@ -326,10 +340,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let c = args.connections;
     print_machine();
+    if args.smpp_only {
+        print_smpp(&measure_smpp(dir.path(), &args).await?);
+        return Ok(());
+    }
     if args.providers_only {
         for figures in measure_providers(dir.path(), &args, seconds).await? {
             print_provider(&figures);
         }
+        print_smpp(&measure_smpp(dir.path(), &args).await?);
         return Ok(());
     }
     if args.campaign_only {
@@ -400,12 +419,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("memory with waiting sessions...");
     let memory = measure_memory(dir.path(), args.waiting_sessions, c).await?;
     let providers = measure_providers(dir.path(), &args, seconds).await?;
+    let on_smpp = measure_smpp(dir.path(), &args).await?;
     let campaign = measure_campaign(dir.path(), &args).await?;
 
     print_report(&rows, drained, &callbacks, &backlog, &memory);
     for figures in &providers {
         print_provider(figures);
     }
+    print_smpp(&on_smpp);
     print_campaign(&campaign);
     Ok(())
 }
@@ -428,6 +449,56 @@ async fn measure_providers(
     eprintln!("WhatsApp Cloud scenario...");
     let on_cloud = whatsapp_cloud::measure(dir, messages, c).await?;
     Ok(vec![on_vonage, on_twilio, on_cloud])
+}
+
+async fn measure_smpp(dir: &Path, args: &BenchArgs) -> anyhow::Result<smpp::SmppFigures> {
+    eprintln!("SMPP scenario ({} SMS)...", args.smpp_messages);
+    smpp::measure(dir, args.smpp_messages, args.connections, args.smpp_window).await
+}
+
+fn print_smpp(f: &smpp::SmppFigures) {
+    let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    println!();
+    println!(
+        "on the local SMSC (SMPP, window {}, per_second {}, {} bind{}):",
+        f.window,
+        smpp::PER_SECOND,
+        f.binds,
+        if f.binds == 1 { "" } else { "s" },
+    );
+    println!(
+        "  trigger to submit_sm: {} SMS in {:.2} s = {:.0}/s",
+        f.messages,
+        f.to_submit.as_secs_f64(),
+        rate(f.messages, f.to_submit),
+    );
+    println!(
+        "  receipt to delivered callback: {} of {} in {:.2} s from the first receipt = {:.0}/s; receipts kept {} (of a message not found: {}), answered with an error and sent again {}",
+        f.delivered,
+        f.messages,
+        f.from_receipts.as_secs_f64(),
+        rate(f.delivered, f.from_receipts),
+        f.receipts_kept,
+        f.unmatched,
+        f.receipts_refused,
+    );
+    let end_to_end = rate(f.delivered, f.end_to_end);
+    println!(
+        "  end to end, trigger to delivered callback: {} in {:.2} s = {end_to_end:.0}/s",
+        f.delivered,
+        f.end_to_end.as_secs_f64(),
+    );
+    let every = f.delivered == f.messages;
+    println!(
+        "  {} 5 000 SMS a second end to end, every receipt reported: {end_to_end:.0}/s, {} of {} reported",
+        if every && end_to_end >= 5_000.0 {
+            "met   "
+        } else {
+            "MISSED"
+        },
+        f.delivered,
+        f.messages,
+    );
 }
 
 async fn measure_campaign(
@@ -572,6 +643,8 @@ async fn measure_callbacks(
 struct Receiver {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<(Instant, f64)>>>,
+    /// When each callback with a `status` came, and the status.
+    statuses: Arc<Mutex<Vec<(Instant, String)>>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -584,16 +657,23 @@ impl Drop for Receiver {
 impl Receiver {
     async fn start(addr: SocketAddr) -> anyhow::Result<Receiver> {
         let received: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let sink = received.clone();
+        let (sink, status_sink) = (received.clone(), statuses.clone());
         let app = axum::Router::new().route(
             "/callbacks",
             axum::routing::post(move |body: Bytes| {
-                let sink = sink.clone();
+                let (sink, status_sink) = (sink.clone(), status_sink.clone());
                 async move {
                     let now = chrono::Utc::now();
-                    let lag = serde_json::from_slice::<Value>(&body)
-                        .ok()
+                    let body = serde_json::from_slice::<Value>(&body).ok();
+                    if let Some(status) = body.as_ref().and_then(|b| b["status"].as_str()) {
+                        status_sink
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), status.to_owned()));
+                    }
+                    let lag = body
                         .and_then(|b| {
                             chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str()?).ok()
                         })
@@ -613,12 +693,33 @@ impl Receiver {
         Ok(Receiver {
             addr,
             received,
+            statuses,
             task,
         })
     }
 
     fn url(&self) -> String {
         format!("http://{}/callbacks", self.addr)
+    }
+
+    /// Waits until `n` callbacks of `status` have arrived, at most
+    /// `within`; when each of those that came did.
+    async fn wait_for_status(&self, status: &str, n: usize, within: Duration) -> Vec<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got: Vec<Instant> = self
+                .statuses
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, s)| s == status)
+                .map(|(at, _)| *at)
+                .collect();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `n` callbacks have arrived; what has.

@@ -155,7 +155,14 @@ async fn apply_receipt(
         // A stat herald does not act on: nothing to look up.
         return Ok(Fate::Ignored);
     }
-    let forms = receipt::id_forms(&receipt.id);
+    // The form this server's bind was given the id in, if it was: another
+    // form could be another message's id (the same number in the other
+    // base) whose id is stored first.
+    let forms = match &opened.link {
+        Link::Smpp(smpp) => smpp.given_form(&receipt.id).map(|form| vec![form]),
+        _ => None,
+    }
+    .unwrap_or_else(|| receipt::id_forms(&receipt.id));
     let reason = receipt.status().filter(|s| {
         matches!(
             s,
