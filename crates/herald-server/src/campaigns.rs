@@ -251,8 +251,8 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
 /// beat of the scheduler.
 pub async fn pass(app: &AppState) -> anyhow::Result<()> {
     let until = Instant::now() + PASS;
-    // A campaign paced again after this starts afresh, with a second's
-    // worth at most, as the pace allows.
+    // A campaign paced again after a minute's rest starts afresh, with a
+    // pass's worth.
     app.campaign_paces.forget_idle(Duration::from_secs(60));
     let mut campaigns = tokio::task::JoinSet::new();
     for campaign in app.store.live_campaigns().await? {
