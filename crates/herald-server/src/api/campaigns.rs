@@ -186,6 +186,8 @@ pub struct RecipientView {
     /// The session of its latest attempt.
     pub session_id: Option<String>,
     pub last_outcome: Option<String>,
+    /// Why it was skipped: `opted_out`, or `agent_deleted` (the campaign's
+    /// agent was deleted before it was reached).
     pub skip_reason: Option<String>,
     /// The IANA zones its window is read in.
     pub timezone: Option<String>,
